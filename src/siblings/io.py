@@ -1,0 +1,362 @@
+"""Label-map files: NIfTI read/write with validation, atomic writes, manifests.
+
+Affines travel with arrays (a :class:`LabelMap` is the pair); nothing is guessed about
+orientation. Every write goes to a temporary file in the destination folder and is then
+renamed, so a failed command never leaves a partial file behind. Gzipped NIfTI is
+written deterministically (no timestamp, no file name in the gzip header), so the same
+array and affine always give the same bytes.
+
+Example
+-------
+>>> import numpy as np
+>>> from siblings.io import LabelMap, write_label_map, read_label_map
+>>> lm = LabelMap(np.zeros((8, 8, 8), np.uint8), np.diag([2.0, 2.0, 2.0, 1.0]))
+>>> write_label_map("/tmp/example.nii.gz", lm)  # doctest: +SKIP
+>>> read_label_map("/tmp/example.nii.gz").spacing  # doctest: +SKIP
+(2.0, 2.0, 2.0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from . import anatomy
+
+PathLike = str | os.PathLike
+
+
+class LabelMapError(ValueError):
+    """A label-map file is unusable. The message names the file and what is wrong."""
+
+    def __init__(self, path: PathLike | None, reason: str):
+        self.path = None if path is None else Path(path)
+        self.reason = reason
+        where = f"{self.path}: " if self.path is not None else ""
+        super().__init__(f"{where}{reason}")
+
+
+@dataclass
+class LabelMap:
+    """A 3D integer label map (values 0–6, SPEC §1) with its voxel-to-world affine (mm)."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    path: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.affine.shape != (4, 4):
+            raise LabelMapError(self.path, f"affine must be 4x4, got {self.affine.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along each array axis (norms of the affine's columns)."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+
+def centred_affine(size: int, spacing_mm: float | None = None) -> np.ndarray:
+    """RAS+ isotropic affine of the model grid, with the grid centre at world origin."""
+    v = anatomy.voxel_size_mm(size) if spacing_mm is None else float(spacing_mm)
+    affine = np.diag([v, v, v, 1.0])
+    affine[:3, 3] = -(size - 1) / 2.0 * v
+    return affine
+
+
+# ---------------------------------------------------------------------------------
+# Atomic writes.
+# ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(path: PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def write_json(path: PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically (NumPy scalars and arrays allowed)."""
+    return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def read_json(path: PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (provenance manifests)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------
+# NIfTI.
+# ---------------------------------------------------------------------------------
+def _as_labels(path: PathLike | None, array: np.ndarray) -> np.ndarray:
+    """Validate values (finite, integral, 0–6) and return a uint8 array."""
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)):
+            raise LabelMapError(
+                path, "contains NaN or infinite values; a label map holds integers 0–6"
+            )
+        if not np.array_equal(array, np.round(array)):
+            raise LabelMapError(path, "contains non-integer values; a label map holds integers 0–6")
+    elif array.dtype.kind not in "iub":
+        raise LabelMapError(path, f"has data type {array.dtype}; a label map holds integers 0–6")
+    lo, hi = (array.min(), array.max()) if array.size else (0, 0)
+    if lo < 0 or hi >= anatomy.NUM_LABELS:
+        bad = np.unique(array[(array < 0) | (array >= anatomy.NUM_LABELS)])[:5]
+        raise LabelMapError(
+            path,
+            f"has labels outside 0–{anatomy.NUM_LABELS - 1} (found {', '.join(str(v) for v in bad)}); "
+            f"expected {', '.join(f'{i}={n}' for i, n in enumerate(anatomy.LABEL_NAMES))}",
+        )
+    return array.astype(np.uint8)
+
+
+def validate_grid(
+    lm: LabelMap,
+    shape: Sequence[int] | None = None,
+    spacing: float | Sequence[float] | None = None,
+    atol_mm: float = 1e-3,
+) -> None:
+    """Raise :class:`LabelMapError` unless ``lm`` has the required shape and voxel size."""
+    if shape is not None and tuple(lm.shape) != tuple(shape):
+        raise LabelMapError(
+            lm.path, f"grid is {'x'.join(map(str, lm.shape))}, expected {'x'.join(map(str, shape))}"
+        )
+    if spacing is not None:
+        want = np.broadcast_to(np.asarray(spacing, dtype=float), (3,))
+        if not np.allclose(lm.spacing, want, atol=atol_mm):
+            got = " x ".join(f"{s:.4g}" for s in lm.spacing)
+            raise LabelMapError(
+                lm.path,
+                f"voxel size is {got} mm, expected {' x '.join(f'{s:.4g}' for s in want)} mm",
+            )
+
+
+def read_label_map(
+    path: PathLike,
+    shape: Sequence[int] | None = None,
+    spacing: float | Sequence[float] | None = None,
+) -> LabelMap:
+    """Read and validate a label-map NIfTI (``.nii`` or ``.nii.gz``).
+
+    Parameters
+    ----------
+    path : path to the file.
+    shape : required grid shape, or None for any.
+    spacing : required voxel size in mm (scalar for isotropic), or None for any.
+
+    Raises
+    ------
+    LabelMapError
+        naming the file, for: a missing, empty or corrupt (e.g. truncated gzip) file;
+        data that is not 3D; NaN or non-integer values; labels outside 0–6; a grid or
+        voxel size other than the one required.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise LabelMapError(path, "no such file")
+    if path.is_dir():
+        raise LabelMapError(path, "is a folder, expected a NIfTI file")
+    if path.stat().st_size == 0:
+        raise LabelMapError(path, "is an empty file")
+    try:
+        img = nib.load(str(path))
+        array = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel, gzip, zlib and OS errors alike
+        raise LabelMapError(
+            path, f"cannot be read as NIfTI (corrupt or truncated?): {exc}"
+        ) from None
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise LabelMapError(path, f"is {array.ndim}D with shape {array.shape}; a label map is 3D")
+    lm = LabelMap(_as_labels(path, array), img.affine, path=path)
+    validate_grid(lm, shape, spacing)
+    return lm
+
+
+def to_nifti(lm: LabelMap) -> nib.Nifti1Image:
+    """A Nifti1Image (uint8, label intent, mm units, sform and qform set) of ``lm``."""
+    img = nib.Nifti1Image(np.asarray(lm.data, dtype=np.uint8), lm.affine)
+    hdr = img.header
+    hdr.set_xyzt_units("mm")
+    hdr.set_intent("label")
+    img.set_sform(lm.affine, code=2)
+    img.set_qform(lm.affine, code=2)
+    return img
+
+
+def write_label_map(path: PathLike, lm: LabelMap) -> Path:
+    """Write ``lm`` to ``path`` atomically; ``.nii.gz`` output is byte-reproducible."""
+    path = Path(path)
+    data = _as_labels(path, np.asarray(lm.data))
+    raw = to_nifti(LabelMap(data, lm.affine)).to_bytes()
+    if path.name.endswith(".gz"):
+        raw = gzip.compress(raw, compresslevel=6, mtime=0)
+    return write_bytes(path, raw)
+
+
+def list_label_maps(folder: PathLike, min_count: int = 1) -> list[Path]:
+    """Sorted ``*.nii.gz``/``*.nii`` files of a cohort folder; clear error if unusable."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: not a folder")
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and (p.name.endswith(".nii.gz") or p.name.endswith(".nii"))
+        and not p.name.startswith(".")
+        and not p.name.endswith(".xfm.nii.gz")
+    )
+    if len(files) < min_count:
+        raise LabelMapError(
+            folder, f"holds {len(files)} label map(s) (*.nii.gz), at least {min_count} needed"
+        )
+    return files
+
+
+def stem(path: PathLike) -> str:
+    """File name without ``.nii.gz``/``.nii``."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+# ---------------------------------------------------------------------------------
+# One-hot tensors (SPEC §1).
+# ---------------------------------------------------------------------------------
+def one_hot(labels: Any, num_labels: int = anatomy.NUM_LABELS) -> Any:
+    """One-hot encode integer labels; channel index == label value.
+
+    ``(D, H, W)`` → ``(C, D, H, W)`` and ``(B, D, H, W)`` → ``(B, C, D, H, W)``.
+    Accepts a NumPy array (returns float32 NumPy) or a torch tensor (returns float32
+    tensor on the same device).
+    """
+    import torch
+
+    if isinstance(labels, np.ndarray):
+        return one_hot(torch.from_numpy(labels.astype(np.int64)), num_labels).numpy()
+    t = labels.long()
+    oh = torch.nn.functional.one_hot(t, num_labels).to(torch.float32)
+    if t.ndim == 3:
+        return oh.permute(3, 0, 1, 2).contiguous()
+    if t.ndim == 4:
+        return oh.permute(0, 4, 1, 2, 3).contiguous()
+    raise ValueError(f"expected a 3D or batched 3D label array, got shape {tuple(t.shape)}")
+
+
+def from_one_hot(probs: Any) -> Any:
+    """Label map from channel scores by argmax over the channel axis (SPEC §1)."""
+    import torch
+
+    if isinstance(probs, np.ndarray):
+        axis = 0 if probs.ndim == 4 else 1
+        return np.argmax(probs, axis=axis).astype(np.uint8)
+    dim = 0 if probs.ndim == 4 else 1
+    return torch.argmax(probs, dim=dim).to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------
+# Colour tables for viewers.
+# ---------------------------------------------------------------------------------
+def colour_table(fmt: str = "slicer") -> str:
+    """The label colour table as text: ``slicer`` (3D Slicer ``.ctbl``) or ``itksnap``."""
+    if fmt == "slicer":
+        lines = ["# 3D Slicer color table: digital-siblings cardiac labels", "# value name R G B A"]
+        for i, name in enumerate(anatomy.LABEL_NAMES):
+            r, g, b = anatomy.COLOURS[name]
+            lines.append(f"{i} {name} {r} {g} {b} {0 if i == 0 else 255}")
+        return "\n".join(lines) + "\n"
+    if fmt == "itksnap":
+        lines = [
+            "################################################",
+            "# ITK-SnAP Label Description File",
+            "# digital-siblings cardiac labels",
+            "# Columns = Index, R, G, B, A, VIS, MSH, LABEL",
+            "################################################",
+        ]
+        for i, name in enumerate(anatomy.LABEL_NAMES):
+            r, g, b = anatomy.COLOURS[name]
+            vis = 0 if i == 0 else 1
+            label = "Clear Label" if i == 0 else f"{name} ({anatomy.LONG_NAMES[name]})"
+            lines.append(f'{i:5d} {r:5d} {g:4d} {b:4d} {vis:8.0f} {vis:2d} {vis:2d}    "{label}"')
+        return "\n".join(lines) + "\n"
+    raise ValueError(f"unknown colour-table format {fmt!r}; use 'slicer' or 'itksnap'")
+
+
+def write_colour_tables(folder: PathLike) -> list[Path]:
+    """Write ``labels.ctbl`` (3D Slicer) and ``labels_itksnap.txt`` (ITK-SNAP) into ``folder``."""
+    folder = Path(folder)
+    return [
+        write_text(folder / "labels.ctbl", colour_table("slicer")),
+        write_text(folder / "labels_itksnap.txt", colour_table("itksnap")),
+    ]
