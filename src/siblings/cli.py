@@ -118,7 +118,87 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------
-COMMANDS: list[Callable] = [_add_phantom, _add_demo]
+# train
+# ---------------------------------------------------------------------------------
+def _add_train(sub) -> None:
+    p = _sub(
+        sub,
+        "train",
+        "train the VAE or the latent diffusion model (resumable; torchrun for several processes)",
+        (
+            "siblings train vae --preset tiny --data data/phantom64 --out runs/tiny",
+            "siblings train ldm --preset tiny --data data/phantom64 --out runs/tiny",
+            "torchrun --nproc_per_node=4 -m siblings.cli train ldm --preset paper --data DIR --out DIR",
+        ),
+        description="""\
+        Train one stage of the latent diffusion model. `vae` writes OUT/vae.safetensors;
+        `ldm` encodes the data with OUT/vae.safetensors (or --vae) and writes
+        OUT/ldm.safetensors. Interrupted runs resume from OUT/state (or --state).
+        Without --data, a 512-subject phantom cohort is generated in OUT/data.""",
+    )
+    p.add_argument("stage", choices=["vae", "ldm"], help="which network to train")
+    p.add_argument("--preset", default="tiny", help="tiny (CPU) or paper (GPU); default tiny")
+    p.add_argument("--data", type=Path, default=None, help="folder of prepared label maps")
+    p.add_argument("--out", type=Path, required=True, help="output folder for weights and logs")
+    p.add_argument(
+        "--vae", type=Path, default=None, help="VAE weights for `ldm` (default OUT/vae.safetensors)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="optimisation steps (default: the preset's)"
+    )
+    p.add_argument(
+        "--batch", type=int, default=None, help="global batch size (default: the preset's)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)"
+    )
+    p.add_argument("--fp32", action="store_true", help="disable bf16 autocast")
+    p.add_argument(
+        "--state", type=Path, default=None, help="resumable state folder (default OUT/state)"
+    )
+    p.add_argument(
+        "--no-resume", action="store_true", help="start from scratch even if state exists"
+    )
+    p.add_argument(
+        "--set", action="append", metavar="FIELD=VALUE", help="override a preset field (repeatable)"
+    )
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from .models.presets import get_preset, parse_overrides
+    from .train import train_ldm, train_vae
+
+    preset = get_preset(args.preset, **parse_overrides(args.set))
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    data = args.data
+    if data is None:
+        from .data.phantom import generate_cohort
+
+        data = args.out / "data"
+        if not (data / "parameters.csv").exists():
+            generate_cohort(data, n=512, size=preset.size, seed=0, defect_rate=0.25)
+    common = dict(
+        steps=args.steps,
+        batch=args.batch,
+        seed=args.seed,
+        device=args.device,
+        amp=not args.fp32,
+        state_dir=args.state,
+        resume=not args.no_resume,
+    )
+    if args.stage == "vae":
+        path = train_vae(data, args.out, preset, **common)
+    else:
+        vae = args.vae or args.out / "vae.safetensors"
+        path = train_ldm(data, args.out, vae, preset=preset, **common)
+    print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------
+COMMANDS: list[Callable] = [_add_phantom, _add_train, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,86 @@
+"""Checkpoints: safetensors for tensors plus a JSON config, written atomically.
+
+Nothing is ever unpickled: a checkpoint is a ``NAME.safetensors`` file of named tensors
+and a ``NAME.json`` file of plain data beside it. Training state (optimiser moments,
+EMA, step) uses the same format, so a run can be resumed from untrusted storage safely.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .io import atomic_path, read_json, sha256_file, write_json
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt or does not match what was asked for."""
+
+
+def save_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> Path:
+    """Write ``path`` (.safetensors) and its JSON twin atomically."""
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    write_json(path.with_suffix(".json"), meta)
+    return path
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a ``.safetensors`` file and its JSON twin; clear error if either is unusable."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    meta_path = path.with_suffix(".json")
+    if not meta_path.exists():
+        raise CheckpointError(
+            f"{meta_path}: missing checkpoint config (expected beside {path.name})"
+        )
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt or not a safetensors file ({exc})") from None
+    try:
+        meta = read_json(meta_path)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    return tensors, meta
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    return sha256_file(path)
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as flat tensors plus JSON-able param groups."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"opt.{idx}.{key}"] = t
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def restore_optimizer(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, t in tensors.items():
+        if not name.startswith("opt."):
+            continue
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = t
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})

@@ -1,0 +1,488 @@
+"""Training loops for the VAE and the EDM denoiser (SPEC §3), resumable and distributed.
+
+Determinism: the batch indices, augmentation and noise of step ``t`` are drawn from a
+generator seeded by ``(seed, t)``, never from a running RNG. Together with the saved
+model, optimiser and EMA tensors, this makes an interrupted-and-resumed run identical
+to an uninterrupted one.
+
+Distributed data parallel: launched with ``torchrun --nproc_per_node=P``, every process
+takes its share of the same global batch (gloo on CPU, NCCL on CUDA) and gradients are
+averaged, so P processes compute the same run as one process with the global batch.
+
+Files written into ``out``: ``vae.safetensors``/``vae.json`` or ``ldm.safetensors``/
+``ldm.json`` (final weights), ``<kind>_log.jsonl`` (one line per logged step),
+``<kind>_loss.png``. Resumable state goes to ``state_dir`` (default ``out/state``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .checkpoint import (
+    CheckpointError,
+    file_hash,
+    flatten_optimizer,
+    load_tensors,
+    restore_optimizer,
+    save_tensors,
+)
+from .data.dataset import LabelMapDataset, RandomAffineLabels
+from .diffusion.edm import EDMLoss, EDMPrecond
+from .io import one_hot, write_text
+from .models.networks import build_denoiser_net, build_vae
+from .models.presets import Preset, preset_from_dict
+
+
+# ---------------------------------------------------------------------------------
+# Devices, precision, distribution.
+# ---------------------------------------------------------------------------------
+def pick_device(name: str | None = None) -> torch.device:
+    """``cuda`` when available unless ``name`` says otherwise."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CPU and CUDA (about 2× faster for the tiny networks here)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join a torchrun process group if one is configured (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A generator that depends only on (seed, step, stream)."""
+    s = np.random.SeedSequence([int(seed), int(step), int(stream)]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(s) & ((1 << 63) - 1))
+
+
+def _shard(idx: torch.Tensor, dist: DistInfo) -> torch.Tensor:
+    if idx.numel() % dist.world:
+        raise ValueError(f"batch {idx.numel()} does not split over {dist.world} processes")
+    return idx[dist.rank :: dist.world]
+
+
+# ---------------------------------------------------------------------------------
+# Logging.
+# ---------------------------------------------------------------------------------
+class _Log:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines past ``step`` (they belong to the interrupted part of a run)."""
+        if not (self.enabled and self.path.exists()):
+            return
+        keep = [
+            ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step
+        ]
+        write_text(self.path, "".join(ln + "\n" for ln in keep))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def plot_loss(log_path: Path, png: Path, title: str) -> None:
+    """Loss curve (raw and smoothed) from a JSONL training log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln]
+    if not rows:
+        return
+    steps = np.array([r["step"] for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in [k for k in rows[0] if k.startswith("loss")]:
+        y = np.array([r[key] for r in rows])
+        ax.plot(steps, y, alpha=0.3, lw=0.8)
+        w = max(1, len(y) // 30)
+        ax.plot(steps[w - 1 :], np.convolve(y, np.ones(w) / w, mode="valid"), label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png.with_name(png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
+# ---------------------------------------------------------------------------------
+# Shared loop machinery.
+# ---------------------------------------------------------------------------------
+def _state_tensors(model: torch.nn.Module, opt, ema: torch.nn.Module | None) -> dict:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    opt_t, _ = flatten_optimizer(opt)
+    tensors.update(opt_t)
+    return tensors
+
+
+def _restore(state_path: Path, model, opt, ema, expect: dict) -> int:
+    tensors, meta = load_tensors(state_path)
+    for key, value in expect.items():
+        if meta.get(key) != value:
+            raise CheckpointError(
+                f"{state_path}: resume state has {key}={meta.get(key)!r}, this run asks for {value!r}; "
+                "use another --out/--state folder or --no-resume"
+            )
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    restore_optimizer(opt, tensors, meta["optimizer"])
+    return int(meta["step"])
+
+
+def _save_state(state_path: Path, model, opt, ema, step: int, identity: dict) -> None:
+    tensors = _state_tensors(model, opt, ema)
+    _, opt_meta = flatten_optimizer(opt)
+    save_tensors(state_path, tensors, {**identity, "step": step, "optimizer": opt_meta})
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _progress(total: int, start: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, initial=start, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True
+    )
+
+
+# ---------------------------------------------------------------------------------
+# VAE.
+# ---------------------------------------------------------------------------------
+def vae_loss(
+    model, x: torch.Tensor, kl_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MSE(one-hot, reconstruction) + kl_weight · KL (summed over latent, mean over batch)."""
+    rec, mu, sigma = model(x)
+    mse = F.mse_loss(rec.float(), x)
+    mu, sigma = mu.float(), sigma.float()
+    kl = 0.5 * (mu**2 + sigma**2 - torch.log(sigma**2 + 1e-12) - 1).flatten(1).sum(1).mean()
+    return mse + kl_weight * kl, mse, kl
+
+
+def train_vae(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    preset: Preset,
+    *,
+    steps: int | None = None,
+    batch: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    amp: bool = True,
+    state_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    ckpt_every: int = 100,
+    log_every: int = 10,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train the VAE on the label maps in ``data``; returns the path of ``vae.safetensors``.
+
+    ``stop_after`` ends the process after that many steps of this invocation (used to
+    test resumption); the state is saved first.
+    """
+    dev = pick_device(device)
+    dist = init_distributed(dev)
+    out = Path(out)
+    state_dir = Path(state_dir) if state_dir else out / "state"
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(parents=True, exist_ok=True)
+    steps = preset.vae_steps if steps is None else steps
+    batch = preset.vae_batch if batch is None else batch
+    ds = LabelMapDataset(data, size=preset.size)
+    aug = RandomAffineLabels(
+        scale=preset.aug_scale,
+        rotation_deg=preset.aug_rotation_deg,
+        translation_vox=preset.aug_translation_vox,
+        p=preset.aug_p,
+    )
+    torch.manual_seed(seed)
+    model = build_vae(preset).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=preset.vae_lr)
+    identity = {
+        "kind": "vae_state",
+        "preset": preset.name,
+        "seed": seed,
+        "batch": batch,
+        "size": preset.size,
+    }
+    state_path = state_dir / "vae_state.safetensors"
+    start = 0
+    if resume and state_path.exists():
+        start = _restore(state_path, model, opt, None, identity)
+    if dist.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    log = _Log(out / "vae_log.jsonl", dist.main)
+    log.truncate_after(start)
+    bar = _progress(steps, start, "train vae", progress and dist.main)
+    t0, done_here = time.time(), 0
+    model.train()
+    for step in range(start, steps):
+        g = step_generator(seed, step)
+        idx = _shard(torch.randint(len(ds), (batch,), generator=g), dist)
+        labels = torch.stack([ds.labels(int(i)) for i in idx])
+        labels = aug(labels, generator=step_generator(seed, step, 1 + dist.rank))
+        x = one_hot(labels.to(dev))
+        torch.manual_seed(int(step_generator(seed, step, 1000 + dist.rank).initial_seed()))
+        with autocast(dev, amp):
+            loss, mse, kl = vae_loss(model, x, preset.kl_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.4g}", mse=f"{mse.item():.3g}")
+        done_here += 1
+        if (step + 1) % log_every == 0:
+            log.write(
+                {
+                    "step": step + 1,
+                    "loss": loss.item(),
+                    "loss_mse": mse.item(),
+                    "kl": kl.item(),
+                    "seconds": time.time() - t0,
+                }
+            )
+        last = step + 1 == steps or (stop_after is not None and done_here >= stop_after)
+        if dist.main and ((step + 1) % ckpt_every == 0 or last):
+            _save_state(state_path, _unwrap(model), opt, None, step + 1, identity)
+        if stop_after is not None and done_here >= stop_after and step + 1 < steps:
+            bar.close()
+            return state_path
+    bar.close()
+    final = out / "vae.safetensors"
+    if dist.main:
+        save_tensors(
+            final,
+            _unwrap(model).state_dict(),
+            {
+                "kind": "vae",
+                "preset": preset.to_dict(),
+                "steps": steps,
+                "batch": batch,
+                "seed": seed,
+                "amp_bf16": amp,
+                "version": __version__,
+                "data": str(data),
+            },
+        )
+        plot_loss(out / "vae_log.jsonl", out / "vae_loss.png", f"VAE ({preset.name})")
+    return final
+
+
+# ---------------------------------------------------------------------------------
+# Latent diffusion model.
+# ---------------------------------------------------------------------------------
+def load_vae(
+    path: str | os.PathLike, device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, Preset, dict]:
+    """A trained VAE from ``vae.safetensors`` and its JSON config."""
+    tensors, meta = load_tensors(path)
+    if meta.get("kind") != "vae":
+        raise CheckpointError(f"{path}: not a VAE checkpoint (kind={meta.get('kind')!r})")
+    preset = preset_from_dict(meta["preset"])
+    vae = build_vae(preset)
+    try:
+        vae.load_state_dict({k: v.float() for k, v in tensors.items()})
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: weights do not fit preset {preset.name!r} ({str(exc)[:200]})"
+        ) from None
+    return vae.to(device).eval(), preset, meta
+
+
+@torch.no_grad()
+def encode_labels(vae, labels: torch.Tensor, device, batch: int = 4) -> torch.Tensor:
+    """Posterior means of the VAE for integer label maps ``(N, D, H, W)`` (float32)."""
+    out = []
+    for i in range(0, len(labels), batch):
+        x = one_hot(labels[i : i + batch].to(device))
+        mu, _ = vae.encode(x)
+        out.append(mu.float().cpu())
+    return torch.cat(out)
+
+
+def train_ldm(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    vae_path: str | os.PathLike,
+    *,
+    preset: Preset | None = None,
+    steps: int | None = None,
+    batch: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    amp: bool = True,
+    state_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    ckpt_every: int = 200,
+    log_every: int = 20,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train the EDM denoiser on VAE latents of ``data``; returns ``ldm.safetensors``.
+
+    The latents are the VAE posterior means, scaled by a factor (stored in ``ldm.json``)
+    that gives them standard deviation σ_data (SPEC §3). The saved weights are the EMA.
+    """
+    dev = pick_device(device)
+    dist = init_distributed(dev)
+    out = Path(out)
+    state_dir = Path(state_dir) if state_dir else out / "state"
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(parents=True, exist_ok=True)
+    vae, vae_preset, _ = load_vae(vae_path, dev)
+    preset = preset or vae_preset
+    if preset.size != vae_preset.size or tuple(preset.vae_channels) != tuple(
+        vae_preset.vae_channels
+    ):
+        raise CheckpointError(
+            f"{vae_path}: VAE of preset {vae_preset.name!r} does not fit preset {preset.name!r}"
+        )
+    steps = preset.ldm_steps if steps is None else steps
+    batch = preset.ldm_batch if batch is None else batch
+    vae_hash = file_hash(vae_path)
+
+    # Latents of the whole training set, cached per VAE.
+    lat_path = state_dir / f"latents_{vae_hash[:12]}.safetensors"
+    if lat_path.exists():
+        latents = load_tensors(lat_path)[0]["latents"]
+    else:
+        ds = LabelMapDataset(data, size=preset.size)
+        labels = torch.stack([ds.labels(i) for i in range(len(ds))])
+        latents = encode_labels(vae, labels, dev)
+        if dist.main:
+            save_tensors(
+                lat_path,
+                {"latents": latents},
+                {"kind": "latents", "vae_sha256": vae_hash, "n": len(ds)},
+            )
+    scale = float(preset.sigma_data / latents.std())
+    latents = (latents * scale).to(dev)
+    del vae
+
+    torch.manual_seed(seed)
+    model = EDMPrecond(build_denoiser_net(preset), sigma_data=preset.sigma_data).to(dev)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=preset.ldm_lr)
+    loss_fn = EDMLoss(P_mean=preset.p_mean, P_std=preset.p_std, sigma_data=preset.sigma_data)
+    identity = {
+        "kind": "ldm_state",
+        "preset": preset.name,
+        "seed": seed,
+        "batch": batch,
+        "vae_sha256": vae_hash,
+    }
+    state_path = state_dir / "ldm_state.safetensors"
+    start = 0
+    if resume and state_path.exists():
+        start = _restore(state_path, model, opt, ema, identity)
+    if dist.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    log = _Log(out / "ldm_log.jsonl", dist.main)
+    log.truncate_after(start)
+    bar = _progress(steps, start, "train ldm", progress and dist.main)
+    t0, done_here = time.time(), 0
+    model.train()
+    for step in range(start, steps):
+        g = step_generator(seed, step)
+        idx = _shard(torch.randint(len(latents), (batch,), generator=g), dist)
+        z = latents[idx.to(dev)]
+        with autocast(dev, amp):
+            loss = loss_fn(model, z, generator=step_generator(seed, step, 1 + dist.rank)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), _unwrap(model).parameters(), strict=True):
+                pe.lerp_(pm.detach(), 1.0 - preset.ema_decay)
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.4g}")
+        done_here += 1
+        if (step + 1) % log_every == 0:
+            log.write({"step": step + 1, "loss": loss.item(), "seconds": time.time() - t0})
+        last = step + 1 == steps or (stop_after is not None and done_here >= stop_after)
+        if dist.main and ((step + 1) % ckpt_every == 0 or last):
+            _save_state(state_path, _unwrap(model), opt, ema, step + 1, identity)
+        if stop_after is not None and done_here >= stop_after and step + 1 < steps:
+            bar.close()
+            return state_path
+    bar.close()
+    final = out / "ldm.safetensors"
+    if dist.main:
+        save_tensors(
+            final,
+            ema.state_dict(),
+            {
+                "kind": "ldm",
+                "preset": preset.to_dict(),
+                "scale_factor": scale,
+                "steps": steps,
+                "batch": batch,
+                "seed": seed,
+                "amp_bf16": amp,
+                "p_mean": preset.p_mean,
+                "p_std": preset.p_std,
+                "vae_sha256": vae_hash,
+                "version": __version__,
+                "data": str(data),
+                "latent_std_before_scaling": float(preset.sigma_data / scale),
+            },
+        )
+        plot_loss(out / "ldm_log.jsonl", out / "ldm_loss.png", f"EDM denoiser ({preset.name})")
+    return final
+
+
+def log_tail(path: str | os.PathLike, n: int = 1) -> list[dict]:
+    rows = [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln]
+    return rows[-n:]
+
+
+__all__ = ["encode_labels", "load_vae", "pick_device", "train_ldm", "train_vae", "vae_loss"]
