@@ -1,0 +1,211 @@
+"""The trained latent diffusion model as one object: encode, decode, denoise, sample.
+
+A checkpoint is a folder holding ``vae.safetensors``/``vae.json`` and
+``ldm.safetensors``/``ldm.json`` (see :mod:`siblings.train`). Without a path, the
+weights shipped inside the package are used (``siblings/weights/tiny``).
+
+Every sample's starting noise depends only on ``(seed, index)``, so a cohort is the
+same whatever the batch size or the number of processes it is split over.
+
+Example
+-------
+>>> from siblings.models.ldm import LatentDiffusionModel
+>>> model = LatentDiffusionModel.load()                 # shipped tiny weights  # doctest: +SKIP
+>>> labels = model.sample(4, steps=20, seed=0)          # (4, 64, 64, 64) uint8  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import CheckpointError, file_hash, load_tensors
+from ..diffusion.edm import EDMPrecond, heun_sample, karras_sigmas
+from ..io import centred_affine, from_one_hot, one_hot
+from ..train import autocast, pick_device, step_generator
+from .networks import build_denoiser_net, build_vae
+from .presets import Preset, preset_from_dict
+
+
+def shipped_checkpoint(name: str = "tiny") -> Path:
+    """Folder of the weights shipped in the package."""
+    return Path(str(resources.files("siblings") / "weights" / name))
+
+
+def noise_for(
+    seed: int, indices: list[int] | range, shape: tuple[int, ...], stream: int = 0
+) -> torch.Tensor:
+    """Unit Gaussian noise ``(len(indices), *shape)``, one generator per ``(seed, index)``."""
+    return torch.stack(
+        [
+            torch.randn(shape, generator=step_generator(seed, int(i), 7_000 + stream))
+            for i in indices
+        ]
+    )
+
+
+class LatentDiffusionModel:
+    """VAE + EMA denoiser + latent scale factor, on one device."""
+
+    def __init__(
+        self,
+        vae: torch.nn.Module,
+        denoiser: EDMPrecond,
+        preset: Preset,
+        scale_factor: float,
+        device: torch.device,
+        checkpoint: Path | None = None,
+        checkpoint_sha256: str = "",
+        amp: bool = False,
+    ):
+        self.vae = vae.eval()
+        self.denoiser = denoiser.eval()
+        self.preset = preset
+        self.scale_factor = float(scale_factor)
+        self.device = device
+        self.checkpoint = checkpoint
+        self.checkpoint_sha256 = checkpoint_sha256
+        self.amp = amp
+
+    # -----------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        checkpoint: str | os.PathLike | None = None,
+        device: str | None = None,
+        preset: str | None = None,
+        amp: bool = False,
+    ) -> LatentDiffusionModel:
+        """Load a checkpoint folder (default: the shipped ``tiny`` weights).
+
+        ``preset``, if given, must match the checkpoint's preset (clear error otherwise).
+        ``amp`` runs the networks under bf16 autocast; it is off by default because on
+        CPUs bf16 inference of the U-Net measured slower than fp32 here (benchmarks/).
+        """
+        folder = Path(checkpoint) if checkpoint is not None else shipped_checkpoint()
+        if folder.is_file():
+            folder = folder.parent
+        vae_path, ldm_path = folder / "vae.safetensors", folder / "ldm.safetensors"
+        for p in (vae_path, ldm_path):
+            if not p.exists():
+                hint = (
+                    " (the shipped weights are missing from this install)"
+                    if checkpoint is None
+                    else ""
+                )
+                raise CheckpointError(
+                    f"{p}: no such file; a checkpoint folder holds vae.safetensors and ldm.safetensors{hint}"
+                )
+        dev = pick_device(device)
+        vae_t, vae_meta = load_tensors(vae_path)
+        ldm_t, ldm_meta = load_tensors(ldm_path)
+        if vae_meta.get("kind") != "vae" or ldm_meta.get("kind") != "ldm":
+            raise CheckpointError(
+                f"{folder}: vae.json/ldm.json do not describe a VAE and a denoiser"
+            )
+        vae_hash = file_hash(vae_path)
+        if ldm_meta.get("vae_sha256") not in (None, vae_hash):
+            raise CheckpointError(
+                f"{ldm_path}: the denoiser was trained on another VAE than {vae_path}"
+            )
+        p = preset_from_dict(ldm_meta["preset"])
+        if preset is not None and preset != p.name:
+            raise CheckpointError(f"{folder}: checkpoint is for preset {p.name!r}, not {preset!r}")
+        vae = build_vae(p)
+        net = EDMPrecond(build_denoiser_net(p), sigma_data=p.sigma_data)
+        try:
+            vae.load_state_dict({k: v.float() for k, v in vae_t.items()})
+            net.load_state_dict({k: v.float() for k, v in ldm_t.items()})
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"{folder}: weights do not fit preset {p.name!r}: {str(exc)[:300]}"
+            ) from None
+        h = hashlib.sha256((vae_hash + file_hash(ldm_path)).encode()).hexdigest()
+        return cls(vae.to(dev), net.to(dev), p, ldm_meta["scale_factor"], dev, folder, h, amp)
+
+    # -----------------------------------------------------------------------------
+    @property
+    def affine(self) -> np.ndarray:
+        """World affine of the model grid (RAS+, centred, preset voxel size)."""
+        return centred_affine(self.preset.size)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        n = self.preset.latent_size
+        return (self.preset.latent_channels, n, n, n)
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        p = self.preset
+        return karras_sigmas(steps, p.sigma_min, p.sigma_max, p.rho)
+
+    @torch.no_grad()
+    def encode(self, labels: torch.Tensor | np.ndarray, batch: int = 4) -> torch.Tensor:
+        """Scaled posterior means (float32, CPU) of integer label maps ``(B, D, H, W)``."""
+        labels = torch.as_tensor(np.asarray(labels)) if isinstance(labels, np.ndarray) else labels
+        if labels.ndim == 3:
+            labels = labels[None]
+        out = []
+        for i in range(0, len(labels), batch):
+            x = one_hot(labels[i : i + batch].to(self.device))
+            mu, _ = self.vae.encode(x)
+            out.append(mu.float().cpu() * self.scale_factor)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, batch: int = 4) -> np.ndarray:
+        """Label maps ``(B, D, H, W)`` uint8 from scaled latents, by argmax (SPEC §1)."""
+        out = []
+        for i in range(0, len(z), batch):
+            zi = (z[i : i + batch].to(self.device, torch.float32)) / self.scale_factor
+            with autocast(self.device, self.amp):
+                logits = self.vae.decode(zi)
+            out.append(from_one_hot(logits.float()).cpu().numpy())
+        return np.concatenate(out)
+
+    @torch.no_grad()
+    def denoise(self, z: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """D(z; σ) of the EMA denoiser; the state keeps its dtype and device."""
+        with autocast(self.device, self.amp):
+            d = self.denoiser(
+                z.to(self.device, torch.float32),
+                torch.as_tensor(sigma, dtype=torch.float32, device=self.device),
+            )
+        return d.float().to(z.device, z.dtype)
+
+    def sample_latents(
+        self, indices: list[int] | range, steps: int = 20, seed: int = 0, churn: float = 0.0
+    ) -> torch.Tensor:
+        """Unconditional latents for sample ``indices`` (Heun, N steps, 2N−1 calls)."""
+        sig = self.sigmas(steps)
+        z = noise_for(seed, indices, self.latent_shape).to(self.device, torch.float64) * sig[0]
+        gen = step_generator(seed, int(indices[0]), 9_000) if churn > 0 else None
+        return heun_sample(self.denoise, z, sig, churn=churn, generator=gen)
+
+    def sample(
+        self,
+        n: int,
+        steps: int = 20,
+        seed: int = 0,
+        batch: int = 8,
+        start: int = 0,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """``n`` unconditional label maps ``(n, S, S, S)`` uint8 for sample indices start…start+n−1."""
+        if n < 1:
+            raise ValueError(f"number of samples must be at least 1, got {n}")
+        if steps < 1:
+            raise ValueError(f"number of steps must be at least 1, got {steps}")
+        from tqdm.auto import tqdm
+
+        out = []
+        with tqdm(total=n, desc="sample", unit="map", disable=not progress) as bar:
+            for b0 in range(start, start + n, batch):
+                idx = range(b0, min(b0 + batch, start + n))
+                out.append(self.decode(self.sample_latents(idx, steps, seed)))
+                bar.update(len(idx))
+        return np.concatenate(out)
