@@ -139,13 +139,13 @@ def heun_sample(
         if paste is not None:
             x = paste(x, s_hat)
         # Euler step.
-        d = (x - denoise(x, torch.tensor(s_hat)).to(torch.float64)) / s_hat
+        d = (x - denoise(x, torch.tensor(s_hat, dtype=torch.float64)).to(torch.float64)) / s_hat
         x_next = x + (s_next - s_hat) * d
         # Apply 2nd order correction.
         if s_next != 0:
             if paste is not None:
                 x_next = paste(x_next, s_next)
-            d2 = (x_next - denoise(x_next, torch.tensor(s_next)).to(torch.float64)) / s_next
+            d2 = (x_next - denoise(x_next, torch.tensor(s_next, dtype=torch.float64)).to(torch.float64)) / s_next
             x_next = x + (s_next - s_hat) * (0.5 * d + 0.5 * d2)
         x = x_next
         if callback is not None:
