@@ -132,13 +132,22 @@ class RandomAffineLabels:
         return torch.cat([a, t[:, :, None]], dim=2)
 
     def __call__(
-        self, labels: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        labels: torch.Tensor,
+        generator: torch.Generator | None = None,
+        theta: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Transform integer labels ``(B, D, H, W)``; returns integer labels."""
+        """Transform integer labels ``(B, D, H, W)``; returns integer labels.
+
+        ``theta`` (``(B, 3, 4)`` from :meth:`sample_theta`) replaces the random draw, so
+        a distributed run can draw the transforms of its global batch and apply a share.
+        """
         if labels.ndim != 4:
             raise ValueError(f"expected labels (B, D, H, W), got {tuple(labels.shape)}")
         b, d, h, w = labels.shape
-        theta = self.sample_theta(b, max(d, h, w), generator).to(torch.float32).to(labels.device)
+        if theta is None:
+            theta = self.sample_theta(b, max(d, h, w), generator)
+        theta = theta.to(torch.float32).to(labels.device)
         grid = F.affine_grid(theta, [b, 1, d, h, w], align_corners=False)
         if self.mode == "nearest":
             out = F.grid_sample(
