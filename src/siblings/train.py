@@ -38,7 +38,7 @@ from .checkpoint import (
     save_tensors,
 )
 from .data.dataset import LabelMapDataset, RandomAffineLabels
-from .diffusion.edm import EDMLoss, EDMPrecond
+from .diffusion.edm import EDMPrecond, edm_loss
 from .io import one_hot, write_text
 from .models.networks import build_denoiser_net, build_vae
 from .models.presets import Preset, preset_from_dict
@@ -48,10 +48,16 @@ from .models.presets import Preset, preset_from_dict
 # Devices, precision, distribution.
 # ---------------------------------------------------------------------------------
 def pick_device(name: str | None = None) -> torch.device:
-    """``cuda`` when available unless ``name`` says otherwise."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``cuda`` when available unless ``name`` says otherwise.
+
+    Under torchrun, a bare ``cuda`` means this process's GPU, ``cuda:$LOCAL_RANK``.
+    """
+    if not name:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return dev
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -79,8 +85,17 @@ def init_distributed(device: torch.device) -> DistInfo:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def _barrier(dist: DistInfo) -> None:
+    if dist.world > 1:
+        import torch.distributed
+
+        torch.distributed.barrier()
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -124,6 +139,8 @@ def plot_loss(log_path: Path, png: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not log_path.exists():  # fewer steps than log_every: nothing logged
+        return
     rows = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln]
     if not rows:
         return
@@ -205,6 +222,18 @@ def vae_loss(
     return mse + kl_weight * kl, mse, kl
 
 
+def _global_batch_sampling(batch: int, dist: DistInfo):
+    """MONAI's ``z = μ + ε·σ`` with ε drawn for the whole global batch, then this
+    process's share: P processes then use the noise that one process would."""
+
+    def sampling(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
+        shape = (batch, *z_sigma.shape[1:])
+        eps = torch.randn(shape, dtype=z_sigma.dtype, device=z_sigma.device)
+        return z_mu + eps[dist.rank :: dist.world] * z_sigma
+
+    return sampling
+
+
 def train_vae(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -231,12 +260,12 @@ def train_vae(
     dist = init_distributed(dev)
     out = Path(out)
     state_dir = Path(state_dir) if state_dir else out / "state"
+    steps = preset.vae_steps if steps is None else steps
+    batch = preset.vae_batch if batch is None else batch
+    ds = LabelMapDataset(data, size=preset.size)  # bad data fails before anything is written
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         state_dir.mkdir(parents=True, exist_ok=True)
-    steps = preset.vae_steps if steps is None else steps
-    batch = preset.vae_batch if batch is None else batch
-    ds = LabelMapDataset(data, size=preset.size)
     aug = RandomAffineLabels(
         scale=preset.aug_scale,
         rotation_deg=preset.aug_rotation_deg,
@@ -258,6 +287,7 @@ def train_vae(
     if resume and state_path.exists():
         start = _restore(state_path, model, opt, None, identity)
     if dist.world > 1:
+        model.sampling = _global_batch_sampling(batch, dist)
         model = torch.nn.parallel.DistributedDataParallel(model)
     log = _Log(out / "vae_log.jsonl", dist.main)
     log.truncate_after(start)
@@ -268,9 +298,12 @@ def train_vae(
         g = step_generator(seed, step)
         idx = _shard(torch.randint(len(ds), (batch,), generator=g), dist)
         labels = torch.stack([ds.labels(int(i)) for i in idx])
-        labels = aug(labels, generator=step_generator(seed, step, 1 + dist.rank))
+        # Random transforms and reparameterisation noise are drawn for the global batch
+        # and sliced like idx, so DDP over P processes is the one-process run.
+        theta = aug.sample_theta(batch, preset.size, generator=step_generator(seed, step, 1))
+        labels = aug(labels, theta=theta[dist.rank :: dist.world])
         x = one_hot(labels.to(dev))
-        torch.manual_seed(int(step_generator(seed, step, 1000 + dist.rank).initial_seed()))
+        torch.manual_seed(int(step_generator(seed, step, 1000).initial_seed()))
         with autocast(dev, amp):
             loss, mse, kl = vae_loss(model, x, preset.kl_weight)
         opt.zero_grad(set_to_none=True)
@@ -313,6 +346,7 @@ def train_vae(
             },
         )
         plot_loss(out / "vae_log.jsonl", out / "vae_loss.png", f"VAE ({preset.name})")
+    _barrier(dist)  # other processes may go on to load the final weights
     return final
 
 
@@ -332,7 +366,7 @@ def load_vae(
         vae.load_state_dict({k: v.float() for k, v in tensors.items()})
     except RuntimeError as exc:
         raise CheckpointError(
-            f"{path}: weights do not fit preset {preset.name!r} ({str(exc)[:200]})"
+            f"{path}: weights do not fit preset {preset.name!r} ({' '.join(str(exc).split())[:200]})"
         ) from None
     return vae.to(device).eval(), preset, meta
 
@@ -375,9 +409,6 @@ def train_ldm(
     dist = init_distributed(dev)
     out = Path(out)
     state_dir = Path(state_dir) if state_dir else out / "state"
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        state_dir.mkdir(parents=True, exist_ok=True)
     vae, vae_preset, _ = load_vae(vae_path, dev)
     preset = preset or vae_preset
     if preset.size != vae_preset.size or tuple(preset.vae_channels) != tuple(
@@ -392,13 +423,18 @@ def train_ldm(
 
     # Latents of the whole training set, cached per VAE.
     lat_path = state_dir / f"latents_{vae_hash[:12]}.safetensors"
-    if lat_path.exists():
+    cached = lat_path.exists()
+    _barrier(dist)  # every process has looked before the main one writes the cache
+    if cached:
         latents = load_tensors(lat_path)[0]["latents"]
     else:
         ds = LabelMapDataset(data, size=preset.size)
         labels = torch.stack([ds.labels(i) for i in range(len(ds))])
         latents = encode_labels(vae, labels, dev)
-        if dist.main:
+    if dist.main:  # only now: bad VAE or data fail before anything is written
+        out.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        if not cached:
             save_tensors(
                 lat_path,
                 {"latents": latents},
@@ -412,7 +448,6 @@ def train_ldm(
     model = EDMPrecond(build_denoiser_net(preset), sigma_data=preset.sigma_data).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=preset.ldm_lr)
-    loss_fn = EDMLoss(P_mean=preset.p_mean, P_std=preset.p_std, sigma_data=preset.sigma_data)
     identity = {
         "kind": "ldm_state",
         "preset": preset.name,
@@ -435,8 +470,17 @@ def train_ldm(
         g = step_generator(seed, step)
         idx = _shard(torch.randint(len(latents), (batch,), generator=g), dist)
         z = latents[idx.to(dev)]
+        # ln σ ~ N(P_mean, P_std²) and the noise, drawn as EDMLoss does for the global
+        # batch on the CPU generator, then this process's share, moved to the device.
+        gen = step_generator(seed, step, 1)
+        rnd = torch.randn(batch, generator=gen, dtype=torch.float32)
+        sigma = (rnd * preset.p_std + preset.p_mean).exp()
+        noise = torch.randn((batch, *latents.shape[1:]), generator=gen, dtype=latents.dtype)
+        share = slice(dist.rank, None, dist.world)
         with autocast(dev, amp):
-            loss = loss_fn(model, z, generator=step_generator(seed, step, 1 + dist.rank)).mean()
+            loss = edm_loss(
+                model, z, sigma[share].to(dev), noise[share].to(dev), preset.sigma_data
+            ).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -477,6 +521,7 @@ def train_ldm(
             },
         )
         plot_loss(out / "ldm_log.jsonl", out / "ldm_loss.png", f"EDM denoiser ({preset.name})")
+    _barrier(dist)
     return final
 
 
