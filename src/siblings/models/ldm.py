@@ -123,7 +123,7 @@ class LatentDiffusionModel:
             net.load_state_dict({k: v.float() for k, v in ldm_t.items()})
         except RuntimeError as exc:
             raise CheckpointError(
-                f"{folder}: weights do not fit preset {p.name!r}: {str(exc)[:300]}"
+                f"{folder}: weights do not fit preset {p.name!r}: {' '.join(str(exc).split())[:300]}"
             ) from None
         h = hashlib.sha256((vae_hash + file_hash(ldm_path)).encode()).hexdigest()
         return cls(vae.to(dev), net.to(dev), p, ldm_meta["scale_factor"], dev, folder, h, amp)
