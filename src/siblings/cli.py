@@ -208,7 +208,7 @@ def _add_sample(sub) -> None:
         (
             "siblings sample --n 16 --steps 20 --seed 0 --out synthetic",
             "siblings sample --n 360 --batch 16 --checkpoint runs/tiny --out synthetic",
-            "torchrun --nproc_per_node=2 -m siblings.cli sample --n 1000 --out big_cohort",
+            "torchrun --nproc_per_node=2 -m -- siblings sample --n 1000 --out big_cohort",
         ),
         description="""\
         Draw N label maps from the latent diffusion model with EDM's Heun sampler
