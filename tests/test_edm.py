@@ -8,6 +8,7 @@ carries a state z0 at σ0 to z(σ) = μ + (z0−μ)·sqrt(s²+σ²)/sqrt(s²+σ0
 from __future__ import annotations
 
 import doctest
+import itertools
 import math
 
 import numpy as np
@@ -77,7 +78,7 @@ def test_schedule_rejects_zero_steps():
 def reference_heun(denoise, z0: float, sigmas: list[float]) -> float:
     """Algorithm 1 of Karras et al. written out for one float, independently of edm.py."""
     x = z0
-    for s_cur, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+    for s_cur, s_next in itertools.pairwise(sigmas):
         d = (x - denoise(x, s_cur)) / s_cur
         x_euler = x + (s_next - s_cur) * d
         if s_next == 0:
@@ -144,7 +145,7 @@ def test_heun_error_against_exact_ode_solution_falls_with_steps():
     for n in (3, 5, 10, 20, 40, 80):
         x = heun_sample(gaussian_denoiser(mu, s), z0, karras_sigmas(n))
         errors.append(float((x - exact).abs().max()))
-    assert all(b < a for a, b in zip(errors, errors[1:], strict=False)), errors
+    assert all(b < a for a, b in itertools.pairwise(errors)), errors
     # Second order: doubling the steps cuts the error by about 4 once N is large.
     assert errors[-2] / errors[-1] > 3.0, errors
     assert errors[-1] < 0.01, errors
