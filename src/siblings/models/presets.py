@@ -145,6 +145,8 @@ def parse_overrides(items: list[str] | None) -> dict:
         key = key.strip()
         if key not in fields:
             raise ValueError(f"unknown preset field {key!r}; valid: {', '.join(fields)}")
+        if key == "name":
+            raise ValueError("--set name=... is not an override; choose the preset with --preset")
         default = getattr(PRESETS["tiny"], key)
         if isinstance(default, bool):
             out[key] = value.lower() in ("1", "true", "yes")
