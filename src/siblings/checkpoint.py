@@ -3,19 +3,28 @@
 Nothing is ever unpickled: a checkpoint is a ``NAME.safetensors`` file of named tensors
 and a ``NAME.json`` file of plain data beside it. Training state (optimiser moments,
 EMA, step) uses the same format, so a run can be resumed from untrusted storage safely.
+
+The JSON is also stored inside the safetensors header (metadata key ``siblings``), and
+that copy is the one read back: the two files are renamed into place one after the
+other, so a process killed between the renames would otherwise pair new tensors with
+an old config (for a training state: resume from the wrong step). Files without the
+embedded copy are read with their JSON twin.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .io import atomic_path, read_json, sha256_file, write_json
+from .io import _json_default, atomic_path, read_json, sha256_file, write_json
+
+META_KEY = "siblings"
 
 
 class CheckpointError(ValueError):
@@ -28,8 +37,9 @@ def save_tensors(
     """Write ``path`` (.safetensors) and its JSON twin atomically."""
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    embedded = json.dumps(meta, default=_json_default)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata={META_KEY: embedded})
     write_json(path.with_suffix(".json"), meta)
     return path
 
@@ -39,15 +49,22 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt or not a safetensors file ({exc})") from None
+    if META_KEY in header:
+        try:
+            return tensors, json.loads(header[META_KEY])
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: corrupt embedded config ({exc})") from None
     meta_path = path.with_suffix(".json")
     if not meta_path.exists():
         raise CheckpointError(
             f"{meta_path}: missing checkpoint config (expected beside {path.name})"
         )
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt or not a safetensors file ({exc})") from None
     try:
         meta = read_json(meta_path)
     except ValueError as exc:
