@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from conftest import micro_cli_set, micro_preset, subprocess_env
-from siblings.checkpoint import CheckpointError
+from siblings.checkpoint import CheckpointError, load_tensors, save_tensors
 from siblings.cli import main
 from siblings.io import read_label_map, sha256_file
 from siblings.models.ldm import LatentDiffusionModel
@@ -290,9 +290,9 @@ def test_sample_refuses_a_checkpoint_of_another_preset(micro, tmp_path, capsys):
 
 def test_sample_refuses_weights_that_do_not_fit_their_config(micro, tmp_path, capsys):
     ckpt = copy_checkpoint(micro, tmp_path / "ckpt")
-    meta = json.loads((ckpt / "ldm.json").read_text())
+    tensors, meta = load_tensors(ckpt / "ldm.safetensors")
     meta["preset"]["unet_channels"] = [32, 64, 64]
-    (ckpt / "ldm.json").write_text(json.dumps(meta))
+    save_tensors(ckpt / "ldm.safetensors", tensors, meta)
     out = tmp_path / "out"
     code, err = run_cli(["sample", "--n", "1", "--checkpoint", ckpt, "--out", out], capsys)
     assert_clean_failure(code, err, "sample", out, "weights do not fit preset")
@@ -303,7 +303,7 @@ def test_sample_refuses_weights_that_do_not_fit_their_config(micro, tmp_path, ca
     [
         ("truncate", "corrupt or not a safetensors file"),
         ("garbage", "corrupt or not a safetensors file"),
-        ("missing_json", "missing checkpoint config"),
+        ("legacy_without_json", "missing checkpoint config"),
         ("other_vae", "trained on another VAE"),
     ],
 )
@@ -314,7 +314,9 @@ def test_sample_refuses_a_corrupted_checkpoint(micro, tmp_path, capsys, damage, 
         ldm.write_bytes(ldm.read_bytes()[: ldm.stat().st_size // 2])
     elif damage == "garbage":
         ldm.write_bytes(np.random.default_rng(0).bytes(4096))
-    elif damage == "missing_json":
+    elif damage == "legacy_without_json":
+        # Tensors without the embedded config, and no JSON twin.
+        save_file(load_file(str(vae)), str(vae))
         (ckpt / "vae.json").unlink()
     elif damage == "other_vae":
         # Still a valid file, but its bytes (hence hash) are not the VAE the LDM was trained on.
@@ -344,3 +346,45 @@ def test_bad_input_exit_status_from_a_real_process(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == "siblings sample: error: --n must be at least 1, got 0"
     assert not out.exists()
+
+
+def test_crash_between_weights_and_config_write_still_resumes_exactly(micro, tmp_path, monkeypatch):
+    """A checkpoint is a .safetensors file plus a .json twin, each written atomically;
+    a crash between the two renames must not pair new tensors with an old step."""
+    import siblings.checkpoint as checkpoint
+
+    kw = dict(steps=6, batch=2, seed=0, device="cpu", ckpt_every=2, progress=False)
+    train_vae(micro.data, tmp_path / "whole", micro.preset, **kw)
+
+    real_write_json, saves = checkpoint.write_json, []
+
+    def crash_on_second_state_save(path, obj):
+        if Path(path).name == "vae_state.json":
+            saves.append(obj["step"])
+            if len(saves) == 2:
+                raise KeyboardInterrupt("simulated kill after the tensors were renamed")
+        return real_write_json(path, obj)
+
+    monkeypatch.setattr(checkpoint, "write_json", crash_on_second_state_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_vae(micro.data, tmp_path / "crashed", micro.preset, **kw)
+    monkeypatch.undo()
+    assert saves == [2, 4]
+    train_vae(micro.data, tmp_path / "crashed", micro.preset, **kw)
+    assert_same_tensors(
+        tmp_path / "whole" / "vae.safetensors", tmp_path / "crashed" / "vae.safetensors"
+    )
+
+
+def test_checkpoint_config_travels_inside_the_safetensors_file(micro, tmp_path, capsys):
+    """The JSON twin is a readable copy; a folder without it still loads."""
+    ckpt = copy_checkpoint(micro, tmp_path / "ckpt")
+    for name in ("vae.json", "ldm.json"):
+        (ckpt / name).unlink()
+    _, meta = load_tensors(ckpt / "ldm.safetensors")
+    assert meta == json.loads((micro.checkpoint / "ldm.json").read_text())
+    code, err = run_cli(
+        ["sample", "--n", "1", "--steps", "1", "--checkpoint", ckpt, "--out", tmp_path / "o"],
+        capsys,
+    )
+    assert code == 0, err
