@@ -137,3 +137,32 @@ def test_torchrun_sharded_sampling_writes_each_index_once_identical_to_one_proce
     assert indices == list(range(5))
     for name in names:
         assert (sharded / name).read_bytes() == (single / name).read_bytes(), name
+
+
+TRAIN_VAE_ONLY = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from siblings.models.presets import preset_from_dict
+from siblings.train import train_vae
+data, out, preset = sys.argv[1], sys.argv[2], preset_from_dict(json.loads(sys.argv[3]))
+stop_after = int(sys.argv[4]) or None
+train_vae(data, out, preset, steps=3, batch=4, seed=0, device="cpu", amp=False, log_every=1,
+          progress=False, stop_after=stop_after)
+"""
+
+
+def test_ddp_run_stopped_and_resumed_equals_uninterrupted_ddp_run(
+    micro, ddp_and_single_runs, tmp_path
+):
+    _, ddp = ddp_and_single_runs
+    script = tmp_path / "train_vae.py"
+    script.write_text(TRAIN_VAE_ONLY)
+    preset_json = json.dumps(micro_preset().to_dict())
+    out = tmp_path / "resumed"
+    run([*TORCHRUN, str(script), str(micro.data), str(out), preset_json, "1"])
+    assert not (out / "vae.safetensors").exists()
+    assert json.loads((out / "state" / "vae_state.json").read_text())["step"] == 1
+    run([*TORCHRUN, str(script), str(micro.data), str(out), preset_json, "0"])
+    a, b = load_file(str(ddp / "vae.safetensors")), load_file(str(out / "vae.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
