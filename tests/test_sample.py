@@ -112,3 +112,14 @@ def test_sampling_makes_2n_minus_1_denoiser_calls_per_batch(model):
         del model.denoise
     assert z.shape == (3, 3, 8, 8, 8) and z.dtype == torch.float64
     assert calls == [3] * (2 * 5 - 1)
+
+
+def test_written_files_get_ordinary_permissions(micro, tmp_path):
+    """Atomic writes go through a 0600 temporary file; the result must not stay 0600."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    out = sample(micro, tmp_path / "out", n=1, steps=1)
+    for p in [*out.iterdir(), *micro.checkpoint.glob("*.*")]:
+        assert p.stat().st_mode & 0o777 == 0o666 & ~mask, p
