@@ -3,8 +3,8 @@
     python benchmarks/bench_sampler.py [--batch 1 4] [--repeats 5] [--threads 1]
 
 Prints, per batch size, the ratio  time(heun_sample, 20 steps) / time(39 × D(z; σ)),
-where D is the preconditioned denoiser (EDMPrecond around the U-Net, float32, no
-autograd) of the tiny preset at its latent shape (3×16³). The sampler's own work is
+where D is the preconditioned denoiser (EDMPrecond around the U-Net, float32 or with
+--bf16 under bf16 autocast, no autograd) of the tiny preset at its latent shape (3×16³). The sampler's own work is
 the float64 ODE state, the dtype round trips of LatentDiffusionModel.denoise, and
 Python. Target: ≤ 1.05.
 """
@@ -26,10 +26,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--bf16", action="store_true", help="networks under bf16 autocast")
     args = ap.parse_args()
     setup_threads(args.threads)
     print(describe_machine())
-    model = random_model(args.preset)
+    model = random_model(args.preset, amp=args.bf16)
     sig = model.sigmas(args.steps)
     calls = 2 * args.steps - 1
     for b in args.batch:
@@ -42,8 +43,9 @@ def main() -> None:
 
         @torch.no_grad()
         def bare(z32=z32, call_sigmas=call_sigmas):
-            for s in call_sigmas:
-                model.denoiser(z32, torch.tensor(s))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                for s in call_sigmas:
+                    model.denoiser(z32, torch.tensor(s))
 
         def sampler(z64=z64):
             heun_sample(model.denoise, z64, sig)
