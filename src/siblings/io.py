@@ -209,6 +209,17 @@ def validate_grid(
             )
 
 
+def _check_gzip(path: Path) -> None:
+    """Decompress the whole gzip stream, so its CRC-32 and length trailer are checked.
+
+    nibabel stops reading once it has the voxels: a file cut inside the trailer (its
+    last 8 bytes) or just before it would otherwise load without an error.
+    """
+    with gzip.open(path, "rb") as f:
+        while f.read(1 << 20):
+            pass
+
+
 def read_label_map(
     path: PathLike,
     shape: Sequence[int] | None = None,
@@ -237,6 +248,8 @@ def read_label_map(
     if path.stat().st_size == 0:
         raise LabelMapError(path, "is an empty file")
     try:
+        if path.name.endswith(".gz"):
+            _check_gzip(path)
         img = nib.load(str(path))
         array = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel, gzip, zlib and OS errors alike
