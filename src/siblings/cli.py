@@ -244,7 +244,165 @@ def _run_sample(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------
-COMMANDS: list[Callable] = [_add_phantom, _add_train, _add_sample, _add_demo]
+# prepare, unprepare
+# ---------------------------------------------------------------------------------
+def _single_blas_thread() -> None:
+    """Parallelism is across subjects: one BLAS thread per process (set before NumPy
+    loads; oversubscribed BLAS threads spin-wait and run several times slower)."""
+    import os
+
+    for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(key, "1")
+
+
+def _add_prepare(sub) -> None:
+    p = _sub(
+        sub,
+        "prepare",
+        "prepare segmentations as model-space label maps (resample, reorient, crop, register)",
+        (
+            "siblings prepare totalsegmentator Totalsegmentator_dataset --out data/prepared128",
+            "siblings prepare totalsegmentator DATA --out data/prepared64 --size 64 --workers 8",
+        ),
+        description="""\
+        Turn a segmentation dataset into a cohort of label maps in the model's space
+        (SPEC §2): 1.4 mm isotropic at --size 128, LV->LA axis along +z, heart centred,
+        rigidly registered to a reference. Writes DIR/<subject>.nii.gz, the forward
+        transform DIR/<subject>.xfm.json (for `siblings unprepare`), a manifest
+        DIR/<subject>.json, DIR/exclusions.csv and DIR/prepare.json.""",
+    )
+    sources = p.add_subparsers(dest="source", metavar="<source>", required=True)
+    t = sources.add_parser(
+        "totalsegmentator",
+        help="a TotalSegmentator dataset (v1 per-class files or v2 heartchambers_highres)",
+        description=textwrap.dedent("""\
+        Prepare a TotalSegmentator dataset: SRC holds one folder per subject with
+        segmentations/<class>.nii.gz (v1), heartchambers_highres.nii.gz (v2, --ml) or
+        heartchambers_highres/<class>.nii.gz (v2), and optionally meta.csv. Subjects
+        with a missing, empty, unreadable or truncated class, or an implausible
+        chamber volume, are excluded with their reason in DIR/exclusions.csv. The v2
+        `total` task (whole heart only) is refused. Re-running skips finished subjects."""),
+        epilog=_examples(
+            "siblings prepare totalsegmentator Totalsegmentator_dataset --out prepared128",
+            "siblings prepare totalsegmentator DATA --out prepared --reference ref.nii.gz",
+            "siblings prepare totalsegmentator DATA --out prepared --volume-bounds LV=30:350",
+        ),
+        formatter_class=_formatter,
+    )
+    t.add_argument("src", type=Path, metavar="SRC", help="dataset root (or one subject folder)")
+    t.add_argument("--out", type=Path, required=True, help="output folder")
+    t.add_argument("--size", type=int, default=128, help="prepared grid (default 128 = 1.4 mm)")
+    t.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    t.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="prepared map to register to (default: the cohort's medoid subject)",
+    )
+    t.add_argument(
+        "--engine",
+        choices=["simpleitk", "ants"],
+        default="simpleitk",
+        help="registration engine (default simpleitk; ants needs antspyx)",
+    )
+    t.add_argument("--seed", type=int, default=0, help="seed for engines that sample (default 0)")
+    t.add_argument(
+        "--volume-bounds",
+        action="append",
+        metavar="CHAMBER=MIN:MAX",
+        help="plausible chamber volume in mL, repeatable (defaults LV=20:400 RV=20:450 "
+        "LA=10:250 RA=10:300)",
+    )
+    t.add_argument(
+        "--interpolation",
+        choices=["linear", "nearest"],
+        default="linear",
+        help="label resampling: one-hot linear + argmax (default) or nearest",
+    )
+    t.add_argument(
+        "--register-size", type=int, default=48, help="registration grid (default 48)"
+    )
+    t.add_argument(
+        "--no-keep-axis",
+        action="store_true",
+        help="keep the registration's tilt instead of putting LV->LA back on +z",
+    )
+    t.add_argument("--split", default=None, help="only subjects of this meta.csv split")
+    t.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> None:
+    _single_blas_thread()
+    from .data.totalseg import format_summary, parse_volume_bounds, prepare_totalsegmentator
+
+    if args.size < 16:
+        raise UsageError(f"--size must be at least 16, got {args.size}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.register_size < 8:
+        raise UsageError(f"--register-size must be at least 8, got {args.register_size}")
+    summary = prepare_totalsegmentator(
+        args.src,
+        args.out,
+        size=args.size,
+        workers=args.workers,
+        reference=args.reference,
+        engine=args.engine,
+        seed=args.seed,
+        volume_bounds=parse_volume_bounds(args.volume_bounds),
+        interpolation=args.interpolation,
+        register_size=args.register_size,
+        keep_axis=not args.no_keep_axis,
+        split=args.split,
+    )
+    print(format_summary(summary))
+
+
+def _add_unprepare(sub) -> None:
+    p = _sub(
+        sub,
+        "unprepare",
+        "map prepared-space label maps (twins, siblings) back onto the original scan grid",
+        (
+            "siblings unprepare prepared/s0001.nii.gz --transform prepared/s0001.xfm.json --out s0001_scan.nii.gz",
+            "siblings unprepare siblings_of_s0001/ --transform prepared/s0001.xfm.json --out on_scan/",
+        ),
+        description="""\
+        Apply the inverse of a subject's stored forward transform (written by
+        `siblings prepare`) to a map in prepared space, or to every map of a folder,
+        and resample it label-safely onto the subject's original scan grid, so it
+        overlays the CT. Writes NAME.nii.gz and NAME.json (provenance) per map.""",
+    )
+    p.add_argument("map", type=Path, metavar="MAP", help="a prepared-space .nii.gz or a folder of them")
+    p.add_argument("--transform", type=Path, required=True, help="the subject's <subject>.xfm.json")
+    p.add_argument("--out", type=Path, required=True, help="output file (or folder)")
+    p.add_argument(
+        "--interpolation",
+        choices=["linear", "nearest"],
+        default="linear",
+        help="one-hot linear + argmax (default) or nearest",
+    )
+    p.set_defaults(func=_run_unprepare)
+
+
+def _run_unprepare(args: argparse.Namespace) -> None:
+    _single_blas_thread()
+    from .data.geometry import unprepare_files
+
+    written = unprepare_files(args.map, args.transform, args.out, interpolation=args.interpolation)
+    where = written[0] if len(written) == 1 else args.out
+    print(f"wrote {len(written)} map{'s' if len(written) != 1 else ''} on the scan grid to {where}")
+
+
+# ---------------------------------------------------------------------------------
+COMMANDS: list[Callable] = [
+    _add_phantom,
+    _add_prepare,
+    _add_unprepare,
+    _add_train,
+    _add_sample,
+    _add_demo,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,895 @@
+"""TotalSegmentator ingest, quality control and cohort preparation (SPEC §2).
+
+Layouts (one folder per subject under the dataset root, subject name = folder name):
+
+- **v1** (the paper's data): ``<subject>/segmentations/<class>.nii.gz``, one binary
+  file per class, with ``meta.csv`` (``;``-separated, ``image_id`` and ``split``) at
+  the root.
+- **v2 heartchambers_highres**, multi-label (``TotalSegmentator -ta
+  heartchambers_highres --ml -o <subject>/heartchambers_highres.nii.gz``): values as in
+  :data:`siblings.anatomy.TOTALSEG_V2_HEARTCHAMBERS_VALUES`, or as named by the label
+  table TotalSegmentator stores in the file's NIfTI extension when it is there.
+- **v2 heartchambers_highres**, per class (same task without ``--ml``, ``-o
+  <subject>/heartchambers_highres``): ``<subject>/heartchambers_highres/<class>.nii.gz``.
+- **v2 total only** (``<subject>/segmentations/heart.nii.gz``, no chambers) is refused
+  with a reason saying how to get the chambers.
+
+Per subject (each step recorded in ``DIR/<subject>.json``): completeness (all six
+classes present and non-empty), truncation (no chamber or myocardium voxel on the
+scan's outer faces), plausible chamber volumes, then
+:func:`siblings.data.geometry.prepare_label_map` (resample, reorient, crop, rigid
+registration to the reference) and a last check that the heart fits the prepared field
+of view. Excluded subjects are listed in ``DIR/exclusions.csv`` with their reason;
+nothing is dropped silently.
+
+Example
+-------
+>>> from siblings.data.totalseg import prepare_totalsegmentator
+>>> summary = prepare_totalsegmentator("Totalsegmentator_dataset", "prepared128")  # doctest: +SKIP
+>>> summary["prepared"], summary["excluded"], summary["reference"]["subject"]       # doctest: +SKIP
+(512, 692, 's0123')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io as _io
+import multiprocessing
+import os
+import platform
+import re
+import traceback
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from .. import __version__, anatomy
+from ..io import (
+    LabelMap,
+    read_json,
+    read_label_map,
+    sha256_file,
+    write_json,
+    write_label_map,
+    write_text,
+)
+from . import geometry
+
+L = anatomy.LABELS
+PathLike = str | os.PathLike
+
+DEFAULT_VOLUME_BOUNDS_ML: dict[str, tuple[float, float]] = {
+    "LV": (20.0, 400.0),
+    "RV": (20.0, 450.0),
+    "LA": (10.0, 250.0),
+    "RA": (10.0, 300.0),
+}
+"""Plausible blood-pool volumes (mL). Wide on purpose: they catch failed segmentations
+(a chamber reduced to a fragment, two chambers merged), not unusual anatomy."""
+
+TRUNCATION_TISSUES: tuple[str, ...] = ("Myo", "LV", "RV", "LA", "RA")
+"""Tissues that must not touch the scan's field of view (the aorta always leaves it)."""
+
+MEDOID_SIZE = 32
+"""Grid of the overlap comparison that picks the medoid reference (5.6 mm voxels)."""
+
+LAYOUT_NAMES = {
+    "v1": "TotalSegmentator v1 (segmentations/<class>.nii.gz)",
+    "v2-ml": "TotalSegmentator v2 heartchambers_highres, multi-label file",
+    "v2-files": "TotalSegmentator v2 heartchambers_highres, one file per class",
+    "v2-total": "TotalSegmentator v2 total task (whole heart only)",
+}
+MULTILABEL_NAMES = ("heartchambers_highres.nii.gz", "heartchambers_highres.nii")
+_NIFTI = (".nii.gz", ".nii")
+
+
+class Excluded(Exception):
+    """A subject fails quality control. ``reason`` starts with its kind: ``layout``,
+    ``missing``, ``empty``, ``unreadable``, ``grid``, ``truncated``, ``volume``,
+    ``field_of_view`` or ``error``."""
+
+    def __init__(self, reason: str, record: dict | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.record = record or {}
+
+
+# ---------------------------------------------------------------------------------
+# Finding subjects and their layout.
+# ---------------------------------------------------------------------------------
+@dataclass
+class Subject:
+    """One subject folder of a TotalSegmentator dataset."""
+
+    name: str
+    folder: Path
+    layout: str  # v1 | v2-ml | v2-files | v2-total | missing
+    split: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # tissue → path relative to folder
+
+
+def _nifti_in(folder: Path, stem: str) -> Path | None:
+    for suffix in _NIFTI:
+        p = folder / f"{stem}{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def detect_layout(folder: PathLike) -> str | None:
+    """The TotalSegmentator layout of a subject folder, or None if it holds none."""
+    folder = Path(folder)
+    if any((folder / n).is_file() for n in MULTILABEL_NAMES):
+        return "v2-ml"
+    hc = folder / "heartchambers_highres"
+    if hc.is_dir():
+        return "v2-files"
+    seg = folder / "segmentations"
+    if seg.is_dir():
+        chambers = [c for t, c in anatomy.TOTALSEG_CLASSES.items() if t != "Ao"]
+        if any(_nifti_in(seg, c) for c in chambers):
+            return "v1"
+        if _nifti_in(seg, anatomy.TOTALSEG_V2_WHOLE_HEART):
+            return "v2-total"
+        return "v1"  # a segmentations folder without cardiac classes: reported as missing
+    return None
+
+
+def read_meta(src: PathLike) -> dict[str, str]:
+    """``image_id`` → ``split`` from a dataset's ``meta.csv`` (empty if there is none)."""
+    path = Path(src) / "meta.csv"
+    if not path.is_file():
+        return {}
+    text = path.read_text(encoding="utf-8-sig")
+    rows = list(csv.DictReader(_io.StringIO(text), delimiter=";"))
+    if not rows or "image_id" not in rows[0]:
+        raise ValueError(f"{path}: expected ';'-separated columns including image_id and split")
+    return {r["image_id"].strip(): (r.get("split") or "").strip() for r in rows}
+
+
+def find_subjects(src: PathLike, split: str | None = None) -> list[Subject]:
+    """The subjects of a dataset root (or of a single subject folder), sorted by name.
+
+    Subjects listed in ``meta.csv`` whose folder is missing are returned with layout
+    ``missing`` so that they are reported, not dropped. ``split`` keeps one split.
+    """
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such folder")
+    if not src.is_dir():
+        raise NotADirectoryError(f"{src}: not a folder (expected a TotalSegmentator dataset)")
+    own = detect_layout(src)
+    if own is not None:
+        return [Subject(src.name, src, own)]
+    meta = read_meta(src)
+    if split is not None and not meta:
+        raise ValueError(f"{src}: --split needs a meta.csv with a split column")
+    subjects = {}
+    for d in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        layout = detect_layout(d)
+        if layout is not None:
+            subjects[d.name] = Subject(d.name, d, layout, meta.get(d.name, ""))
+    for name, sp in meta.items():
+        if name not in subjects:
+            subjects[name] = Subject(name, src / name, "missing", sp)
+    out = [subjects[k] for k in sorted(subjects)]
+    if split is not None:
+        out = [s for s in out if s.split == split]
+    return out
+
+
+# ---------------------------------------------------------------------------------
+# Loading one subject as a label map (values 0–6) in scanner space.
+# ---------------------------------------------------------------------------------
+def _load_nifti(path: Path, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    rel = path.relative_to(folder).as_posix()
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel, gzip, zlib and OS errors alike
+        raise Excluded(
+            f"unreadable: {rel} cannot be read as NIfTI (corrupt or truncated?): {exc}"
+        ) from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise Excluded(f"unreadable: {rel} is {data.ndim}D with shape {data.shape}, expected 3D")
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        raise Excluded(f"unreadable: {rel} contains NaN or infinite values")
+    return data, img.affine
+
+
+def label_table(path: PathLike) -> dict[int, str] | None:
+    """The value → class-name table TotalSegmentator stores in a multi-label file's
+    NIfTI extension (a CaretExtension XML label table), or None if there is none."""
+    try:
+        img = nib.load(str(path))
+    except Exception:
+        return None
+    for ext in img.header.extensions:
+        content = ext.get_content()
+        if isinstance(content, bytes) and b"LabelTable" in content:
+            try:
+                root = ET.fromstring(content.decode("utf-8", "replace").strip().rstrip("\x00"))
+            except ET.ParseError:
+                return None
+            table = {}
+            for lab in root.iter("Label"):
+                with contextlib.suppress(KeyError, ValueError):
+                    table[int(lab.attrib["Key"])] = (lab.text or "").strip()
+            return table or None
+    return None
+
+
+def load_subject(subject: Subject) -> tuple[LabelMap, dict[str, Any]]:
+    """Read a subject's cardiac classes into one label map on the scan grid.
+
+    Raises :class:`Excluded` (with a reason naming the file) if the layout is the v2
+    whole-heart-only one, a class file is missing, unreadable, empty or on another grid.
+    """
+    folder, layout = subject.folder, subject.layout
+    if layout == "missing":
+        raise Excluded(f"missing: subject folder {folder} (listed in meta.csv) not found")
+    if layout == "v2-total":
+        raise Excluded(
+            "layout: TotalSegmentator v2 `total` output has only the whole heart "
+            f"(segmentations/{anatomy.TOTALSEG_V2_WHOLE_HEART}.nii.gz), not the chambers and "
+            "myocardium; run `TotalSegmentator -i ct.nii.gz -o <subject>/heartchambers_highres "
+            "-ta heartchambers_highres` (a licensed v2 task) and prepare again"
+        )
+    record: dict[str, Any] = {"layout": layout, "layout_name": LAYOUT_NAMES[layout]}
+    if layout == "v2-ml":
+        path = next(folder / n for n in MULTILABEL_NAMES if (folder / n).is_file())
+        rel = path.relative_to(folder).as_posix()
+        data, affine = _load_nifti(path, folder)
+        if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
+            raise Excluded(f"unreadable: {rel} contains non-integer values; expected class values")
+        data = data.astype(np.int64)
+        table = label_table(path)
+        record["label_table"] = "NIfTI extension" if table else "TotalSegmentator class map"
+        table = table or anatomy.TOTALSEG_V2_HEARTCHAMBERS_VALUES
+        value_of = {name: v for v, name in table.items()}
+        labels = np.zeros(data.shape, np.uint8)
+        problems = []
+        for tissue, cls in anatomy.TOTALSEG_CLASSES.items():
+            if cls not in value_of:
+                problems.append(f"missing: {tissue} ({cls}) is not in the label table of {rel}")
+                continue
+            mask = data == value_of[cls]
+            if not mask.any():
+                problems.append(
+                    f"empty: {tissue} ({cls}, value {value_of[cls]}) has no voxels in {rel}"
+                )
+            labels[mask] = L[tissue]
+        record["files"] = [rel]
+        if problems:
+            raise Excluded("; ".join(problems), record)
+        return LabelMap(labels, affine), record
+
+    sub = folder / ("segmentations" if layout == "v1" else "heartchambers_highres")
+    labels = None
+    affine = None
+    first = None
+    problems = []
+    overlap = 0
+    files = []
+    for tissue, cls in anatomy.TOTALSEG_CLASSES.items():
+        path = _nifti_in(sub, cls)
+        if path is None:
+            problems.append(f"missing: {tissue} class file {sub.name}/{cls}.nii.gz not found")
+            continue
+        rel = path.relative_to(folder).as_posix()
+        files.append(rel)
+        data, aff = _load_nifti(path, folder)
+        if labels is None:
+            labels, affine, first = np.zeros(data.shape, np.uint8), aff, rel
+        elif data.shape != labels.shape or not np.allclose(aff, affine, atol=1e-3):
+            raise Excluded(
+                f"grid: {rel} (shape {data.shape}) is not on the grid of {first} "
+                f"(shape {labels.shape}); all class files of a subject must share one grid",
+                record,
+            )
+        mask = data > 0
+        if not mask.any():
+            problems.append(f"empty: {tissue} ({rel}) has no voxels")
+        overlap += int(np.count_nonzero(mask & (labels > 0)))
+        labels[mask] = L[tissue]
+    record["files"] = files
+    record["overlapping_voxels"] = overlap
+    if problems:
+        raise Excluded("; ".join(problems), record)
+    assert labels is not None and affine is not None
+    return LabelMap(labels, affine), record
+
+
+# ---------------------------------------------------------------------------------
+# Quality control.
+# ---------------------------------------------------------------------------------
+def parse_volume_bounds(items: Sequence[str] | None) -> dict[str, tuple[float, float]]:
+    """Parse ``["LV=20:400", "RA=10:300"]`` over the defaults (clear error if malformed)."""
+    bounds = dict(DEFAULT_VOLUME_BOUNDS_ML)
+    for item in items or ():
+        m = re.fullmatch(r"\s*(\w+)\s*=\s*([0-9.]+)\s*:\s*([0-9.]+)\s*", item)
+        if not m or m.group(1) not in anatomy.CHAMBERS:
+            raise ValueError(
+                f"volume bound {item!r} is not CHAMBER=MIN:MAX with CHAMBER in {', '.join(anatomy.CHAMBERS)}"
+            )
+        lo, hi = float(m.group(2)), float(m.group(3))
+        if not 0 <= lo < hi:
+            raise ValueError(f"volume bound {item!r}: need 0 <= MIN < MAX")
+        bounds[m.group(1)] = (lo, hi)
+    return bounds
+
+
+def touches_boundary(data: np.ndarray) -> set[int]:
+    """Labels with a voxel on any of the array's six outer faces."""
+    faces = [data[0], data[-1], data[:, 0], data[:, -1], data[:, :, 0], data[:, :, -1]]
+    return set(np.unique(np.concatenate([f.ravel() for f in faces])).tolist()) - {0}
+
+
+def quality_control(lm: LabelMap, volume_bounds: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Truncation and volume checks of a complete scanner-space map.
+
+    Returns the record (volumes, tissues on the boundary); raises :class:`Excluded`.
+    """
+    volumes = geometry.label_volumes_ml(lm)
+    edge = touches_boundary(np.asarray(lm.data))
+    cut = [t for t in TRUNCATION_TISSUES if L[t] in edge]
+    record = {
+        "volumes_ml": {t: round(v, 3) for t, v in volumes.items()},
+        "on_scan_boundary": sorted(anatomy.LABEL_NAMES[k] for k in edge),
+        "voxel_mm": [round(s, 4) for s in lm.spacing],
+        "shape": list(lm.shape),
+        "orientation": "".join(nib.aff2axcodes(lm.affine)),
+        "volume_bounds_ml": {c: list(b) for c, b in volume_bounds.items()},
+    }
+    problems = []
+    if cut:
+        problems.append(
+            f"truncated: {', '.join(cut)} touch{'es' if len(cut) == 1 else ''} the scan's "
+            "field-of-view boundary (cut off by the scan)"
+        )
+    for c in anatomy.CHAMBERS:
+        lo, hi = volume_bounds[c]
+        if not lo <= volumes[c] <= hi:
+            problems.append(
+                f"volume: {c} {volumes[c]:.1f} mL is outside the plausible {lo:g}–{hi:g} mL"
+            )
+    if problems:
+        raise Excluded("; ".join(problems), record)
+    return record
+
+
+# ---------------------------------------------------------------------------------
+# One subject, end to end (runs in worker processes).
+# ---------------------------------------------------------------------------------
+def software_versions() -> dict[str, str]:
+    import scipy
+    import SimpleITK as sitk
+
+    return {
+        "digital_siblings": __version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "nibabel": nib.__version__,
+        "SimpleITK": sitk.Version_VersionString(),
+        "python": platform.python_version(),
+    }
+
+
+_REFERENCE_CACHE: dict[str, geometry.Reference] = {}
+
+
+def _reference(path: str, register_size: int) -> geometry.Reference:
+    key = f"{path}@{register_size}"
+    if key not in _REFERENCE_CACHE:
+        _REFERENCE_CACHE.clear()
+        _REFERENCE_CACHE[key] = geometry.Reference.from_label_map(
+            read_label_map(path), register_size
+        )
+    return _REFERENCE_CACHE[key]
+
+
+def _load_and_check(
+    subject: Subject, bounds: dict[str, tuple[float, float]]
+) -> tuple[LabelMap, dict]:
+    steps: dict[str, Any] = {}
+    try:
+        lm, steps["load"] = load_subject(subject)
+    except Excluded as exc:
+        steps["load"] = exc.record
+        exc.record = steps
+        raise
+    try:
+        steps["qc"] = quality_control(lm, bounds)
+    except Excluded as exc:
+        steps["qc"] = exc.record
+        exc.record = steps
+        raise
+    return lm, steps
+
+
+def _survey(job: dict) -> dict:
+    """Pass 1 (medoid search): QC plus the reoriented, centred map on a coarse grid.
+
+    Subjects that fail QC get their (final) manifest here; it does not depend on the
+    reference.
+    """
+    subject = _subject(job["subject"])
+    try:
+        lm, _ = _load_and_check(subject, job["bounds"])
+        matrix, _ = geometry.reorientation(lm)
+        n = MEDOID_SIZE
+        coarse = geometry.resample_labels(lm, matrix, (n,) * 3, geometry.coarse_affine(n))
+        return {"subject": subject.name, "ok": True, "coarse": coarse.data}
+    except Excluded as exc:
+        manifest = _base_manifest(subject, job["settings"], None)
+        manifest.update(steps=exc.record, status="excluded", reason=exc.reason)
+        _write_manifest(Path(job["out"]), manifest)
+        return {"subject": subject.name, "ok": False, "reason": exc.reason}
+    except Exception as exc:  # reported by pass 2, which tries this subject again
+        return {
+            "subject": subject.name,
+            "ok": False,
+            "reason": f"error: {type(exc).__name__}: {exc}",
+        }
+
+
+def _outputs(out: Path, name: str) -> dict[str, Path]:
+    return {
+        "map": out / f"{name}.nii.gz",
+        "transform": out / f"{name}.xfm.json",
+        "manifest": out / f"{name}.json",
+    }
+
+
+def _base_manifest(subject: Subject, settings: dict, reference: dict | None) -> dict[str, Any]:
+    return {
+        "subject": subject.name,
+        "source": {"folder": str(subject.folder), "layout": subject.layout, "split": subject.split},
+        "settings": settings,
+        "reference": reference,
+        "software": software_versions(),
+    }
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    paths = _outputs(out, manifest["subject"])
+    if manifest["status"] == "excluded":
+        for key in ("map", "transform"):  # no stale outputs from an earlier run
+            paths[key].unlink(missing_ok=True)
+    write_json(paths["manifest"], manifest)
+
+
+def _prepare_one(job: dict) -> dict:
+    """Pass 2: one subject from its TotalSegmentator files to the prepared outputs."""
+    subject = _subject(job["subject"])
+    settings = job["settings"]
+    out = Path(job["out"])
+    paths = _outputs(out, subject.name)
+    manifest = _base_manifest(subject, settings, job["reference"])
+    try:
+        lm, steps = _load_and_check(subject, job["bounds"])
+        manifest["steps"] = steps
+        reference = None
+        if job["reference_path"] and not job["is_reference"]:
+            reference = _reference(job["reference_path"], settings["register_size"])
+        prepared, transform = geometry.prepare_label_map(
+            lm,
+            reference=reference,
+            size=settings["size"],
+            interpolation=settings["interpolation"],
+            engine=settings["engine"],
+            register_size=settings["register_size"],
+            keep_axis=settings["keep_axis"],
+            seed=settings["seed"],
+        )
+        steps.update(transform.steps)
+        if job["is_reference"]:
+            steps["register"] = {"skipped": "this subject is the reference"}
+        before = steps["qc"]["volumes_ml"]
+        after = geometry.label_volumes_ml(prepared)
+        edge = touches_boundary(prepared.data)
+        axis = geometry.angle_to_z_deg(geometry.long_axis(prepared))
+        steps["output"] = {
+            "volumes_ml": {t: round(v, 3) for t, v in after.items()},
+            "volume_change_percent": {
+                t: round(100.0 * (after[t] / before[t] - 1.0), 3)
+                for t in anatomy.TISSUES
+                if before[t] > 0
+            },
+            "lv_la_axis_angle_to_z_deg": round(axis, 4),
+            "on_grid_boundary": sorted(anatomy.LABEL_NAMES[k] for k in edge),
+        }
+        cut = [t for t in TRUNCATION_TISSUES if L[t] in edge]
+        if cut:
+            raise Excluded(
+                f"field_of_view: {', '.join(cut)} reach{'es' if len(cut) == 1 else ''} the edge of the "
+                f"{anatomy.FIELD_OF_VIEW_MM:g} mm prepared grid (heart larger than the field of view)"
+            )
+        write_label_map(paths["map"], prepared)
+        transform.save(paths["transform"])
+        manifest.update(
+            status="prepared",
+            reason="",
+            files={"map": paths["map"].name, "transform": paths["transform"].name},
+        )
+    except Excluded as exc:
+        manifest.setdefault("steps", exc.record)
+        manifest.update(status="excluded", reason=exc.reason)
+    except Exception as exc:  # report, never drop silently
+        manifest.update(
+            status="excluded",
+            reason=f"error: {type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+        )
+    _write_manifest(out, manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------------------
+# The cohort.
+# ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Worker processes use one BLAS/OpenMP thread each: the parallelism is across
+    subjects, and oversubscribed BLAS threads spin-wait (slower by several times)."""
+    keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(dict.fromkeys(keys, "1"))
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_jobs(
+    fn: Callable[[dict], dict], jobs: list[dict], workers: int, desc: str, progress: bool
+) -> Iterator[dict]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc=desc, unit="subject", disable=not progress or not jobs)
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                yield fn(job)
+                bar.update()
+            return
+        ctx = multiprocessing.get_context("spawn")
+        with (
+            _single_threaded_children(),
+            ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool,
+        ):
+            futures = [pool.submit(fn, job) for job in jobs]
+            for fut in as_completed(futures):
+                yield fut.result()
+                bar.update()
+    finally:
+        bar.close()
+
+
+def medoid(coarse: dict[str, np.ndarray]) -> tuple[str, dict[str, float]]:
+    """The subject with the highest mean Dice (over tissues and other subjects).
+
+    ``coarse`` maps subject → label array, all on one grid. Returns the subject and
+    every subject's mean Dice to the others. Ties go to the first name.
+    """
+    names = sorted(coarse)
+    if len(names) == 1:
+        return names[0], {names[0]: 1.0}
+    flat = np.stack([coarse[n].ravel() for n in names])
+    total = np.zeros((len(names), len(names)))
+    for t in anatomy.TISSUES:
+        x = (flat == L[t]).astype(np.float32)
+        inter = x @ x.T
+        size = x.sum(axis=1)
+        denom = size[:, None] + size[None, :]
+        total += np.divide(2.0 * inter, denom, out=np.zeros_like(inter), where=denom > 0)
+    total /= len(anatomy.TISSUES)
+    np.fill_diagonal(total, 0.0)
+    score = total.sum(axis=1) / (len(names) - 1)
+    best = int(np.argmax(score))
+    return names[best], {n: round(float(s), 5) for n, s in zip(names, score, strict=True)}
+
+
+def _settings(
+    size, interpolation, engine, register_size, keep_axis, seed, bounds
+) -> dict[str, Any]:
+    return {
+        "size": int(size),
+        "voxel_mm": anatomy.voxel_size_mm(size),
+        "interpolation": interpolation,
+        "engine": engine,
+        "register_size": int(min(register_size, size)),
+        "keep_axis": bool(keep_axis),
+        "seed": int(seed),
+        "volume_bounds_ml": {c: list(b) for c, b in bounds.items()},
+    }
+
+
+_NEEDS_NO_REFERENCE = ("layout", "missing", "empty", "unreadable", "grid", "truncated", "volume")
+
+
+def _reference_key(info: dict | None) -> str:
+    if not info:
+        return ""
+    if info.get("kind") == "medoid":
+        return f"medoid:{info['subject']}"
+    if info.get("kind") == "file":
+        return f"file:{info['sha256']}"
+    return str(info.get("kind"))
+
+
+def _finished(out: Path, subject: str, settings: dict, reference: dict) -> dict | None:
+    """The manifest of a subject already done with these settings, else None."""
+    paths = _outputs(out, subject)
+    if not paths["manifest"].is_file():
+        return None
+    try:
+        m = read_json(paths["manifest"])
+    except ValueError:
+        return None
+    if m.get("settings") != settings:
+        return None
+    kind = str(m.get("reason", "")).split(":", 1)[0]
+    if m.get("status") == "excluded" and kind in _NEEDS_NO_REFERENCE:
+        return m  # failed quality control: the reference does not matter
+    if _reference_key(m.get("reference")) != _reference_key(reference):
+        return None
+    if m.get("status") == "prepared" and paths["map"].is_file() and paths["transform"].is_file():
+        return m
+    if m.get("status") == "excluded" and kind == "field_of_view":
+        return m
+    return None
+
+
+def exclusions_csv(rows: list[tuple[str, str]]) -> str:
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["subject", "reason"])
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _job(subject: Subject) -> dict:
+    d = asdict(subject)
+    d["folder"] = str(subject.folder)
+    return d
+
+
+def _subject(d: dict) -> Subject:
+    return Subject(**{**d, "folder": Path(d["folder"])})
+
+
+def prepare_totalsegmentator(
+    src: PathLike,
+    out: PathLike,
+    size: int = 128,
+    workers: int | None = None,
+    reference: PathLike | None = None,
+    engine: geometry.Engine = "simpleitk",
+    seed: int = 0,
+    volume_bounds: dict[str, tuple[float, float]] | None = None,
+    interpolation: geometry.Interpolation = "linear",
+    register_size: int = 48,
+    keep_axis: bool = True,
+    split: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Prepare a TotalSegmentator dataset as a cohort of model-space label maps (SPEC §2).
+
+    Parameters
+    ----------
+    src : dataset root (one folder per subject, v1 or v2 layout), or one subject folder.
+    out : output folder; gets ``<subject>.nii.gz`` (prepared map), ``<subject>.xfm.json``
+        (forward transform), ``<subject>.json`` (manifest) for each kept subject,
+        ``<subject>.json`` for each excluded one, ``exclusions.csv`` and ``prepare.json``.
+    size : prepared grid (voxel 179.2 / size mm; 128 → 1.4 mm as in the paper).
+    workers : processes (default: all cores; 1 runs in this process).
+    reference : a prepared map (``size``³, 179.2 mm field of view) to register to;
+        default: the medoid subject, the one with the highest mean Dice to the others
+        after reorientation and centring, on a 32³ grid.
+    engine : registration engine, ``"simpleitk"`` or ``"ants"``.
+    seed : passed to engines that sample randomly (the default engine does not).
+    volume_bounds : plausible chamber volumes in mL (default
+        :data:`DEFAULT_VOLUME_BOUNDS_ML`).
+    interpolation : ``"linear"`` (one-hot + argmax) or ``"nearest"``.
+    register_size : grid of the registration (same field of view, coarser).
+    keep_axis : put the LV→LA axis back on +z after registration.
+    split : keep only subjects of this ``meta.csv`` split.
+    progress : show progress bars.
+
+    Re-running with the same settings skips finished subjects (kept or excluded) and
+    keeps the recorded reference; changed settings redo everything.
+
+    Returns
+    -------
+    dict
+        ``subjects``, ``prepared``, ``excluded``, ``skipped`` (already finished),
+        ``reasons`` (count per kind), ``reference`` and the paths written.
+    """
+    src, out = Path(src), Path(out)
+    if size < 16:
+        raise ValueError(f"--size must be at least 16, got {size}")
+    if engine not in ("simpleitk", "ants"):
+        raise ValueError(f"unknown registration engine {engine!r}; use 'simpleitk' or 'ants'")
+    if interpolation not in ("linear", "nearest"):
+        raise ValueError(f"unknown interpolation {interpolation!r}; use 'linear' or 'nearest'")
+    if engine == "ants":
+        try:
+            import ants  # type: ignore[import-not-found]  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "--engine ants needs antspyx, which is not installed; "
+                "install it with `pip install antspyx` or use --engine simpleitk"
+            ) from None
+    bounds = volume_bounds if volume_bounds is not None else dict(DEFAULT_VOLUME_BOUNDS_ML)
+    subjects = find_subjects(src, split)
+    if not subjects:
+        raise ValueError(
+            f"{src}: no TotalSegmentator subjects found (expected <subject>/segmentations/"
+            "<class>.nii.gz, <subject>/heartchambers_highres.nii.gz or "
+            "<subject>/heartchambers_highres/<class>.nii.gz)"
+        )
+    if all(s.layout == "v2-total" for s in subjects):
+        raise ValueError(
+            f"{src}: TotalSegmentator v2 `total` layout (segmentations/heart.nii.gz): it has only "
+            "the whole heart, not the four chambers and the myocardium that preparation needs; "
+            "run the heartchambers_highres task (TotalSegmentator -i ct.nii.gz -o "
+            "<subject>/heartchambers_highres -ta heartchambers_highres) and prepare again"
+        )
+    workers = workers or os.cpu_count() or 1
+    settings = _settings(size, interpolation, engine, register_size, keep_axis, seed, bounds)
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / "prepare.json"
+    by_name = {s.name: s for s in subjects}
+    existed = {s.name for s in subjects if _outputs(out, s.name)["manifest"].is_file()}
+
+    # The reference: given, recorded by an earlier run with these settings, or the medoid.
+    ref_info: dict[str, Any]
+    ref_path: Path | None = None
+    medoid_scores: dict[str, float] = {}
+    if reference is not None:
+        ref_path = Path(reference)
+        read_label_map(ref_path, shape=(size,) * 3, spacing=anatomy.voxel_size_mm(size))
+        ref_info = {"kind": "file", "file": str(ref_path), "sha256": sha256_file(ref_path)}
+    else:
+        previous = read_json(summary_path) if summary_path.is_file() else {}
+        recorded = previous.get("reference", {}) if previous.get("settings") == settings else {}
+        if recorded.get("kind") == "medoid" and recorded.get("subject") in by_name:
+            ref_info = recorded
+        else:
+            survey = [
+                {"subject": _job(s), "bounds": bounds, "settings": settings, "out": str(out)}
+                for s in subjects
+                if _finished(out, s.name, settings, {}) is None
+            ]
+            coarse: dict[str, np.ndarray] = {}
+            for r in _run_jobs(_survey, survey, workers, "survey", progress):
+                if r["ok"]:
+                    coarse[r["subject"]] = r["coarse"]
+            if not coarse:
+                ref_info = {"kind": "none", "reason": "no subject passed quality control"}
+            else:
+                name, medoid_scores = medoid(coarse)
+                ref_info = {
+                    "kind": "medoid",
+                    "subject": name,
+                    "mean_dice": medoid_scores[name],
+                    "grid": MEDOID_SIZE,
+                }
+        if ref_info.get("kind") == "medoid":
+            # The reference is the medoid's own prepared map (not registered).
+            name = ref_info["subject"]
+            paths = _outputs(out, name)
+            done = _finished(out, name, settings, ref_info)
+            if done is None:
+                m = _prepare_one(
+                    {
+                        "subject": _job(by_name[name]),
+                        "bounds": bounds,
+                        "settings": settings,
+                        "out": str(out),
+                        "reference": ref_info,
+                        "reference_path": None,
+                        "is_reference": True,
+                    }
+                )
+                if m["status"] != "prepared":
+                    raise RuntimeError(
+                        f"the medoid reference {name} could not be prepared: {m['reason']}"
+                    )
+            ref_path = paths["map"]
+    write_json(
+        summary_path,
+        {"source": str(src), "settings": settings, "reference": ref_info, "status": "running"},
+    )
+
+    manifests: dict[str, dict] = {}
+    todo = []
+    skipped = 0
+    for s in subjects:
+        done = _finished(out, s.name, settings, ref_info)
+        if done is not None:
+            manifests[s.name] = done
+            skipped += s.name in existed
+        else:
+            todo.append(
+                {
+                    "subject": _job(s),
+                    "bounds": bounds,
+                    "settings": settings,
+                    "out": str(out),
+                    "reference": ref_info,
+                    "reference_path": str(ref_path) if ref_path else None,
+                    "is_reference": ref_info.get("subject") == s.name,
+                }
+            )
+    for m in _run_jobs(_prepare_one, todo, workers, "prepare", progress):
+        manifests[m["subject"]] = m
+
+    rows = sorted((n, m["reason"]) for n, m in manifests.items() if m["status"] != "prepared")
+    write_text(out / "exclusions.csv", exclusions_csv(rows))
+    kept = sorted(n for n, m in manifests.items() if m["status"] == "prepared")
+    reasons = Counter(r.split(":", 1)[0] for _, r in rows)
+    summary = {
+        "source": str(src),
+        "settings": settings,
+        "reference": ref_info,
+        "medoid_mean_dice": medoid_scores or None,
+        "status": "done",
+        "subjects": len(subjects),
+        "prepared": len(kept),
+        "excluded": len(rows),
+        "skipped": skipped,
+        "reasons": dict(sorted(reasons.items())),
+        "kept": kept,
+    }
+    write_json(summary_path, summary)
+    summary["out"] = str(out)
+    return summary
+
+
+def read_exclusions(out: PathLike) -> dict[str, str]:
+    """``subject`` → ``reason`` from a prepared folder's ``exclusions.csv``."""
+    path = Path(out) / "exclusions.csv"
+    with open(path, newline="") as f:
+        return {r["subject"]: r["reason"] for r in csv.DictReader(f)}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    ref = summary["reference"]
+    if ref.get("kind") == "medoid":
+        ref_text = (
+            f"medoid subject {ref['subject']} (mean Dice {ref['mean_dice']:.3f} to the others)"
+        )
+    elif ref.get("kind") == "file":
+        ref_text = ref["file"]
+    else:
+        ref_text = "none"
+    lines = [
+        f"{summary['prepared']} of {summary['subjects']} subjects prepared, {summary['excluded']} excluded"
+        + (f" ({summary['skipped']} already finished)" if summary["skipped"] else ""),
+        f"reference: {ref_text}",
+    ]
+    if summary["reasons"]:
+        lines.append(
+            "exclusions: "
+            + ", ".join(f"{k} {v}" for k, v in summary["reasons"].items())
+            + f" (see {Path(summary['out']) / 'exclusions.csv'})"
+        )
+    lines.append(f"wrote {summary['out']}")
+    return "\n".join(lines)
