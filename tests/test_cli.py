@@ -1,0 +1,173 @@
+"""The ``siblings`` command line: help with examples, the phantom and demo commands, and
+one-line errors with exit code 2 that write nothing (DESIGN: "clear errors")."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import subprocess_env
+from siblings import __version__
+from siblings.cli import build_parser, main
+from siblings.data.phantom import generate_cohort, read_parameters
+
+SIBLINGS = Path(sys.executable).parent / "siblings"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed console script, as a user would."""
+    return subprocess.run(
+        [str(SIBLINGS), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=subprocess_env(),
+        timeout=300,
+    )
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+# ---------------------------------------------------------------------------------
+# Help.
+# ---------------------------------------------------------------------------------
+def test_console_script_help_lists_every_command():
+    result = run("--help")
+    assert result.returncode == 0, result.stderr
+    listed = result.stdout.split("positional arguments:")[1].split("options:")[0]
+    names = subcommands()
+    assert {"phantom", "train", "sample", "demo"} <= set(names)
+    for name in names:
+        assert re.search(rf"^    {name}(\s|$)", listed, re.M), f"{name} missing from --help"
+
+
+def test_python_dash_m_siblings_is_the_same_command():
+    result = subprocess.run(
+        [sys.executable, "-m", "siblings", "--version"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"digital-siblings {__version__}"
+
+
+@pytest.mark.parametrize("name", sorted(subcommands()))
+def test_every_command_help_has_runnable_looking_examples(name):
+    sub = subcommands()[name]
+    help_text = sub.format_help()
+    examples = help_text.split("examples:\n")[1].splitlines()
+    assert examples and all(
+        line.strip().startswith(("siblings ", "torchrun ")) for line in examples if line.strip()
+    )
+    assert any(f"siblings {name}" in line or "-m siblings" in line for line in examples)
+
+
+def test_phantom_help_shows_the_issue_command_line():
+    result = run("phantom", "--help")
+    assert result.returncode == 0
+    assert "examples:" in result.stdout
+    assert "siblings phantom --n 512 --size 128 --seed 0 --defect-rate 0.25 --out" in result.stdout
+    for option in ("--n", "--size", "--seed", "--defect-rate", "--workers", "--out"):
+        assert option in result.stdout
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "usage: siblings" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------
+# phantom and demo.
+# ---------------------------------------------------------------------------------
+def test_phantom_command_writes_the_same_cohort_as_the_api(tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["phantom", "--n", "3", "--size", "32", "--seed", "1", "--defect-rate", "0.5"]
+    assert main([*argv, "--workers", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("3 subjects, grid 32³ at 5.60 mm")
+    assert f"wrote 3 subjects and parameters.csv to {out}" in printed
+    generate_cohort(
+        tmp_path / "api", n=3, size=32, seed=1, defect_rate=0.5, workers=1, progress=False
+    )
+    for name in ["parameters.csv"] + [f"phantom_{i:04d}.nii.gz" for i in range(3)]:
+        assert (out / name).read_bytes() == (tmp_path / "api" / name).read_bytes(), name
+
+
+def test_demo_makes_and_summarises_a_small_phantom_cohort(tmp_path):
+    result = run("demo", "--out", "demo_out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    cohort = tmp_path / "demo_out" / "phantom"
+    rows = read_parameters(cohort)
+    assert len(rows) == 16 and len(list(cohort.glob("phantom_*.nii.gz"))) == 16
+    assert result.stdout.startswith("16 subjects, grid 64³ at 2.80 mm")
+    assert f"demo cohort written to {Path('demo_out') / 'phantom'}" in result.stdout
+
+
+# ---------------------------------------------------------------------------------
+# Bad input: exit 2, one line on stderr, nothing written.
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n", "0"], "siblings phantom: error: --n must be at least 1, got 0"),
+        (["--n", "-3"], "siblings phantom: error: --n must be at least 1, got -3"),
+        (["--size", "8"], "siblings phantom: error: --size must be at least 16, got 8"),
+        (
+            ["--defect-rate", "1.5"],
+            "siblings phantom: error: --defect-rate must be in [0, 1], got 1.5",
+        ),
+        (
+            ["--defect-rate", "-0.1"],
+            "siblings phantom: error: --defect-rate must be in [0, 1], got -0.1",
+        ),
+        (
+            ["--defect-rate", "nan"],
+            "siblings phantom: error: --defect-rate must be in [0, 1], got nan",
+        ),
+    ],
+)
+def test_bad_phantom_values_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert main(["phantom", *args, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == message + "\n"
+    assert captured.out == ""
+    assert not out.exists()
+
+
+def test_bad_input_through_the_console_script_exits_2(tmp_path):
+    result = run("phantom", "--n", "0", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["siblings phantom: error: --n must be at least 1, got 0"]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unparsable_defect_rate_is_an_argparse_error_naming_the_option(tmp_path):
+    result = run("phantom", "--defect-rate", "lots", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "siblings phantom: error: argument --defect-rate: invalid float value: 'lots'"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert (
+        main(["phantom", "--n", "1", "--size", "16", "--workers", "1", "--out", str(blocker)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("siblings phantom: error: ") and err.count("\n") == 1
+    assert blocker.read_text() == "x"
