@@ -84,8 +84,9 @@ class LatentDiffusionModel:
         """Load a checkpoint folder (default: the shipped ``tiny`` weights).
 
         ``preset``, if given, must match the checkpoint's preset (clear error otherwise).
-        ``amp`` runs the networks under bf16 autocast; it is off by default because on
-        CPUs bf16 inference of the U-Net measured slower than fp32 here (benchmarks/).
+        ``amp`` runs the networks under bf16 autocast (about 2x faster on this CPU,
+        benchmarks/bench_bf16.py); it is off by default so that shipped results are
+        computed in fp32.
         """
         folder = Path(checkpoint) if checkpoint is not None else shipped_checkpoint()
         if folder.is_file():
