@@ -1,0 +1,244 @@
+"""The outputs of ``siblings evaluate``: metrics.json, CSVs, figures and report.html.
+
+:func:`write_evaluation` renders everything in memory first and then writes each file
+atomically, so a failure never leaves a half-written report. :func:`evaluation_figures`
+and :func:`evaluation_html` are separate so experiments can reuse them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import anatomy
+from ..io import write_bytes, write_json
+from . import html as H
+
+FIGURES = {
+    "volumes.png": "LV vs RV volume of the cohort over KDE contours of the reference.",
+    "occupancy_heart.png": "Heart occupancy (1 − P_background): reference, cohort and P_diff, "
+    "three mid-slices.",
+    "occupancy.png": "Occupancy per tissue: reference, cohort and P_diff (masked where either "
+    "P is zero), three mid-slices.",
+    "violations.png": "Maps violating each topology check (%), cohort with 95% bootstrap "
+    "intervals, and reference.",
+}
+
+
+def evaluation_figures(ev, dpi: int = 100) -> dict[str, bytes]:
+    """PNG bytes of the four evaluation figures, keyed by file name."""
+    from .plots import figure_png, occupancy_figure, violation_bars, volume_scatter_figure
+
+    m = ev.metrics
+    coh_name, ref_name = f"cohort (n = {m['n']})", f"reference (n = {m['n_reference']})"
+    lv, rv = "LV_volume_ml", "RV_volume_ml"
+    orientation = (m.get("grid") or {}).get("orientation") or "RAS"
+    figs = {}
+    figs["volumes.png"] = figure_png(
+        volume_scatter_figure(
+            np.column_stack([ev.cohort.feature(lv), ev.cohort.feature(rv)]),
+            np.column_stack([ev.reference.feature(lv), ev.reference.feature(rv)]),
+            cohort_label="cohort",
+            reference_label="reference",
+        ),
+        dpi=dpi,
+    )
+    figs["occupancy_heart.png"] = figure_png(
+        occupancy_figure(
+            ev.reference.occupancy,
+            ev.cohort.occupancy,
+            channels=("heart",),
+            orientation=orientation,
+        ),
+        dpi=dpi,
+    )
+    figs["occupancy.png"] = figure_png(
+        occupancy_figure(ev.reference.occupancy, ev.cohort.occupancy, orientation=orientation),
+        dpi=dpi,
+    )
+    figs["violations.png"] = figure_png(
+        violation_bars(
+            {ref_name: m["reference"]["violation_rate"], coh_name: m["violation_rate"]},
+            {coh_name: m.get("violation_rate_ci")},
+            title=f"TV%: cohort {m['tv_percent']:.1f}, reference {m['reference']['tv_percent']:.1f}",
+        ),
+        dpi=dpi,
+    )
+    return figs
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _ci(ci, digits: int = 3, scale: float = 1.0) -> str:
+    if not ci:
+        return "–"
+    return f"[{ci[0] * scale:.{digits}f}, {ci[1] * scale:.{digits}f}]"
+
+
+def evaluation_html(ev, figures: dict[str, bytes], title: str | None = None) -> str:
+    """The self-contained report page of an evaluation."""
+    m = ev.metrics
+    rules = {r.column: r for r in anatomy.TOPOLOGY_RULES}
+    ref = m["reference"]
+    summary = H.table(
+        ["metric", "cohort", "95% interval", "reference"],
+        [
+            ["maps", m["n"], "", m["n_reference"]],
+            [
+                "Fréchet distance (normalised features)",
+                _fmt(m["fd"]),
+                _ci(m["fd_ci"]),
+                "0 (by definition)",
+            ],
+            [f"precision (k = {m['k']})", _fmt(m["precision"]), _ci(m["precision_ci"]), ""],
+            [f"recall (k = {m['k']})", _fmt(m["recall"]), _ci(m["recall_ci"]), ""],
+            [
+                "TV% (mean % of the 12 checks violated)",
+                _fmt(m["tv_percent"], 2),
+                _ci(m["tv_percent_ci"], 2),
+                _fmt(ref["tv_percent"], 2),
+            ],
+            [
+                "maps violating at least one check (%)",
+                _fmt(m["maps_violating_percent"], 1),
+                "",
+                _fmt(ref["maps_violating_percent"], 1),
+            ],
+        ],
+    )
+    ci = m.get("violation_rate_ci") or {}
+    check_rows, classes = [], []
+    for col in anatomy.TOPOLOGY_COLUMNS:
+        rate = m["violation_rate"][col]
+        check_rows.append(
+            [
+                f"<code>{H.esc(col)}</code>",
+                H.esc(rules[col].description),
+                f"{100 * rate:.1f}",
+                _ci(ci.get(col), 1, 100.0),
+                f"{100 * ref['violation_rate'][col]:.1f}",
+            ]
+        )
+        classes.append("bad" if rate > 0 else "")
+    checks = H.table(
+        ["check", "rule", "cohort (% of maps)", "95% interval", "reference (% of maps)"],
+        check_rows,
+        row_classes=classes,
+        raw=True,
+    )
+    feats = H.table(
+        ["feature", "cohort mean ± sd", "reference mean ± sd"],
+        [
+            [
+                col,
+                f"{f['mean']:.1f} ± {f['std']:.1f}",
+                f"{f['reference_mean']:.1f} ± {f['reference_std']:.1f}",
+            ]
+            for col, f in m["features"].items()
+        ],
+    )
+    # The maps with the most violations, to open first.
+    counts = ev.cohort.violated.sum(axis=1)
+    worst = [i for i in np.argsort(-counts, kind="stable") if counts[i] > 0][:15]
+    worst_html = (
+        H.table(
+            ["file", "checks violated"],
+            [
+                [
+                    ev.cohort.names[i],
+                    ", ".join(
+                        c
+                        for c, v in zip(
+                            anatomy.TOPOLOGY_COLUMNS, ev.cohort.violated[i], strict=True
+                        )
+                        if v
+                    ),
+                ]
+                for i in worst
+            ],
+        )
+        if worst
+        else "<p>No map violates any check.</p>"
+    )
+    boot = m.get("bootstrap", {})
+    conv = m.get("conventions", {})
+    settings = H.table(
+        ["setting", "value"],
+        [
+            ["cohort", m.get("cohort_dir", "(in memory)")],
+            ["reference", m.get("reference_dir", "(in memory)")],
+            [
+                "grid",
+                f"{'x'.join(map(str, m['grid']['shape']))} voxels of "
+                f"{' x '.join(f'{s:.4g}' for s in (m['grid']['spacing_mm'] or []))} mm, "
+                f"{m['grid'].get('orientation', '')}",
+            ],
+            [
+                "bootstrap",
+                f"{boot.get('n_boot')} resamples of the {boot.get('resampled')}, "
+                f"seed {boot.get('seed')}, {boot.get('interval')}",
+            ],
+            *[[k, v] for k, v in conv.items()],
+            ["software", m.get("software", "")],
+            ["compute time", f"{m['compute_seconds']:.1f} s" if "compute_seconds" in m else "–"],
+        ],
+    )
+
+    def fig(name: str) -> str:
+        return H.figure(figures[name], FIGURES[name]) if name in figures else ""
+
+    sections = [
+        (
+            "Summary",
+            summary + '<p class="meta">FD, precision and recall compare the 12-d '
+            "morphology vectors (volume, major and minor axis of LV, RV, LA, RA) normalised by "
+            "the reference mean and standard deviation. Intervals: bootstrap over the cohort, "
+            "reference fixed.</p>",
+        ),
+        ("Morphology", fig("volumes.png") + feats),
+        (
+            "Topology",
+            fig("violations.png") + checks + "<h3>Maps with the most violations</h3>" + worst_html,
+        ),
+        ("Occupancy", fig("occupancy_heart.png") + fig("occupancy.png")),
+        ("Settings", settings),
+    ]
+    when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    subtitle = (
+        f"{H.esc(m.get('cohort_dir', 'cohort'))} against {H.esc(m.get('reference_dir', 'reference'))}"
+        f" · {when}"
+    )
+    return H.page(title or "digital-siblings evaluation", sections, subtitle)
+
+
+def write_evaluation(
+    ev, out_dir: str | os.PathLike, *, figures: bool = True, title: str | None = None
+) -> dict[str, Path]:
+    """Write metrics.json, per_map.csv, reference_per_map.csv, PNGs and report.html.
+
+    Everything is rendered before the first file is written; each write is atomic.
+    Returns the written paths by name.
+    """
+    out = Path(out_dir)
+    pngs = evaluation_figures(ev) if figures else {}
+    ev.metrics["figures"] = sorted(pngs)
+    page = evaluation_html(ev, pngs, title)
+    files = {
+        "per_map.csv": ev.cohort.per_map_csv().encode(),
+        "reference_per_map.csv": ev.reference.per_map_csv().encode(),
+        **pngs,
+        "report.html": page.encode(),
+    }
+    written = {}
+    for name, data in files.items():
+        written[name] = write_bytes(out / name, data)
+    written["metrics.json"] = write_json(out / "metrics.json", ev.metrics)
+    return written
+
+
+__all__ = ["FIGURES", "evaluation_figures", "evaluation_html", "write_evaluation"]

@@ -1,0 +1,78 @@
+"""Self-contained HTML reports: inline CSS, PNG figures embedded as base64 data URIs.
+
+A report opens offline and can be mailed as one file. The pieces (:func:`table`,
+:func:`figure`, :func:`page`) are plain functions of strings so experiments can build
+their own pages.
+
+Example
+-------
+>>> from siblings.report.html import page, table
+>>> html = page("Demo", [("Numbers", table(["a", "b"], [[1, 2]]))])
+>>> html.startswith("<!DOCTYPE html>")
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import html as _html
+from collections.abc import Sequence
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1200px; color: #222; line-height: 1.4; padding: 0 1em; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 1.6em;
+     border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+.meta { color: #666; font-size: 0.9em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ddd; padding: 0.3em 0.7em; text-align: right; }
+th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+tr.bad td { background: #fff3f0; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.88em; margin-top: 0.3em; }
+code { background: #f4f4f4; padding: 0 0.2em; }
+"""
+
+
+def esc(text: object) -> str:
+    """HTML-escape any value's ``str``."""
+    return _html.escape(str(text), quote=True)
+
+
+def table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    *,
+    row_classes: Sequence[str] | None = None,
+    raw: bool = False,
+) -> str:
+    """An HTML table; cells are escaped unless ``raw``."""
+    cell = (lambda v: str(v)) if raw else esc
+    out = ["<table>", "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
+    for i, row in enumerate(rows):
+        cls = f' class="{esc(row_classes[i])}"' if row_classes and row_classes[i] else ""
+        out.append(f"<tr{cls}>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def figure(png: bytes, caption: str = "", alt: str = "") -> str:
+    """A ``<figure>`` with the PNG embedded as a data URI."""
+    data = base64.b64encode(png).decode("ascii")
+    cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
+    return f'<figure><img alt="{esc(alt or caption)}" src="data:image/png;base64,{data}">{cap}</figure>'
+
+
+def page(title: str, sections: Sequence[tuple[str, str]], subtitle: str = "") -> str:
+    """A complete HTML document: ``sections`` are (heading, inner HTML) pairs."""
+    body = [f"<h1>{esc(title)}</h1>"]
+    if subtitle:
+        body.append(f'<p class="meta">{subtitle}</p>')
+    for heading, inner in sections:
+        body.append(f"<h2>{esc(heading)}</h2>\n{inner}")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
