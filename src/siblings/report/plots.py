@@ -274,10 +274,8 @@ def occupancy_figure(
     )
     cols = [0, 1, 2, 5, 6, 7, 9, 10, 11]
     edges = _view_axes(orientation)
-    p_cmap = plt.get_cmap("viridis").copy()
-    p_cmap.set_bad("#f2f2f2")
-    d_cmap = plt.get_cmap("RdBu_r").copy()
-    d_cmap.set_bad("#f2f2f2")
+    p_cmap = plt.get_cmap("viridis").with_extremes(bad="#f2f2f2")
+    d_cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#f2f2f2")
     for r, channel in enumerate(channels):
         p_ref = _channel_volume(reference, channel)
         p_coh = _channel_volume(cohort, channel)
