@@ -492,7 +492,7 @@ def _rodrigues(w: np.ndarray) -> np.ndarray:
 
 
 def centroid_alignment(
-    moving_points: np.ndarray, fixed_points: np.ndarray, engine: Engine = "simpleitk"
+    moving_points: np.ndarray, fixed_points: np.ndarray, engine: str = "simpleitk"
 ) -> np.ndarray:
     """Least-squares rigid map (4×4, RAS) taking ``moving_points`` onto ``fixed_points``.
 
@@ -777,12 +777,15 @@ def _register_ants(moving, fixed, grid_affine, init, seed):
 # ---------------------------------------------------------------------------------
 # Preparation of one label map and its inverse.
 # ---------------------------------------------------------------------------------
-def reorientation(lm: LabelMap) -> tuple[np.ndarray, dict[str, Any]]:
+def reorientation(
+    lm: LabelMap, centroids: tuple[dict[str, np.ndarray], dict[str, int]] | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """SPEC §2 steps 3–4 as one world map: heart centre → origin, LV→LA axis → +z.
 
+    ``centroids`` may pass :func:`label_centroids` ``(lm)`` if already computed.
     Returns the 4×4 matrix and a record of the centroids and angles.
     """
-    centroids, counts = label_centroids(lm)
+    centroids, counts = centroids if centroids is not None else label_centroids(lm)
     missing = [t for t in ("LV", "LA") if t not in centroids]
     if missing:
         raise LabelMapError(lm.path, f"has no {' or '.join(missing)}; cannot reorient (LV→LA axis)")
@@ -843,7 +846,8 @@ def prepare_label_map(
         raise ValueError(f"prepared grid size must be at least 8, got {size}")
     target_affine = centred_affine(size)
     target_shape = (size, size, size)
-    matrix, record = reorientation(lm)
+    subject_c, counts = label_centroids(lm)
+    matrix, record = reorientation(lm, (subject_c, counts))
     steps: dict[str, Any] = {
         "resample": {"interpolation": interpolation, "voxel_mm": anatomy.voxel_size_mm(size)},
         "reorient": record,
@@ -860,7 +864,6 @@ def prepare_label_map(
         moving = soft_channels(lm, matrix, (n,) * 3, grid)
         # Start: least-squares fit of the tissue centroids. It fixes the roll about the
         # long axis, which reorientation leaves open, and most of the rest.
-        subject_c, _ = label_centroids(lm)
         common = [t for t in anatomy.TISSUES if t in subject_c and t in reference.centroids]
         init = np.eye(4)
         if len(common) >= 3:
@@ -877,9 +880,8 @@ def prepare_label_map(
         matrix = reg @ matrix
         steps["register"] = info
         if keep_axis:
-            c, counts = label_centroids(lm)
-            lv, la = _apply(matrix, np.array([c["LV"], c["LA"]]))
-            centre = _apply(matrix, heart_centre(c, counts)[None])[0]
+            lv, la = _apply(matrix, np.array([subject_c["LV"], subject_c["LA"]]))
+            centre = _apply(matrix, heart_centre(subject_c, counts)[None])[0]
             tilt = rotation_between(la - lv, np.array([0.0, 0.0, 1.0]))
             fix = rigid(translation=centre) @ rigid(tilt) @ rigid(translation=-centre)
             steps["keep_axis"] = {"tilt_removed_deg": round(rotation_angle_deg(fix), 4)}

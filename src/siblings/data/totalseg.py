@@ -389,7 +389,8 @@ _REFERENCE_CACHE: dict[str, geometry.Reference] = {}
 
 
 def _reference(path: str, register_size: int) -> geometry.Reference:
-    key = f"{path}@{register_size}"
+    stat = os.stat(path)  # a rewritten file at the same path is a new reference
+    key = f"{path}@{register_size}@{stat.st_mtime_ns}@{stat.st_size}"
     if key not in _REFERENCE_CACHE:
         _REFERENCE_CACHE.clear()
         _REFERENCE_CACHE[key] = geometry.Reference.from_label_map(
@@ -769,7 +770,7 @@ def prepare_totalsegmentator(
         previous = read_json(summary_path) if summary_path.is_file() else {}
         recorded = previous.get("reference", {}) if previous.get("settings") == settings else {}
         if recorded.get("kind") == "medoid" and recorded.get("subject") in by_name:
-            ref_info = recorded
+            candidates = [(recorded["subject"], recorded["mean_dice"])]
         else:
             survey = [
                 {"subject": _job(s), "bounds": bounds, "settings": settings, "out": str(out)}
@@ -780,38 +781,31 @@ def prepare_totalsegmentator(
             for r in _run_jobs(_survey, survey, workers, "survey", progress):
                 if r["ok"]:
                     coarse[r["subject"]] = r["coarse"]
-            if not coarse:
-                ref_info = {"kind": "none", "reason": "no subject passed quality control"}
-            else:
-                name, medoid_scores = medoid(coarse)
-                ref_info = {
-                    "kind": "medoid",
-                    "subject": name,
-                    "mean_dice": medoid_scores[name],
-                    "grid": MEDOID_SIZE,
-                }
-        if ref_info.get("kind") == "medoid":
-            # The reference is the medoid's own prepared map (not registered).
-            name = ref_info["subject"]
-            paths = _outputs(out, name)
-            done = _finished(out, name, settings, ref_info)
-            if done is None:
+            candidates = []
+            if coarse:
+                _, medoid_scores = medoid(coarse)
+                candidates = sorted(medoid_scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        # The reference is the medoid's own prepared map (reoriented and centred, not
+        # registered). Should the medoid fail its last check, the next best one serves.
+        ref_info = {"kind": "none", "reason": "no subject passed quality control"}
+        for name, score in candidates:
+            info = {"kind": "medoid", "subject": name, "mean_dice": score, "grid": MEDOID_SIZE}
+            if _finished(out, name, settings, info) is None:
                 m = _prepare_one(
                     {
                         "subject": _job(by_name[name]),
                         "bounds": bounds,
                         "settings": settings,
                         "out": str(out),
-                        "reference": ref_info,
+                        "reference": info,
                         "reference_path": None,
                         "is_reference": True,
                     }
                 )
                 if m["status"] != "prepared":
-                    raise RuntimeError(
-                        f"the medoid reference {name} could not be prepared: {m['reason']}"
-                    )
-            ref_path = paths["map"]
+                    continue
+            ref_info, ref_path = info, _outputs(out, name)["map"]
+            break
     write_json(
         summary_path,
         {"source": str(src), "settings": settings, "reference": ref_info, "status": "running"},
