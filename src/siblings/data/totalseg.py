@@ -24,10 +24,9 @@ nothing is dropped silently.
 
 Example
 -------
->>> from siblings.data.totalseg import prepare_totalsegmentator
+>>> from siblings.data.totalseg import format_summary, prepare_totalsegmentator
 >>> summary = prepare_totalsegmentator("Totalsegmentator_dataset", "prepared128")  # doctest: +SKIP
->>> summary["prepared"], summary["excluded"], summary["reference"]["subject"]       # doctest: +SKIP
-(512, 692, 's0123')
+>>> print(format_summary(summary))  # kept/excluded counts, reference, reasons  # doctest: +SKIP
 """
 
 from __future__ import annotations
