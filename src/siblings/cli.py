@@ -219,10 +219,17 @@ def _add_sample(sub) -> None:
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--batch", type=int, default=8, help="maps per batch (default 8)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint folder (default: shipped tiny weights)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint folder (default: shipped tiny weights)",
+    )
     p.add_argument("--preset", default=None, help="refuse a checkpoint of another preset")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
-    p.add_argument("--bf16", action="store_true", help="run the networks under bf16 autocast (GPU speed-up)")
+    p.add_argument(
+        "--bf16", action="store_true", help="run the networks under bf16 autocast (GPU speed-up)"
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=_run_sample)
 
@@ -237,9 +244,20 @@ def _run_sample(args: argparse.Namespace) -> None:
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     dist = init_distributed(pick_device(args.device))
-    model = LatentDiffusionModel.load(args.checkpoint, device=args.device, preset=args.preset, amp=args.bf16)
-    paths = sample_cohort(model, args.out, args.n, steps=args.steps, seed=args.seed, batch=args.batch,
-                          progress=dist.main, rank=dist.rank, world=dist.world)
+    model = LatentDiffusionModel.load(
+        args.checkpoint, device=args.device, preset=args.preset, amp=args.bf16
+    )
+    paths = sample_cohort(
+        model,
+        args.out,
+        args.n,
+        steps=args.steps,
+        seed=args.seed,
+        batch=args.batch,
+        progress=dist.main,
+        rank=dist.rank,
+        world=dist.world,
+    )
     print(f"wrote {len(paths)} maps to {args.out}")
 
 
@@ -319,9 +337,7 @@ def _add_prepare(sub) -> None:
         default="linear",
         help="label resampling: one-hot linear + argmax (default) or nearest",
     )
-    t.add_argument(
-        "--register-size", type=int, default=48, help="registration grid (default 48)"
-    )
+    t.add_argument("--register-size", type=int, default=48, help="registration grid (default 48)")
     t.add_argument(
         "--no-keep-axis",
         action="store_true",
@@ -373,7 +389,9 @@ def _add_unprepare(sub) -> None:
         and resample it label-safely onto the subject's original scan grid, so it
         overlays the CT. Writes NAME.nii.gz and NAME.json (provenance) per map.""",
     )
-    p.add_argument("map", type=Path, metavar="MAP", help="a prepared-space .nii.gz or a folder of them")
+    p.add_argument(
+        "map", type=Path, metavar="MAP", help="a prepared-space .nii.gz or a folder of them"
+    )
     p.add_argument("--transform", type=Path, required=True, help="the subject's <subject>.xfm.json")
     p.add_argument("--out", type=Path, required=True, help="output file (or folder)")
     p.add_argument(

@@ -145,7 +145,10 @@ def heun_sample(
         if s_next != 0:
             if paste is not None:
                 x_next = paste(x_next, s_next)
-            d2 = (x_next - denoise(x_next, torch.tensor(s_next, dtype=torch.float64)).to(torch.float64)) / s_next
+            d2 = (
+                x_next
+                - denoise(x_next, torch.tensor(s_next, dtype=torch.float64)).to(torch.float64)
+            ) / s_next
             x_next = x + (s_next - s_hat) * (0.5 * d + 0.5 * d2)
         x = x_next
         if callback is not None:

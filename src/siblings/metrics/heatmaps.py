@@ -38,7 +38,7 @@ class OccupancyPartial:
     shape: tuple[int, int, int]
     n: int
     box: tuple[slice, slice, slice] | None
-    counts: np.ndarray | None  # (NUM_LABELS - 1, *box shape), uint32
+    counts: np.ndarray | None  # (*box shape, NUM_LABELS - 1), unsigned integers
 
 
 class Occupancy:
@@ -46,7 +46,8 @@ class Occupancy:
 
     Only the tissue channels (labels 1–6) are counted; the background count is
     ``n − Σ tissues``. Maps can be added one by one (:meth:`add`) or as partial sums
-    from another accumulator (:meth:`merge`).
+    from another accumulator (:meth:`merge`). Counts are stored voxel-major,
+    ``(D, H, W, 6)``, so adding a map is one scatter over its tissue voxels.
 
     Parameters
     ----------
@@ -71,7 +72,7 @@ class Occupancy:
             )
         if self._counts is None:
             # np.zeros maps untouched pages lazily, so a sparse cohort stays small.
-            self._counts = np.zeros((anatomy.NUM_LABELS - 1, *self.shape), dtype=np.uint32)
+            self._counts = np.zeros((*self.shape, anatomy.NUM_LABELS - 1), dtype=np.uint32)
         return self._counts
 
     def _grow_box(self, lo: np.ndarray, hi: np.ndarray) -> None:
@@ -79,28 +80,35 @@ class Occupancy:
         self._hi = hi if self._hi is None else np.maximum(self._hi, hi)
 
     def add(self, label_map: np.ndarray) -> None:
-        """Add one label map (3D integer array, values 0–6)."""
+        """Add one label map (3D integer array, values 0–6; C or Fortran order)."""
         lab = np.asarray(label_map)
         if lab.ndim != 3:
             raise ValueError(f"expected a 3D label map, got shape {lab.shape}")
         counts = self._ensure(lab.shape)
-        flat = lab.reshape(-1)
+        d, h, w = lab.shape
+        # NIfTI data arrive in Fortran order: walk it in memory order instead of copying.
+        fortran = lab.flags.f_contiguous and not lab.flags.c_contiguous
+        flat = lab.ravel(order="F" if fortran else "C")
         pos = np.flatnonzero(flat > 0)
         self.n += 1
         if pos.size == 0:
             return
-        if int(flat[pos].max()) >= anatomy.NUM_LABELS:
+        labels = flat[pos].astype(np.intp)
+        if int(labels.max()) >= anatomy.NUM_LABELS:
             raise ValueError(f"labels must be 0–{anatomy.NUM_LABELS - 1}")
-        nvox = flat.size
-        # One scatter over the tissue voxels; a map never hits the same (label, voxel) twice.
-        counts.reshape(-1)[(flat[pos].astype(np.intp) - 1) * nvox + pos] += 1
-        idx = np.unravel_index(pos[[0, -1]], lab.shape)
-        _, h, w = lab.shape
-        ys, zs = (pos // w) % h, pos % w
-        self._grow_box(
-            np.array([idx[0][0], ys.min(), zs.min()]),
-            np.array([idx[0][1], ys.max(), zs.max()]) + 1,
-        )
+        if fortran:
+            x, rest = pos % d, pos // d
+            y, z = rest % h, rest // h
+            pos = (x * h + y) * w + z
+            lo = np.array([x.min(), y.min(), z[0]])
+            hi = np.array([x.max(), y.max(), z[-1]])
+        else:
+            rest = pos // w
+            lo = np.array([pos[0] // (h * w), (rest % h).min(), (pos % w).min()])
+            hi = np.array([pos[-1] // (h * w), (rest % h).max(), (pos % w).max()])
+        # One scatter over the tissue voxels; a map never hits the same (voxel, label) twice.
+        counts.reshape(-1)[pos * (anatomy.NUM_LABELS - 1) + (labels - 1)] += 1
+        self._grow_box(lo, hi + 1)
 
     def partial(self) -> OccupancyPartial:
         """The counts inside the bounding box of all maps added so far (for transport)."""
@@ -109,7 +117,9 @@ class Occupancy:
         if self._lo is None or self._counts is None:
             return OccupancyPartial(self.shape, self.n, None, None)
         box = tuple(slice(int(a), int(b)) for a, b in zip(self._lo, self._hi, strict=True))
-        return OccupancyPartial(self.shape, self.n, box, self._counts[(slice(None), *box)].copy())  # type: ignore[arg-type]
+        # The smallest integer type that holds n: a chunk of 32 maps travels as uint8.
+        dtype = np.uint8 if self.n < 1 << 8 else np.uint16 if self.n < 1 << 16 else np.uint32
+        return OccupancyPartial(self.shape, self.n, box, self._counts[box].astype(dtype))  # type: ignore[arg-type,index]
 
     def merge(self, other: Occupancy | OccupancyPartial) -> None:
         """Add the counts of another accumulator (or of its :meth:`partial`)."""
@@ -122,7 +132,7 @@ class Occupancy:
             self.n += part.n
             return
         counts = self._ensure(part.shape)
-        counts[(slice(None), *part.box)] += part.counts
+        counts[part.box] += part.counts
         self.n += part.n
         self._grow_box(np.array([s.start for s in part.box]), np.array([s.stop for s in part.box]))
 
@@ -136,7 +146,7 @@ class Occupancy:
         """Integer counts, shape (7, D, H, W): maps with label c at each voxel."""
         if self._counts is None or self.n == 0:
             raise ValueError("no label maps added")
-        tissue = self._counts.astype(np.int64)
+        tissue = np.moveaxis(self._counts, -1, 0).astype(np.int64)
         return np.concatenate([self.n - tissue.sum(axis=0, keepdims=True), tissue])
 
     def probabilities(self, dtype: type = np.float32) -> np.ndarray:
@@ -148,15 +158,15 @@ class Occupancy:
         if self._counts is None or self.n == 0:
             raise ValueError("no label maps added")
         if channel == HEART:
-            return (self._counts.sum(axis=0, dtype=np.int64) / self.n).astype(dtype)
+            return (self._counts.sum(axis=-1, dtype=np.int64) / self.n).astype(dtype)
         if channel not in anatomy.LABELS:
             raise ValueError(
                 f"unknown channel {channel!r}; use {HEART!r} or one of {', '.join(anatomy.LABEL_NAMES)}"
             )
         c = anatomy.LABELS[channel]
         if c == 0:
-            return (1.0 - self._counts.sum(axis=0, dtype=np.int64) / self.n).astype(dtype)
-        return (self._counts[c - 1] / self.n).astype(dtype)
+            return (1.0 - self._counts.sum(axis=-1, dtype=np.int64) / self.n).astype(dtype)
+        return (self._counts[..., c - 1] / self.n).astype(dtype)
 
 
 def occupancy_difference(p_synthetic: np.ndarray, p_real: np.ndarray) -> np.ma.MaskedArray:

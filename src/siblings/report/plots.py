@@ -312,12 +312,13 @@ def occupancy_figure(
                 if r == 0:
                     head = (*names, "P_diff")[g]
                     ax.set_title(f"{head}\n{VIEWS[v]}" if v == 1 else VIEWS[v], fontsize=8)
-                left, right, bottom, top = edges[v]
-                kw = dict(transform=ax.transAxes, fontsize=6, color="#555555")
-                ax.text(0.02, 0.5, left, ha="left", va="center", **kw)
-                ax.text(0.98, 0.5, right, ha="right", va="center", **kw)
-                ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **kw)
-                ax.text(0.5, 0.98, top, ha="center", va="top", **kw)
+                if r == 0:  # orientation letters on the first row (same for every row)
+                    left, right, bottom, top = edges[v]
+                    kw = dict(transform=ax.transAxes, fontsize=6, color="#555555")
+                    ax.text(0.02, 0.5, left, ha="left", va="center", **kw)
+                    ax.text(0.98, 0.5, right, ha="right", va="center", **kw)
+                    ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **kw)
+                    ax.text(0.5, 0.98, top, ha="center", va="top", **kw)
                 if g == 0 and v == 0:
                     label = "heart\n(1 − P_bg)" if channel == HEART else channel
                     ax.set_ylabel(
