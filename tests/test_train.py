@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -388,3 +390,17 @@ def test_checkpoint_config_travels_inside_the_safetensors_file(micro, tmp_path, 
         capsys,
     )
     assert code == 0, err
+
+
+def test_learning_rate_schedule_is_constant_then_cosine_to_the_final_fraction():
+    from siblings.models.presets import get_preset
+    from siblings.train import learning_rate
+
+    p = get_preset("tiny", lr_decay_start=0.5, lr_final=0.1)
+    lrs = [learning_rate(1.0, s, 100, p) for s in range(100)]
+    assert lrs[:50] == [1.0] * 50
+    assert lrs[-1] == pytest.approx(0.1)
+    assert lrs[75] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 25 / 49)))
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    paper = get_preset("paper")
+    assert {learning_rate(2.5e-5, s, 1000, paper) for s in range(1000)} == {2.5e-5}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -44,9 +45,22 @@ from .models.networks import build_denoiser_net, build_vae
 from .models.presets import Preset, preset_from_dict
 
 
-# ---------------------------------------------------------------------------------
-# Devices, precision, distribution.
-# ---------------------------------------------------------------------------------
+def learning_rate(base: float, step: int, steps: int, preset: Preset) -> float:
+    """The preset's schedule: ``base`` until ``lr_decay_start`` × steps, then a cosine
+    down to ``lr_final`` × base at the last step. A function of the step alone, so a
+    resumed run follows the same schedule."""
+    start = preset.lr_decay_start * steps
+    if step < start or steps - start < 1:
+        return base
+    t = (step - start) / max(1.0, steps - 1 - start)
+    return base * (preset.lr_final + (1.0 - preset.lr_final) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+def _set_lr(opt: torch.optim.Optimizer, base: float, step: int, steps: int, preset: Preset) -> None:
+    for group in opt.param_groups:
+        group["lr"] = learning_rate(base, step, steps, preset)
+
+
 def pick_device(name: str | None = None) -> torch.device:
     """``cuda`` when available unless ``name`` says otherwise.
 
@@ -108,6 +122,11 @@ def _shard(idx: torch.Tensor, dist: DistInfo) -> torch.Tensor:
     if idx.numel() % dist.world:
         raise ValueError(f"batch {idx.numel()} does not split over {dist.world} processes")
     return idx[dist.rank :: dist.world]
+
+
+# ---------------------------------------------------------------------------------
+# Devices, precision, distribution.
+# ---------------------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------
@@ -300,6 +319,7 @@ def train_vae(
         labels = torch.stack([ds.labels(int(i)) for i in idx])
         # Random transforms and reparameterisation noise are drawn for the global batch
         # and sliced like idx, so DDP over P processes is the one-process run.
+        _set_lr(opt, preset.vae_lr, step, steps, preset)
         theta = aug.sample_theta(batch, preset.size, generator=step_generator(seed, step, 1))
         labels = aug(labels, theta=theta[dist.rank :: dist.world])
         x = one_hot(labels.to(dev))
@@ -477,6 +497,7 @@ def train_ldm(
         sigma = (rnd * preset.p_std + preset.p_mean).exp()
         noise = torch.randn((batch, *latents.shape[1:]), generator=gen, dtype=latents.dtype)
         share = slice(dist.rank, None, dist.world)
+        _set_lr(opt, preset.ldm_lr, step, steps, preset)
         with autocast(dev, amp):
             loss = edm_loss(
                 model, z, sigma[share].to(dev), noise[share].to(dev), preset.sigma_data

@@ -69,6 +69,7 @@ CHAMBER_SD = {"LV": 0.12, "RV": 0.13, "LA": 0.15, "RA": 0.15}
 RARE_FRACTION = 0.065
 RARE_RV_FACTOR = 1.6
 DEFECT_KINDS = ("island", "atrial_contact", "septal_hole")
+REORIENT_GRID = 48  # coarse grid on which the LV→LA reorientation is estimated
 
 
 # ---------------------------------------------------------------------------------
@@ -84,7 +85,21 @@ def _rotation(ax_deg: float, ay_deg: float, az_deg: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Grid:
+    """A ``size``³ grid over the common field of view.
+
+    ``frame`` = (R, pivot) rotates every shape drawn on the grid by R about ``pivot``
+    (mm): the subject is designed in its own frame and rasterised already reoriented,
+    which is exact (no resampling of labels).
+    """
+
     size: int
+    frame: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _place(self, centre: np.ndarray, rot: np.ndarray | None = None):
+        if self.frame is None:
+            return centre, rot
+        r, pivot = self.frame
+        return r @ (np.asarray(centre) - pivot) + pivot, None if rot is None else r @ rot
 
     @property
     def voxel(self) -> float:
@@ -124,6 +139,7 @@ class _Grid:
     ) -> np.ndarray:
         """Boolean mask of an ellipsoid, optionally cut to local ``u3 <= cap``."""
         out = np.zeros((self.size,) * 3, dtype=bool)
+        centre, rot = self._place(centre, rot)
         sl = self.box(centre, float(np.max(semi)))
         if any(s.stop <= s.start for s in sl):
             return out
@@ -139,6 +155,7 @@ class _Grid:
         out = np.zeros((self.size,) * 3, dtype=bool)
         c = self.coords
         for p in points:
+            p, _ = self._place(p)
             sl = self.box(p, radius)
             if any(s.stop <= s.start for s in sl):
                 continue
@@ -348,6 +365,39 @@ def _build(grid: _Grid, p: dict) -> tuple[np.ndarray, dict]:
     }
 
 
+def _align_to_z(v: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking direction ``v`` onto +z (Rodrigues' formula)."""
+    a = v / np.linalg.norm(v)
+    axis = np.cross(a, [0.0, 0.0, 1.0])
+    s2, c = float(axis @ axis), float(a[2])
+    if s2 < 1e-12:
+        return np.eye(3) if c > 0 else np.diag([1.0, -1.0, -1.0])
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + k + k @ k * (1.0 - c) / s2
+
+
+def _centroid_mm(grid: _Grid, mask: np.ndarray) -> np.ndarray:
+    return (np.argwhere(mask).mean(axis=0) - (grid.size - 1) / 2.0) * grid.voxel
+
+
+def _reorientation(p: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation (and pivot) that makes the subject's LV→LA centroid vector point along +z.
+
+    This is SPEC §2 step 3, which every prepared real heart has been through. It is
+    estimated on a fixed coarse grid (twice: the second pass corrects the first one's
+    residual), so a subject gets the same rotation whatever grid it is drawn on.
+    """
+    r, pivot = np.eye(3), np.zeros(3)
+    for first in (True, False):
+        grid = _Grid(REORIENT_GRID, frame=(r, pivot))
+        lab = _clean(_build(grid, p)[0])
+        lv = _centroid_mm(grid, lab == L["LV"])
+        if first:  # rotate about the LV centroid (translation is undone by _centre)
+            pivot = lv
+        r = _align_to_z(_centroid_mm(grid, lab == L["LA"]) - lv) @ r
+    return r, pivot
+
+
 def _clean(lab: np.ndarray) -> np.ndarray:
     """Keep the largest component of every checked tissue (stray corners → background)."""
     for name in ("Myo", "LV", "RV", "LA", "RA", "Ao"):
@@ -467,7 +517,7 @@ def make_phantom(
         raise ValueError(f"grid size must be at least 16 voxels, got {size}")
     rng = np.random.default_rng([int(seed), int(index)])
     p = _draw_parameters(rng)
-    grid = _Grid(size)
+    grid = _Grid(size, frame=_reorientation(p))
     lab, facts = _build(grid, p)
     lab = _centre(_clean(lab))
 

@@ -59,6 +59,10 @@ class Preset:
     sigma_max: float = 80.0
     rho: float = 3.0
     inpaint_dilations: int = 2
+    # Learning-rate schedule: constant, then a cosine from the base rate down to
+    # ``lr_final`` × base over the last (1 - lr_decay_start) of the steps (1.0: constant).
+    lr_decay_start: float = 1.0
+    lr_final: float = 0.1
     extra: dict = field(default_factory=dict)
 
     @property
@@ -90,7 +94,7 @@ PRESETS: dict[str, Preset] = {
         vae_norm_groups=16,
         vae_lr=3e-4,
         vae_batch=2,
-        vae_steps=2000,
+        vae_steps=2500,
         aug_scale=(0.85, 1.15),
         aug_rotation_deg=15.0,
         aug_translation_vox=4.0,
@@ -105,6 +109,7 @@ PRESETS: dict[str, Preset] = {
         ldm_steps=5000,
         ema_decay=0.998,
         inpaint_dilations=1,  # 11.2 mm latent voxels: ~11 mm
+        lr_decay_start=0.5,  # few steps: anneal the second half instead of plateauing
     ),
 }
 
