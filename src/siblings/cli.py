@@ -518,6 +518,147 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------
+# augment
+# ---------------------------------------------------------------------------------
+def _add_augment(sub) -> None:
+    p = _sub(
+        sub,
+        "augment",
+        "grow a rare subgroup of a cohort with generated maps that meet a morphology condition",
+        (
+            'siblings augment --where "RV_volume_ml > 115" --strategy perturb --n 140 --data data/phantom64 --seed 0 --out aug/perturb',
+            'siblings augment --where "RV_volume_ml > 115" --strategy uncond --n 140 --data data/phantom64 --max-attempts 5000 --out aug/uncond',
+            'siblings augment --where "RV_volume_ml > 115 and LV_volume_ml < 150" --strategy local --n 50 --data DIR --out DIR',
+        ),
+        description="""\
+        The rare twins are the maps in --data meeting --where (any morphology column:
+        {LV,RV,LA,RA}_{volume_ml,major_mm,minor_mm}, with <, >, <=, >=, joined by `and`).
+        New maps come from unconditional samples (uncond), perturbational siblings of the
+        rare twins (perturb: half the attempts at psi 0.5, half at 0.35) or localized
+        siblings (local: LV regenerated for half the twins, RV for the other half), and
+        are kept only if the written map meets the condition. Stops at --n accepted maps.
+        Writes OUT/<strategy>_XXXXX.nii.gz + .json per map, OUT/augment.json (counts,
+        acceptance rate) and OUT/report/ (the accepted cohort evaluated against the rare
+        twins). Same --seed, same files, whatever --batch.""",
+    )
+    p.add_argument("--where", required=True, metavar="CONDITION", help='e.g. "RV_volume_ml > 115"')
+    p.add_argument(
+        "--strategy", required=True, choices=["uncond", "perturb", "local"], help="how to generate"
+    )
+    p.add_argument("--n", type=int, required=True, help="number of maps to accept")
+    p.add_argument(
+        "--data", type=Path, required=True, help="folder of real label maps on the model's grid"
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    p.add_argument("--batch", type=int, default=8, help="attempts per batch (default 8)")
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=None,
+        help="give up after this many attempts (default max(1000, 50 x N))",
+    )
+    p.add_argument(
+        "--psi",
+        default="0.5,0.35",
+        help="perturb: sampling ratios cycled over rounds of twins (default 0.5,0.35)",
+    )
+    p.add_argument(
+        "--regions",
+        default="LV,RV",
+        help="local: tissue regenerated per twin in turn (default LV,RV; '+' joins, e.g. LV+RV)",
+    )
+    p.add_argument(
+        "--dilate", type=int, default=None, help="local: keep-mask dilations (default: preset's)"
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint folder (default: shipped tiny weights)",
+    )
+    p.add_argument("--preset", default=None, help="refuse a checkpoint of another preset")
+    p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
+    p.add_argument("--bf16", action="store_true", help="run the networks under bf16 autocast")
+    p.add_argument("--k", type=int, default=3, help="k of precision/recall (default 3)")
+    p.add_argument(
+        "--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000, 0 = none)"
+    )
+    p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation report")
+    p.add_argument("--no-figures", action="store_true", help="no PNG figures in the report")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_augment)
+
+
+def _run_augment(args: argparse.Namespace) -> None:
+    from .augment import AugmentStopped, augment, parse_condition
+    from .models.ldm import LatentDiffusionModel
+
+    parse_condition(args.where)  # a bad condition fails before the model loads
+    if args.n < 1:
+        raise UsageError(f"--n must be at least 1, got {args.n}")
+    if args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if args.batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    if args.max_attempts is not None and args.max_attempts < args.n:
+        raise UsageError(f"--max-attempts ({args.max_attempts}) must be at least --n ({args.n})")
+    if args.k < 1:
+        raise UsageError(f"--k must be at least 1, got {args.k}")
+    if args.n_boot < 0:
+        raise UsageError(f"--n-boot must be 0 or more, got {args.n_boot}")
+    try:
+        psis = [float(v) for v in args.psi.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--psi: expected numbers separated by commas, got {args.psi!r}") from None
+    regions = [r.strip().replace("+", ",") for r in args.regions.split(",") if r.strip()]
+    model = LatentDiffusionModel.load(
+        args.checkpoint, device=args.device, preset=args.preset, amp=args.bf16
+    )
+    try:
+        res = augment(
+            model,
+            args.data,
+            args.where,
+            args.strategy,
+            args.n,
+            args.seed,
+            args.out,
+            steps=args.steps,
+            batch=args.batch,
+            max_attempts=args.max_attempts,
+            psis=psis,
+            regions=regions,
+            dilate=args.dilate,
+            evaluate=not args.no_evaluate,
+            k=args.k,
+            n_boot=args.n_boot,
+            figures=not args.no_figures,
+            progress=not args.quiet,
+        )
+    except AugmentStopped as exc:
+        print(f"siblings augment: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    s = res.summary
+    lo, hi = s["acceptance_rate_ci95_wilson"]
+    print(
+        f"{len(res.rare_twins)} rare twins meet {res.condition}; accepted {res.accepted} of "
+        f"{res.attempted} attempts: acceptance rate {100 * res.acceptance_rate:.1f}% "
+        f"(95% CI {100 * lo:.1f}-{100 * hi:.1f}%)"
+    )
+    ev = s["evaluation"]
+    if "skipped" in ev:
+        print(f"evaluation skipped: {ev['skipped']}")
+    else:
+        print(
+            f"vs the rare cohort: FD {ev['fd']:.3f}  precision {ev['precision']:.3f}  "
+            f"recall {ev['recall']:.3f}  TV% {ev['tv_percent']:.2f}"
+        )
+    print(f"wrote {res.accepted} maps, augment.json and report/ to {res.out}")
+
+
+# ---------------------------------------------------------------------------------
 COMMANDS: list[Callable] = [
     _add_phantom,
     _add_prepare,
@@ -525,6 +666,7 @@ COMMANDS: list[Callable] = [
     _add_train,
     _add_sample,
     _add_evaluate,
+    _add_augment,
     _add_demo,
 ]
 

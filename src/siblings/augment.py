@@ -1,0 +1,803 @@
+"""Targeted cohort augmentation: grow a rare subgroup with generated maps (paper §4.5).
+
+The rare cohort is every map of a data folder that meets a morphology condition such as
+``"RV_volume_ml > 115"`` (the paper's 47 twins with a large right ventricle). New maps are
+made with one of three strategies and kept only if they meet the same condition:
+
+``uncond``
+    unconditional samples, filtered (the paper drew 3600 to keep 140);
+``perturb``
+    perturbational siblings of the rare twins (SDEdit, SPEC §4), half the attempts at
+    ψ = 0.5 and half at ψ = 0.35 by default, filtered;
+``local``
+    localized siblings (inpainting, SPEC §4): the LV is regenerated for half the twins
+    and the RV for the other half, filtered.
+
+Attempts go round-robin over the rare twins in batches until ``n`` maps are accepted
+(or ``max_attempts`` is reached). Attempt ``a`` is fully determined by ``(seed, a)``:
+
+- ``uncond``: unconditional sample ``a`` (the same as ``LatentDiffusionModel.sample``
+  with ``start=a``);
+- ``perturb``: twin ``a mod T`` at ψ ``psis[(a div T) mod P]``; its noise is that of
+  sibling ``a`` of :func:`siblings.diffusion.edit.perturb` with the same seed;
+- ``local``: twin ``j = a mod T`` regenerating ``regions[j mod R]``; its noise is that of
+  sibling ``a`` of :func:`siblings.diffusion.edit.inpaint` with the same seed;
+
+so the cohort does not depend on the batch size, and the same seed gives the same files.
+"Attempted" counts the attempts up to the one that gave the ``n``-th accepted map, so the
+acceptance rate does not depend on the batch size either.
+
+Every accepted map is judged on the written file itself: it is written, read back with
+:func:`siblings.io.read_label_map` and measured with
+:func:`siblings.metrics.cohort.measure_map`, the code ``siblings evaluate`` runs, so every
+file of the output meets the condition.
+
+Output folder
+-------------
+``OUT/<strategy>_XXXXX.nii.gz`` and ``OUT/<strategy>_XXXXX.json`` (provenance) per
+accepted map, ``OUT/augment.json`` (counts, acceptance rate, condition, strategy, seed,
+the rare twins) written last, and ``OUT/report/`` (``siblings evaluate`` outputs: the
+accepted cohort against the rare cohort). ``OUT`` must be empty or absent.
+
+Example
+-------
+>>> from siblings.models.ldm import LatentDiffusionModel
+>>> from siblings.augment import augment, parse_condition
+>>> parse_condition("RV_volume_ml > 115 and LV_volume_ml <= 200").columns
+('RV_volume_ml', 'LV_volume_ml')
+>>> model = LatentDiffusionModel.load()                                 # doctest: +SKIP
+>>> res = augment(model, "data/phantom64", "RV_volume_ml > 115",
+...               strategy="perturb", n=140, seed=0, out="aug/perturb")  # doctest: +SKIP
+>>> res.accepted, res.attempted, round(res.acceptance_rate, 2)          # doctest: +SKIP
+(140, 212, 0.66)
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import operator
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import anatomy
+from .diffusion.edit import latent_keep_mask, regenerated_tissues, start_step
+from .diffusion.edm import heun_sample
+from .io import (
+    LabelMap,
+    LabelMapError,
+    list_label_maps,
+    read_label_map,
+    sha256_file,
+    stem,
+    validate_grid,
+    write_json,
+    write_label_map,
+)
+from .manifest import provenance
+from .metrics.cohort import evaluate_maps, measure_map, summarise_maps
+from .models.ldm import LatentDiffusionModel, noise_for
+
+PathLike = str | os.PathLike
+
+STRATEGIES: tuple[str, ...] = ("uncond", "perturb", "local")
+DEFAULT_PSIS: tuple[float, ...] = (0.5, 0.35)
+DEFAULT_REGIONS: tuple[str, ...] = ("LV", "RV")
+
+# Noise streams of siblings.diffusion.edit: 0 = starting noise, 1 = inpainting's fixed ε.
+_START, _PASTE = 0, 1
+
+_METHOD = {"uncond": "unconditional", "perturb": "perturbational", "local": "localized"}
+
+
+# ---------------------------------------------------------------------------------
+# The condition.
+# ---------------------------------------------------------------------------------
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    ">": operator.gt,
+    "<=": operator.le,
+    ">=": operator.ge,
+}
+_FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_OP = r"<=|>=|==|!=|=>|=<|<|>|="
+_CLAUSE_COL_FIRST = re.compile(rf"^\s*({_NAME})\s*({_OP})\s*({_NUMBER})\s*$")
+_CLAUSE_NUM_FIRST = re.compile(rf"^\s*({_NUMBER})\s*({_OP})\s*({_NAME})\s*$")
+_AND = re.compile(r"\band\b", re.IGNORECASE)
+
+
+class ConditionError(ValueError):
+    """A condition that cannot be parsed; the message says what is wrong and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Clause:
+    """``column op value``, e.g. ``RV_volume_ml > 115`` (mL or mm, as the column)."""
+
+    column: str
+    op: str
+    value: float
+
+    def holds(self, x: float) -> bool:
+        return bool(_OPS[self.op](float(x), self.value))
+
+    def __str__(self) -> str:
+        return f"{self.column} {self.op} {self.value:g}"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A conjunction of :class:`Clause` on the morphology columns of SPEC §7.
+
+    Call it on a morphology dict (or a 12-vector in ``MORPHOLOGY_COLUMNS`` order) to get
+    True when every clause holds. NaN never meets a clause.
+    """
+
+    clauses: tuple[Clause, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c.column for c in self.clauses))
+
+    def __call__(self, features: Mapping[str, float] | Sequence[float] | np.ndarray) -> bool:
+        if isinstance(features, Mapping):
+            return all(c.holds(features[c.column]) for c in self.clauses)
+        vec = np.asarray(features, dtype=np.float64).reshape(-1)
+        if vec.size != len(anatomy.MORPHOLOGY_COLUMNS):
+            raise ValueError(f"expected {len(anatomy.MORPHOLOGY_COLUMNS)} features, got {vec.size}")
+        idx = anatomy.MORPHOLOGY_COLUMNS.index
+        return all(c.holds(vec[idx(c.column)]) for c in self.clauses)
+
+    def mask(self, features: np.ndarray) -> np.ndarray:
+        """Boolean mask over the rows of an ``(n, 12)`` feature array."""
+        f = np.asarray(features, dtype=np.float64).reshape(-1, len(anatomy.MORPHOLOGY_COLUMNS))
+        keep = np.ones(len(f), dtype=bool)
+        for c in self.clauses:
+            keep &= _OPS[c.op](f[:, anatomy.MORPHOLOGY_COLUMNS.index(c.column)], c.value)
+        return keep
+
+    def __str__(self) -> str:
+        return " and ".join(str(c) for c in self.clauses)
+
+
+def _column(name: str, text: str) -> str:
+    if name in anatomy.MORPHOLOGY_COLUMNS:
+        return name
+    by_lower = {c.lower(): c for c in anatomy.MORPHOLOGY_COLUMNS}
+    hint = by_lower.get(name.lower()) or next(
+        iter(difflib.get_close_matches(name, anatomy.MORPHOLOGY_COLUMNS, n=1)), None
+    )
+    did = f" (did you mean {hint}?)" if hint else ""
+    raise ConditionError(
+        f"unknown column {name!r} in condition {text!r}{did}; columns are "
+        f"{', '.join(anatomy.MORPHOLOGY_COLUMNS)}"
+    )
+
+
+def _operator(op: str, clause: str) -> str:
+    if op in _OPS:
+        return op
+    raise ConditionError(f"unsupported operator {op!r} in {clause.strip()!r}; use <, >, <= or >=")
+
+
+def parse_condition(text: str | Condition) -> Condition:
+    """Parse ``"COLUMN OP NUMBER [and COLUMN OP NUMBER …]"`` without ``eval``.
+
+    ``COLUMN`` is one of :data:`siblings.anatomy.MORPHOLOGY_COLUMNS` (volumes in mL, axis
+    lengths in mm), ``OP`` one of ``<``, ``>``, ``<=``, ``>=``; ``NUMBER OP COLUMN`` is
+    read as its mirror (``100 < RV_volume_ml`` is ``RV_volume_ml > 100``). ``and`` is
+    case-insensitive; there is no ``or`` and there are no parentheses.
+
+    Raises
+    ------
+    ConditionError (a ValueError)
+        naming the unknown column (with the valid ones) or the clause that does not parse.
+    """
+    if isinstance(text, Condition):
+        return text
+    if not isinstance(text, str) or not text.strip():
+        raise ConditionError(
+            "empty condition; write e.g. 'RV_volume_ml > 115' or "
+            "'RV_volume_ml > 115 and LV_volume_ml < 200'"
+        )
+    clauses = []
+    for part in _AND.split(text):
+        if not part.strip():
+            raise ConditionError(
+                f"condition {text!r}: 'and' needs a clause on each side "
+                "(e.g. 'RV_volume_ml > 115 and LV_volume_ml < 200')"
+            )
+        if m := _CLAUSE_COL_FIRST.match(part):
+            name, op, num = m.groups()
+            clauses.append(Clause(_column(name, text), _operator(op, part), float(num)))
+        elif m := _CLAUSE_NUM_FIRST.match(part):
+            num, op, name = m.groups()
+            op = _operator(op, part)
+            clauses.append(Clause(_column(name, text), _FLIP[op], float(num)))
+        else:
+            raise ConditionError(
+                f"cannot parse {part.strip()!r} in condition {text!r}; each clause is "
+                "COLUMN OP NUMBER with OP one of <, >, <=, >=, clauses joined by 'and' "
+                "(e.g. 'RV_volume_ml > 115 and LV_volume_ml < 200')"
+            )
+    return Condition(tuple(clauses))
+
+
+# ---------------------------------------------------------------------------------
+# Results.
+# ---------------------------------------------------------------------------------
+class AugmentStopped(RuntimeError):
+    """``max_attempts`` was reached before ``n`` maps were accepted.
+
+    The maps accepted so far are written (each meets the condition) and ``augment.json``
+    says ``"complete": false``; ``result`` holds the counts.
+    """
+
+    def __init__(self, message: str, result: AugmentResult):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class AugmentResult:
+    """What :func:`augment` did.
+
+    Attributes
+    ----------
+    files : the accepted maps, in acceptance order.
+    attempts : the attempt index of each accepted map (same order as ``files``).
+    attempted : attempts judged, up to the one that gave the last accepted map (or all
+        ``max_attempts`` when stopped early).
+    rare_twins : the data maps meeting the condition (the reference cohort).
+    metrics : ``siblings evaluate`` metrics of the accepted cohort against the rare
+        cohort (None when skipped).
+    """
+
+    out: Path
+    strategy: str
+    condition: Condition
+    seed: int
+    n: int
+    files: list[Path]
+    attempts: list[int]
+    attempted: int
+    rare_twins: list[Path]
+    complete: bool
+    summary: dict[str, Any] = field(default_factory=dict)
+    metrics: dict | None = None
+
+    @property
+    def accepted(self) -> int:
+        return len(self.files)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / attempted (NaN before the first attempt)."""
+        return acceptance_rate(self.accepted, self.attempted)
+
+
+def acceptance_rate(accepted: int, attempted: int) -> float:
+    """``accepted / attempted`` (NaN when nothing was attempted)."""
+    if accepted < 0 or attempted < 0 or accepted > attempted:
+        raise ValueError(f"need 0 <= accepted <= attempted, got {accepted} of {attempted}")
+    return accepted / attempted if attempted else float("nan")
+
+
+def wilson_interval(accepted: int, attempted: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of a binomial proportion."""
+    if attempted == 0:
+        return (float("nan"), float("nan"))
+    p = accepted / attempted
+    d = 1 + z * z / attempted
+    centre = (p + z * z / (2 * attempted)) / d
+    half = z * math.sqrt(p * (1 - p) / attempted + z * z / (4 * attempted * attempted)) / d
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+# ---------------------------------------------------------------------------------
+# Attempts.
+# ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Twin:
+    path: Path
+    sha256: str
+    labels: LabelMap
+    features: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One attempt: its index, the twin it edits (if any) and the method parameter."""
+
+    index: int
+    twin: int | None
+    param: float | str | None  # ψ for perturb, region for local
+
+
+def plan_attempt(
+    index: int,
+    strategy: str,
+    n_twins: int,
+    psis: Sequence[float] = DEFAULT_PSIS,
+    regions: Sequence[str] = DEFAULT_REGIONS,
+) -> tuple[int | None, float | str | None]:
+    """The twin and parameter of attempt ``index`` (see the module docstring).
+
+    Returns ``(twin index, ψ)`` for ``perturb``, ``(twin index, region)`` for ``local``
+    and ``(None, None)`` for ``uncond``.
+    """
+    if strategy == "uncond":
+        return None, None
+    twin = index % n_twins
+    if strategy == "perturb":
+        return twin, float(psis[(index // n_twins) % len(psis)])
+    if strategy == "local":
+        return twin, regions[twin % len(regions)]
+    raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def _generate(
+    model: LatentDiffusionModel,
+    strategy: str,
+    attempts: list[_Attempt],
+    twins: list[_Twin],
+    latents: dict[int, torch.Tensor],
+    masks: dict[int, np.ndarray],
+    seed: int,
+    steps: int,
+) -> dict[int, np.ndarray]:
+    """Decoded label maps of a batch of attempts, by attempt index."""
+    out: dict[int, np.ndarray] = {}
+    if strategy == "uncond":
+        idx = [a.index for a in attempts]
+        labels = model.decode(model.sample_latents(idx, steps, seed))
+        return dict(zip(idx, labels, strict=True))
+    # Attempts sharing ψ (perturb) or region (local) share one noise schedule: one run each.
+    groups: dict[Any, list[_Attempt]] = {}
+    for a in attempts:
+        groups.setdefault(a.param, []).append(a)
+    for param, group in groups.items():
+        idx = [a.index for a in group]
+        z = torch.cat([latents[a.twin] for a in group]).to(torch.float64)  # type: ignore[index]
+        if strategy == "perturb":
+            sig = model.sigmas(steps)[start_step(float(param), steps) :]  # type: ignore[arg-type]
+            eps = noise_for(seed, idx, model.latent_shape, _START).to(torch.float64)
+            zs = (z + float(sig[0]) * eps).to(model.device)
+            labels = model.decode(heun_sample(model.denoise, zs, sig))
+        else:
+            sig = model.sigmas(steps)
+            zd = z.to(model.device)
+            m = torch.from_numpy(np.stack([masks[a.twin] for a in group]))  # type: ignore[index]
+            m = m.to(model.device, torch.float64)[:, None]
+            eps = noise_for(seed, idx, model.latent_shape, _PASTE).to(model.device, torch.float64)
+
+            def paste(x: torch.Tensor, sigma: float, zd=zd, m=m, eps=eps) -> torch.Tensor:
+                # Eq. 5: keep the twin's tissues at the current noise level.
+                return (zd + sigma * eps) * m + (1 - m) * x
+
+            start = noise_for(seed, idx, model.latent_shape, _START).to(
+                model.device, torch.float64
+            ) * float(sig[0])
+            labels = model.decode(heun_sample(model.denoise, start, sig, paste=paste))
+        out.update(zip(idx, labels, strict=True))
+    return out
+
+
+# ---------------------------------------------------------------------------------
+# Inputs.
+# ---------------------------------------------------------------------------------
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(
+            f"{out}: folder is not empty; augment writes into an empty or new folder "
+            "(choose another --out or remove this one)"
+        )
+
+
+def _read_data(
+    data: PathLike, model: LatentDiffusionModel, progress: bool
+) -> list[tuple[Path, LabelMap, dict[str, float]]]:
+    from tqdm.auto import tqdm
+
+    files = list_label_maps(data, min_count=0)
+    if not files:
+        raise LabelMapError(
+            data, "holds no label maps (*.nii.gz or *.nii); augment needs the real cohort"
+        )
+    size, voxel = model.preset.size, model.preset.voxel_mm
+    rows = []
+    for p in tqdm(files, desc="read data", unit="map", disable=not progress):
+        lm = read_label_map(p)
+        try:
+            validate_grid(lm, (size,) * 3, voxel)
+        except LabelMapError as exc:
+            raise LabelMapError(
+                p, f"{exc.reason}: the {model.preset.name!r} model's grid (prepare the data first)"
+            ) from None
+        feats, _ = measure_map(lm)
+        rows.append((p, lm, dict(zip(anatomy.MORPHOLOGY_COLUMNS, feats.tolist(), strict=True))))
+    return rows
+
+
+def _describe_range(rows: list, condition: Condition) -> str:
+    parts = []
+    for col in condition.columns:
+        v = [r[2][col] for r in rows]
+        parts.append(f"{col} ranges {min(v):.4g} to {max(v):.4g}")
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------
+# The command.
+# ---------------------------------------------------------------------------------
+def augment(
+    model: LatentDiffusionModel,
+    data: PathLike,
+    where: str | Condition,
+    strategy: str,
+    n: int,
+    seed: int = 0,
+    out: PathLike = "augmented",
+    *,
+    steps: int = 20,
+    batch: int = 8,
+    max_attempts: int | None = None,
+    psis: Sequence[float] = DEFAULT_PSIS,
+    regions: Sequence[str] = DEFAULT_REGIONS,
+    dilate: int | None = None,
+    prefix: str | None = None,
+    evaluate: bool = True,
+    k: int = 3,
+    n_boot: int = 1000,
+    figures: bool = True,
+    progress: bool = False,
+) -> AugmentResult:
+    """Grow the rare cohort of ``data`` (maps meeting ``where``) by ``n`` accepted maps.
+
+    Parameters
+    ----------
+    model : the latent diffusion model (:meth:`LatentDiffusionModel.load`).
+    data : folder of real label maps on the model's grid; the rare twins are those
+        meeting ``where``.
+    where : condition on the SPEC §7 morphology columns (:func:`parse_condition`).
+    strategy : ``uncond``, ``perturb`` or ``local`` (module docstring).
+    n : number of maps to accept (≥ 1).
+    seed : RNG seed; attempt ``a`` depends only on ``(seed, a)``.
+    out : empty or new output folder.
+    steps : sampler steps N (default 20).
+    batch : attempts generated together (does not change the output).
+    max_attempts : stop after this many attempts (default ``max(1000, 50 n)``).
+    psis : perturb's sampling ratios, cycled over rounds of the twins (default 0.5, 0.35).
+    regions : local's regenerated tissues, one per twin in turn (default LV, RV); a
+        ventricle also regenerates the myocardium (SPEC §4).
+    dilate : local's latent keep-mask dilations (default: the preset's).
+    prefix : file name prefix (default: the strategy).
+    evaluate : evaluate the accepted cohort against the rare cohort into ``out/report``
+        (skipped, with the reason in ``augment.json``, when either has fewer than k + 1 maps).
+    k, n_boot : precision/recall neighbour rank and bootstrap resamples of the evaluation.
+    figures : PNG figures in the report.
+    progress : show progress bars.
+
+    Returns
+    -------
+    AugmentResult
+
+    Raises
+    ------
+    ValueError (ConditionError, LabelMapError)
+        bad condition, strategy or options; an empty data folder, a bad map in it, a map
+        off the model's grid; no map meeting the condition. Nothing is written.
+    FileExistsError
+        ``out`` is not empty. Nothing is written.
+    AugmentStopped
+        ``max_attempts`` reached before ``n`` accepted maps (what was accepted is kept).
+    """
+    from tqdm.auto import tqdm
+
+    # -- Check everything before writing anything. ---------------------------------
+    condition = parse_condition(where)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be a whole number of at least 1, got {n}")
+    n = int(n)
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    if max_attempts is None:
+        max_attempts = max(1000, 50 * n)
+    if max_attempts < n:
+        raise ValueError(f"max_attempts ({max_attempts}) must be at least n ({n})")
+    psis = tuple(float(p) for p in psis)
+    if strategy == "perturb":
+        if not psis:
+            raise ValueError("perturb needs at least one sampling ratio psi")
+        for p in psis:
+            start_step(p, steps)  # raises for psi outside (0, 1]
+    regen_sets: dict[str, frozenset[str]] = {}
+    if strategy == "local":
+        if not regions:
+            raise ValueError("local needs at least one region to regenerate (e.g. LV)")
+        regions = tuple(str(r) for r in regions)
+        for r in regions:
+            regen_sets[r] = regenerated_tissues(r)
+    prefix = prefix or strategy
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prefix):
+        raise ValueError(f"prefix {prefix!r}: use letters, digits, '_', '-' or '.'")
+    out = Path(out)
+    _check_out(out)
+
+    rows = _read_data(data, model, progress)
+    rare = [r for r in rows if condition(r[2])]
+    if not rare:
+        raise ValueError(
+            f"{data}: no map meets {condition} ({len(rows)} map(s); "
+            f"{_describe_range(rows, condition)}); there is no rare cohort to grow"
+        )
+    twins = [_Twin(p, sha256_file(p), lm, f) for p, lm, f in rare]
+    del rows
+
+    # -- Per-twin latents (posterior means) and keep masks, once. ---------------------
+    latents: dict[int, torch.Tensor] = {}
+    masks: dict[int, np.ndarray] = {}
+    dilate_n = model.preset.inpaint_dilations if dilate is None else int(dilate)
+    if dilate_n < 0:
+        raise ValueError(f"dilate must be >= 0, got {dilate_n}")
+    if strategy != "uncond":
+        for j, t in enumerate(twins):
+            latents[j] = model.encode(t.labels.data[None]).to(torch.float64)
+            if strategy == "local":
+                region = regions[j % len(regions)]
+                kept = [anatomy.LABELS[x] for x in anatomy.TISSUES if x not in regen_sets[region]]
+                masks[j] = latent_keep_mask(
+                    t.labels.data, kept, model.preset.latent_size, dilate_n
+                ).astype(np.float64)
+
+    # -- Attempt, judge on the written file, keep or drop. ---------------------------
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / ".candidate.nii.gz"
+    files: list[Path] = []
+    accepted_attempts: list[int] = []
+    attempted = 0
+    tally: dict[str, list[int]] = {}  # parameter -> [accepted, attempted]
+    twin_tally = [[0, 0] for _ in twins]
+    bar = tqdm(total=n, desc=f"augment {strategy}", unit="map", disable=not progress)
+    try:
+        a0 = 0
+        while len(files) < n and a0 < max_attempts:
+            batch_attempts = []
+            for a in range(a0, min(a0 + batch, max_attempts)):
+                tw, param = plan_attempt(a, strategy, len(twins), psis, regions)
+                batch_attempts.append(_Attempt(a, tw, param))
+            a0 += len(batch_attempts)
+            labels = _generate(model, strategy, batch_attempts, twins, latents, masks, seed, steps)
+            for att in batch_attempts:
+                if len(files) >= n:
+                    break
+                attempted = att.index + 1
+                write_label_map(staging, LabelMap(labels[att.index], model.affine))
+                written = read_label_map(staging)
+                feats, violated = measure_map(written)
+                morph = dict(zip(anatomy.MORPHOLOGY_COLUMNS, feats.tolist(), strict=True))
+                ok = condition(morph)
+                key = (
+                    "all"
+                    if att.param is None
+                    else f"{att.param:g}"
+                    if isinstance(att.param, float)
+                    else str(att.param)
+                )
+                t = tally.setdefault(key, [0, 0])
+                t[0] += ok
+                t[1] += 1
+                if att.twin is not None:
+                    twin_tally[att.twin][0] += ok
+                    twin_tally[att.twin][1] += 1
+                if not ok:
+                    continue
+                name = f"{prefix}_{len(files):05d}"
+                manifest = _manifest(
+                    model,
+                    strategy,
+                    condition,
+                    seed,
+                    steps,
+                    att,
+                    twins,
+                    regen_sets,
+                    dilate_n,
+                    len(files),
+                    morph,
+                    violated,
+                )
+                write_json(out / f"{name}.json", manifest)
+                final = out / f"{name}.nii.gz"
+                os.replace(staging, final)
+                files.append(final)
+                accepted_attempts.append(att.index)
+                bar.update(1)
+            bar.set_postfix_str(
+                f"{len(files)} accepted / {attempted} attempted "
+                f"({100 * acceptance_rate(len(files), attempted):.1f}%)"
+            )
+    finally:
+        bar.close()
+        if staging.exists():
+            staging.unlink()
+    complete = len(files) >= n
+    result = AugmentResult(
+        out=out,
+        strategy=strategy,
+        condition=condition,
+        seed=seed,
+        n=n,
+        files=files,
+        attempts=accepted_attempts,
+        attempted=attempted,
+        rare_twins=[t.path for t in twins],
+        complete=complete,
+    )
+
+    # -- Evaluate the accepted cohort against the rare cohort. ------------------------
+    evaluation: dict[str, Any]
+    if not evaluate:
+        evaluation = {"skipped": "not asked for"}
+    elif len(files) < k + 1 or len(twins) < k + 1:
+        evaluation = {
+            "skipped": f"precision/recall with k = {k} need at least {k + 1} maps in each "
+            f"cohort (accepted {len(files)}, rare twins {len(twins)})"
+        }
+    else:
+        ref = summarise_maps([t.labels for t in twins], names=[t.path.name for t in twins])
+        coh = summarise_maps((read_label_map(p) for p in files), names=[p.name for p in files])
+        ev = evaluate_maps(coh, ref, k=k, n_boot=n_boot, seed=seed)
+        ev.metrics["cohort_dir"] = str(out)
+        ev.metrics["reference_dir"] = f"{data} where {condition}"
+        ev.write(
+            out / "report",
+            figures=figures,
+            title=f"augment {strategy}: {condition} (accepted vs rare twins)",
+        )
+        result.metrics = ev.metrics
+        evaluation = {
+            key: ev.metrics.get(key)
+            for key in (
+                "n",
+                "n_reference",
+                "k",
+                "fd",
+                "fd_ci",
+                "precision",
+                "precision_ci",
+                "recall",
+                "recall_ci",
+                "tv_percent",
+                "tv_percent_ci",
+            )
+        }
+        evaluation["report"] = "report/report.html"
+
+    lo, hi = wilson_interval(len(files), attempted)
+    summary = {
+        "complete": complete,
+        "strategy": strategy,
+        "method": _METHOD[strategy],
+        "condition": str(condition),
+        "condition_text": where if isinstance(where, str) else str(where),
+        "seed": seed,
+        "n": n,
+        "accepted": len(files),
+        "attempted": attempted,
+        "acceptance_rate": acceptance_rate(len(files), attempted),
+        "acceptance_rate_ci95_wilson": [lo, hi],
+        "acceptance_by_parameter": {
+            key: {"accepted": a, "attempted": t, "rate": acceptance_rate(a, t)}
+            for key, (a, t) in tally.items()
+        },
+        "settings": {
+            "steps": steps,
+            "batch": batch,
+            "max_attempts": max_attempts,
+            "psis": list(psis) if strategy == "perturb" else None,
+            "regions": list(regions) if strategy == "local" else None,
+            "dilate": dilate_n if strategy == "local" else None,
+            "prefix": prefix,
+        },
+        "data": str(data),
+        "rare_twins": [
+            {
+                "file": t.path.name,
+                "sha256": t.sha256,
+                **{c: t.features[c] for c in condition.columns},
+                **(
+                    {"attempted": twin_tally[j][1], "accepted": twin_tally[j][0]}
+                    if strategy != "uncond"
+                    else {}
+                ),
+            }
+            for j, t in enumerate(twins)
+        ],
+        "files": [p.name for p in files],
+        "attempt_of_file": accepted_attempts,
+        "evaluation": evaluation,
+        "model": provenance(model, "augment")["model"],
+        "software": provenance(model, "augment")["software"],
+    }
+    result.summary = summary
+    write_json(out / "augment.json", summary)
+    if not complete:
+        raise AugmentStopped(
+            f"stopped after max_attempts = {max_attempts} attempts with {len(files)} of {n} "
+            f"maps accepted (acceptance rate {100 * result.acceptance_rate:.2f}%); the accepted "
+            f"maps are in {out}. Raise --max-attempts, loosen the condition or try another "
+            "strategy",
+            result,
+        )
+    return result
+
+
+def _manifest(
+    model: LatentDiffusionModel,
+    strategy: str,
+    condition: Condition,
+    seed: int,
+    steps: int,
+    att: _Attempt,
+    twins: list[_Twin],
+    regen_sets: Mapping[str, Iterable[str]],
+    dilate: int,
+    accepted_index: int,
+    morph: dict[str, float],
+    violated: np.ndarray,
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {"seed": seed, "index": att.index, "steps": steps}
+    if att.twin is not None:
+        t = twins[att.twin]
+        fields["twin"] = {"file": str(t.path), "name": stem(t.path), "sha256": t.sha256}
+    if strategy == "perturb":
+        fields["psi"] = att.param
+        fields["start_step"] = start_step(float(att.param), steps)  # type: ignore[arg-type]
+    elif strategy == "local":
+        fields["regenerate"] = sorted(regen_sets[str(att.param)])
+        fields["region"] = att.param
+        fields["dilate"] = dilate
+    fields["augment"] = {
+        "strategy": strategy,
+        "condition": str(condition),
+        "attempt": att.index,
+        "accepted_index": accepted_index,
+    }
+    fields["morphology"] = morph
+    fields["topology_violations"] = [
+        c for c, v in zip(anatomy.TOPOLOGY_COLUMNS, violated.tolist(), strict=True) if v
+    ]
+    return provenance(model, _METHOD[strategy], **fields)
+
+
+__all__ = [
+    "DEFAULT_PSIS",
+    "DEFAULT_REGIONS",
+    "STRATEGIES",
+    "AugmentResult",
+    "AugmentStopped",
+    "Clause",
+    "Condition",
+    "ConditionError",
+    "acceptance_rate",
+    "augment",
+    "parse_condition",
+    "plan_attempt",
+    "wilson_interval",
+]
