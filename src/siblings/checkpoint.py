@@ -101,3 +101,35 @@ def restore_optimizer(
         if "betas" in g:
             g["betas"] = tuple(g["betas"])
     opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def export_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype = torch.float16
+) -> Path:
+    """Copy a trained checkpoint folder for shipping, floating tensors cast to ``dtype``.
+
+    ``src`` holds ``vae.safetensors`` and ``ldm.safetensors`` (as written by ``siblings
+    train``); ``dst`` receives both, cast, with the denoiser's ``vae_sha256`` updated to
+    the cast VAE (so :meth:`LatentDiffusionModel.load` accepts the pair), plus the
+    training logs and loss curves. Weights are cast back to float32 when loaded. This is
+    how ``src/siblings/weights/tiny`` was made (half the size, outputs unchanged to the
+    precision the tests check).
+    """
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+
+    def cast(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in t.items()}
+
+    vae_t, vae_meta = load_tensors(src / "vae.safetensors")
+    ldm_t, ldm_meta = load_tensors(src / "ldm.safetensors")
+    if vae_meta.get("kind") != "vae" or ldm_meta.get("kind") != "ldm":
+        raise CheckpointError(f"{src}: not a checkpoint folder with a VAE and a denoiser")
+    save_tensors(dst / "vae.safetensors", cast(vae_t), {**vae_meta, "dtype": str(dtype)})
+    ldm_meta = {**ldm_meta, "dtype": str(dtype), "vae_sha256": file_hash(dst / "vae.safetensors")}
+    save_tensors(dst / "ldm.safetensors", cast(ldm_t), ldm_meta)
+    for name in ("vae_log.jsonl", "vae_loss.png", "ldm_log.jsonl", "ldm_loss.png"):
+        if (src / name).exists():
+            with atomic_path(dst / name) as tmp:
+                tmp.write_bytes((src / name).read_bytes())
+    return dst
