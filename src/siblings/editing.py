@@ -1,0 +1,788 @@
+"""Editing runs: from one twin file to N siblings on disk, in both spaces, with a report.
+
+This is what ``siblings edit perturb`` and ``siblings edit local`` do; the maths is in
+:mod:`siblings.diffusion.edit`. One run:
+
+1. resolves the twin (:func:`resolve_twin`): a label map already in the model's space
+   is used as is; a label map in any other space and voxel size is prepared as SPEC §2
+   says (resampled, reoriented, centred, rigidly registered) and its transform kept; a
+   TotalSegmentator subject folder is read (v1 or v2 layout) and prepared the same way;
+2. checks every input before anything is computed or written (unknown tissue, ψ
+   outside (0, 1], regenerating every tissue, bad counts, an output folder in use);
+3. makes the siblings in batches (progress bar), measures each (morphology, the 12
+   topology checks, Dice against the twin, and kept-tissue Dice for localized edits);
+4. writes, into a staging folder renamed onto ``out`` at the end (a failed run leaves
+   nothing behind)::
+
+       out/sibling_00000.nii.gz, sibling_00000.json, …   model space + manifest
+       out/scanner/sibling_00000.nii.gz, ….json          twin's original grid (if it had one)
+       out/twin/twin.nii.gz, twin.json                   the twin in model space, its record
+       out/twin/twin.xfm.json                            its transform (if prepared here)
+       out/twin/twin_vae_reconstruction.nii.gz           the twin through the VAE
+       out/report/report.html, siblings.png, metrics.json, per_map.csv, …
+       out/run.json                                      the run: inputs, warnings, time
+
+Example
+-------
+>>> from siblings.models.ldm import LatentDiffusionModel
+>>> from siblings.editing import run_edit
+>>> model = LatentDiffusionModel.load()                                    # doctest: +SKIP
+>>> run = run_edit(model, "twin.nii.gz", "sibs_psi05", "perturb", psi=0.5, n=8)  # doctest: +SKIP
+>>> run.out / "report" / "report.html"                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import shutil
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from . import anatomy
+from .data import geometry
+from .diffusion.edit import EditResult, inpaint, perturb, regenerated_tissues, start_step
+from .io import (
+    LabelMap,
+    LabelMapError,
+    centred_affine,
+    read_label_map,
+    sha256_file,
+    write_bytes,
+    write_json,
+    write_label_map,
+)
+from .manifest import provenance, software_versions
+from .models.ldm import LatentDiffusionModel
+
+PathLike = str | os.PathLike
+Method = Literal["perturb", "local"]
+METHOD_NAMES = {"perturb": "perturbational", "local": "localized"}
+SIBLING_PREFIX = "sibling"
+
+
+# ---------------------------------------------------------------------------------
+# The twin.
+# ---------------------------------------------------------------------------------
+@dataclass
+class Twin:
+    """A seed twin on the model grid, and where it came from.
+
+    Attributes
+    ----------
+    label_map : the twin on the model's grid (``centred_affine(size)``).
+    source : the file or folder the user gave.
+    sha256 : hash of the source file (for a TotalSegmentator folder: of the list of its
+        class files and their hashes).
+    kind : ``label map`` or ``TotalSegmentator subject (<layout>)``.
+    space : ``model`` (used as is), ``model grid <S>³`` (another preset's grid,
+        resampled) or ``prepared`` (prepared here, SPEC §2).
+    transform : scanner → model-space transform when the twin came from another space.
+    original : the twin on its original grid (None when it was already in model space).
+    record : how it was resolved (preparation steps, round-trip Dice, …).
+    """
+
+    label_map: LabelMap
+    source: Path
+    sha256: str
+    kind: str
+    space: str
+    transform: geometry.PreparedTransform | None = None
+    original: LabelMap | None = None
+    record: dict = field(default_factory=dict)
+
+    @property
+    def in_other_space(self) -> bool:
+        """True when siblings are also written back on the twin's original grid."""
+        return self.transform is not None
+
+    def missing_tissues(self) -> list[str]:
+        """Tissues (labels 1–6) absent from the twin."""
+        data = self.label_map.data
+        return [t for t in anatomy.TISSUES if not (data == anatomy.LABELS[t]).any()]
+
+    def describe(self) -> dict[str, Any]:
+        """The twin's entry in manifests."""
+        return {
+            "file": str(self.source),
+            "sha256": self.sha256,
+            "kind": self.kind,
+            "space": self.space,
+            "model_space_sha256": hashlib.sha256(
+                np.ascontiguousarray(self.label_map.data, np.uint8).tobytes()
+            ).hexdigest(),
+        }
+
+
+def _folder_hash(folder: Path, files: Iterable[str]) -> str:
+    lines = [f"{rel} {sha256_file(folder / rel)}" for rel in sorted(files)]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def registration_reference(
+    register_to: PathLike | Literal["phantom", "none"] | None, size: int
+) -> geometry.Reference | None:
+    """The map a twin from another space is rigidly registered to (SPEC §2 step 5).
+
+    ``"phantom"``: the first subject of the default phantom cohort on the model grid
+    (the shipped weights were trained on that cohort); ``"none"``/None: no registration
+    (reorientation and centring only); a path: a map already in model space, e.g. the
+    medoid of the cohort the checkpoint was trained on.
+    """
+    if register_to is None or str(register_to) == "none":
+        return None
+    if str(register_to) == "phantom":
+        from .data.phantom import make_phantom
+
+        lm = make_phantom(0, size=size, seed=0)[0]
+    else:
+        lm = read_label_map(register_to)
+    return geometry.Reference.from_label_map(lm, register_size=min(48, lm.shape[0]))
+
+
+def _totalseg_twin(folder: Path) -> tuple[LabelMap, str, str, dict]:
+    from .data import totalseg
+
+    layout = totalseg.detect_layout(folder)
+    if layout is None:
+        subjects = [d for d in folder.iterdir() if d.is_dir() and totalseg.detect_layout(d)]
+        if subjects:
+            raise ValueError(
+                f"{folder}: holds {len(subjects)} TotalSegmentator subjects; a twin is one "
+                f"subject folder (e.g. {subjects[0]})"
+            )
+        raise ValueError(
+            f"{folder}: not a TotalSegmentator subject folder (expected segmentations/<class>"
+            ".nii.gz, heartchambers_highres.nii.gz or heartchambers_highres/<class>.nii.gz) "
+            "and not a label-map file"
+        )
+    subject = totalseg.Subject(folder.name, folder, layout)
+    try:
+        lm, record = totalseg.load_subject(subject)
+    except totalseg.Excluded as exc:
+        raise ValueError(f"{folder}: cannot use this subject as a twin: {exc.reason}") from None
+    kind = f"TotalSegmentator subject ({totalseg.LAYOUT_NAMES[layout]})"
+    return lm, _folder_hash(folder, record.get("files", [])), kind, record
+
+
+def resolve_twin(
+    path: PathLike,
+    size: int,
+    *,
+    register_to: PathLike | Literal["phantom", "none"] | None = "phantom",
+    interpolation: geometry.Interpolation = "linear",
+) -> Twin:
+    """Bring the twin at ``path`` onto the model's ``size``³ grid.
+
+    Parameters
+    ----------
+    path : a label-map NIfTI (values 0–6) in any space, or a TotalSegmentator subject
+        folder.
+    size : the model's grid (``model.preset.size``).
+    register_to : registration target for twins prepared here (see
+        :func:`registration_reference`).
+    interpolation : label resampling, one-hot ``"linear"`` + argmax or ``"nearest"``.
+
+    A map whose grid and affine are those of the model (``centred_affine(size)``) is
+    used unchanged. A map on the centred grid of another size (a twin prepared for
+    another preset) is only resampled. Anything else is prepared (SPEC §2): it needs an
+    LV and an LA to be reoriented.
+
+    Raises
+    ------
+    LabelMapError, ValueError, FileNotFoundError
+        naming the file: unreadable, not a label map, not a usable subject folder.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    target_shape, target_affine = (size,) * 3, centred_affine(size)
+    if path.is_dir():
+        lm, digest, kind, load_record = _totalseg_twin(path)
+    else:
+        lm, digest, kind, load_record = read_label_map(path), sha256_file(path), "label map", {}
+        if lm.shape == target_shape and np.allclose(lm.affine, target_affine, atol=1e-3):
+            return Twin(LabelMap(lm.data, target_affine, path), path, digest, kind, "model")
+    record: dict[str, Any] = {"load": load_record} if load_record else {}
+    s = lm.shape[0]
+    if (
+        not path.is_dir()
+        and lm.shape == (s, s, s)
+        and np.allclose(lm.affine, centred_affine(s), atol=1e-3)
+    ):
+        # In model space already, on another preset's grid: resample only.
+        matrix = np.eye(4)
+        space = f"model grid {s}³ (resampled to {size}³)"
+        model_lm = geometry.resample_labels(lm, matrix, target_shape, target_affine, interpolation)
+        steps = {"resample": {"interpolation": interpolation, "from_grid": s, "to_grid": size}}
+        transform = geometry.PreparedTransform(
+            matrix, lm.shape, lm.affine, target_shape, target_affine, steps
+        )
+    else:
+        space = "prepared"
+        reference = registration_reference(register_to, size)
+        model_lm, transform = geometry.prepare_label_map(
+            lm, reference=reference, size=size, interpolation=interpolation
+        )
+        record["register_to"] = str(register_to)
+    back = geometry.unprepare(model_lm, transform, interpolation)
+    record["roundtrip_dice"] = {
+        t: round(v, 4) for t, v in geometry.dice(back.data, np.asarray(lm.data)).items()
+    }
+    return Twin(
+        LabelMap(model_lm.data, target_affine),
+        path,
+        digest,
+        kind,
+        space,
+        transform=transform,
+        original=LabelMap(np.asarray(lm.data, np.uint8), lm.affine),
+        record=record,
+    )
+
+
+# ---------------------------------------------------------------------------------
+# Validation.
+# ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EditSettings:
+    """Checked parameters of one run (see :func:`check_settings`)."""
+
+    method: Method
+    n: int
+    steps: int
+    seed: int
+    batch: int
+    psi: float | None = None
+    regenerate: tuple[str, ...] = ()
+    dilate: int | None = None
+    keep_background: bool = False
+    with_myocardium: bool = True
+    fresh_noise: bool = False
+
+
+def check_settings(
+    method: str,
+    *,
+    n: int,
+    steps: int = 20,
+    seed: int = 0,
+    batch: int = 8,
+    psi: float | None = None,
+    regenerate: Iterable[str] | str | None = None,
+    dilate: int | None = None,
+    keep_background: bool = False,
+    with_myocardium: bool = True,
+    fresh_noise: bool = False,
+) -> EditSettings:
+    """Validate a run's parameters; ``ValueError`` with a clear message otherwise.
+
+    Catches: an unknown method or tissue name, ψ outside (0, 1], a localized edit that
+    regenerates every tissue (that is unconditional sampling), counts below 1, a
+    negative dilation.
+    """
+    if method not in METHOD_NAMES:
+        raise ValueError(f"unknown editing method {method!r}; use 'perturb' or 'local'")
+    for name, value in (("n", n), ("steps", steps), ("batch", batch)):
+        if int(value) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {value}")
+    regen: tuple[str, ...] = ()
+    if method == "perturb":
+        if psi is None:
+            raise ValueError("perturbational editing needs --psi in (0, 1]")
+        try:
+            start_step(float(psi), int(steps))
+        except ValueError as exc:
+            raise ValueError(f"--psi: {exc}") from None
+    else:
+        if not regenerate:
+            raise ValueError("localized editing needs --regenerate TISSUE (e.g. LV, or LV,RV)")
+        names: list[str] = []
+        for item in [regenerate] if isinstance(regenerate, str) else regenerate:
+            names += [s.strip() for s in str(item).split(",") if s.strip()]
+        regen = tuple(sorted(regenerated_tissues(names, with_myocardium)))
+        if dilate is not None and int(dilate) < 0:
+            raise ValueError(f"--dilate must be 0 or more, got {dilate}")
+    return EditSettings(
+        method=method,  # type: ignore[arg-type]
+        n=int(n),
+        steps=int(steps),
+        seed=int(seed),
+        batch=int(batch),
+        psi=None if psi is None or method != "perturb" else float(psi),
+        regenerate=regen,
+        dilate=None if dilate is None else int(dilate),
+        keep_background=bool(keep_background),
+        with_myocardium=bool(with_myocardium),
+        fresh_noise=bool(fresh_noise),
+    )
+
+
+# ---------------------------------------------------------------------------------
+# Staging folder: everything is written there, then renamed onto ``out``.
+# ---------------------------------------------------------------------------------
+def check_output(out: PathLike, overwrite: bool = False) -> Path:
+    """Refuse an output path that is a file, or a non-empty folder unless ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out}: folder exists and is not empty; choose a new folder or pass --overwrite"
+        )
+    return out
+
+
+@contextlib.contextmanager
+def staging(out: Path) -> Iterator[Path]:
+    """A hidden folder beside ``out``; renamed onto ``out`` on success, removed on error."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.part-{os.getpid()}-{secrets.token_hex(4)}"
+    stage.mkdir()
+    try:
+        yield stage
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+            os.replace(out, old)
+        os.replace(stage, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------
+# A run.
+# ---------------------------------------------------------------------------------
+@dataclass
+class EditRun:
+    """What a run wrote and measured."""
+
+    out: Path
+    twin: Twin
+    result: EditResult
+    siblings: list[Path]
+    scanner: list[Path]
+    metrics: dict
+    warnings: list[str]
+    seconds: float
+
+
+def _method_fields(settings: EditSettings, result: EditResult) -> dict[str, Any]:
+    p = result.params
+    if settings.method == "perturb":
+        return {
+            "psi": p["psi"],
+            "start_step": p["start_step"],
+            "recomputed_steps": p["recomputed_steps"],
+            "sigma_start": p["sigma_start"],
+        }
+    keep = result.keep_mask
+    assert keep is not None
+    return {
+        "regenerate": p["regenerate"],
+        "kept": list(result.kept),
+        "keep_background": p["keep_background"],
+        "myocardium_with_ventricles": settings.with_myocardium,
+        "dilate": p["dilate"],
+        "fresh_noise": p["fresh_noise"],
+        "keep_mask": {
+            "grid": list(keep.shape),
+            "kept_latent_fraction": p["kept_latent_fraction"],
+            "sha256": hashlib.sha256(np.packbits(keep).tobytes()).hexdigest(),
+        },
+    }
+
+
+def run_edit(
+    model: LatentDiffusionModel,
+    twin: PathLike | Twin,
+    out: PathLike,
+    method: str,
+    *,
+    n: int = 60,
+    steps: int = 20,
+    seed: int = 0,
+    batch: int = 8,
+    psi: float | None = None,
+    regenerate: Iterable[str] | str | None = None,
+    dilate: int | None = None,
+    keep_background: bool = False,
+    with_myocardium: bool = True,
+    fresh_noise: bool = False,
+    register_to: PathLike | Literal["phantom", "none"] | None = "phantom",
+    interpolation: geometry.Interpolation = "linear",
+    reference: PathLike | None = None,
+    n_boot: int = 1000,
+    figure_siblings: int = 5,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> EditRun:
+    """Make ``n`` siblings of ``twin`` and write them, their manifests and a report.
+
+    Parameters
+    ----------
+    model : the latent diffusion model (:meth:`LatentDiffusionModel.load`).
+    twin : a twin file or TotalSegmentator subject folder (see :func:`resolve_twin`), or
+        a resolved :class:`Twin`.
+    out : output folder (must not exist or be empty, unless ``overwrite``).
+    method : ``"perturb"`` (needs ``psi``) or ``"local"`` (needs ``regenerate``).
+    n, steps, seed, batch : number of siblings, sampler steps, RNG seed, maps per batch.
+        Sibling ``i`` depends only on (twin, method parameters, seed, i).
+    psi : sampling ratio ψ ∈ (0, 1] of perturbational editing.
+    regenerate, dilate, keep_background, with_myocardium, fresh_noise : localized
+        editing (:func:`siblings.diffusion.edit.inpaint`).
+    register_to, interpolation : preparation of a twin from another space.
+    reference : optional folder of real maps on the model grid: the siblings are also
+        evaluated against it (FD, precision, recall), in ``out/report/reference/``.
+    n_boot : bootstrap resamples for the report's intervals.
+    figure_siblings : siblings shown beside the twin in ``report/siblings.png``.
+    overwrite : replace an existing non-empty ``out``.
+    progress : progress bar.
+
+    Warnings (``UserWarning``) name the tissues a twin lacks. Every input is checked
+    before the first sibling is computed; files appear in ``out`` only when the whole
+    run has succeeded.
+    """
+    t0 = time.perf_counter()
+    settings = check_settings(
+        method,
+        n=n,
+        steps=steps,
+        seed=seed,
+        batch=batch,
+        psi=psi,
+        regenerate=regenerate,
+        dilate=dilate,
+        keep_background=keep_background,
+        with_myocardium=with_myocardium,
+        fresh_noise=fresh_noise,
+    )
+    if n_boot < 0:
+        raise ValueError(f"--n-boot must be 0 or more, got {n_boot}")
+    out = check_output(out, overwrite)
+    size = model.preset.size
+    if not isinstance(twin, Twin):
+        twin = resolve_twin(twin, size, register_to=register_to, interpolation=interpolation)
+    if twin.label_map.shape != (size,) * 3:
+        raise LabelMapError(twin.source, f"twin is not on the model's {size}³ grid")
+    ref_summary = None
+    if reference is not None:
+        from .metrics.cohort import Grid, summarise_folder
+
+        grid = Grid.of(LabelMap(twin.label_map.data, model.affine))
+        ref_summary = summarise_folder(reference, grid=grid, workers=1)
+    run_warnings: list[str] = []
+    missing = twin.missing_tissues()
+    if missing:
+        msg = (
+            f"twin {twin.source} has no {', '.join(missing)} (missing "
+            f"{'tissue' if len(missing) == 1 else 'tissues'}); its siblings are edited around "
+            "the gap and their morphology and checks will show it"
+        )
+        run_warnings.append(msg)
+        warnings.warn(msg, UserWarning, stacklevel=2)
+
+    # Siblings, in memory (the model-space maps are small: 60 × 64³ bytes = 16 MB).
+    arr = twin.label_map.data
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="twin has no")  # reported above
+        if settings.method == "perturb":
+            assert settings.psi is not None
+            result = perturb(
+                model,
+                arr,
+                settings.psi,
+                settings.n,
+                settings.steps,
+                settings.seed,
+                batch=settings.batch,
+                progress=progress,
+            )
+        else:
+            result = inpaint(
+                model,
+                arr,
+                regenerate=settings.regenerate,
+                n=settings.n,
+                dilate=settings.dilate,
+                keep_background=settings.keep_background,
+                with_myocardium=settings.with_myocardium,
+                fresh_noise=settings.fresh_noise,
+                steps=settings.steps,
+                seed=settings.seed,
+                batch=settings.batch,
+                progress=progress,
+            )
+    reconstruction = model.decode(model.encode(arr[None]))[0]
+    run = _write_run(
+        model,
+        twin,
+        out,
+        settings,
+        result,
+        reconstruction,
+        ref_summary,
+        reference,
+        n_boot=n_boot,
+        figure_siblings=figure_siblings,
+        warnings_=run_warnings,
+        t0=t0,
+        progress=progress,
+    )
+    return run
+
+
+def _write_run(
+    model: LatentDiffusionModel,
+    twin: Twin,
+    out: Path,
+    settings: EditSettings,
+    result: EditResult,
+    reconstruction: np.ndarray,
+    ref_summary,
+    reference: PathLike | None,
+    *,
+    n_boot: int,
+    figure_siblings: int,
+    warnings_: list[str],
+    t0: float,
+    progress: bool,
+) -> EditRun:
+    from tqdm.auto import tqdm
+
+    from .metrics.cohort import evaluate_maps, summarise_maps
+    from .metrics.morphology import morphology
+    from .metrics.topology import topology_checks
+    from .report.editing import (
+        dice_table,
+        edit_report_html,
+        siblings_figure,
+        twin_figures,
+        twin_metrics,
+    )
+    from .report.plots import figure_png
+
+    method = METHOD_NAMES[settings.method]
+    arr = twin.label_map.data
+    affine = model.affine
+    names = [f"{SIBLING_PREFIX}_{i:05d}" for i in result.indices]
+    dice = dice_table(arr, result.labels)
+    recon_dice = dice_table(arr, [reconstruction])[0]
+    twin_entry = twin.describe()
+    method_fields = _method_fields(settings, result)
+    sib_paths: list[Path] = []
+    scan_paths: list[Path] = []
+    with staging(out) as stage:
+        # Model-space siblings and their manifests.
+        bar = tqdm(
+            total=len(names) * (2 if twin.in_other_space else 1),
+            desc="write",
+            unit="map",
+            disable=not progress,
+        )
+        for k, (name, lab) in enumerate(zip(names, result.labels, strict=True)):
+            lm = LabelMap(lab, affine)
+            write_label_map(stage / f"{name}.nii.gz", lm)
+            checks = topology_checks(lab)
+            manifest = provenance(
+                model,
+                method,
+                twin=twin_entry,
+                seed=settings.seed,
+                index=result.indices[k],
+                steps=settings.steps,
+                **method_fields,
+                morphology=morphology(lm),
+                topology=checks,
+                topology_violations=[c for c, v in checks.items() if v],
+                dice_vs_twin=dice[k],
+                **({"kept_dice": result.kept_dice[k]} if result.kept_dice else {}),
+                files={
+                    "model_space": f"{name}.nii.gz",
+                    "scanner": f"scanner/{name}.nii.gz" if twin.in_other_space else None,
+                },
+            )
+            write_json(stage / f"{name}.json", manifest)
+            sib_paths.append(out / f"{name}.nii.gz")
+            bar.update(1)
+        # The same siblings on the twin's original grid.
+        if twin.in_other_space:
+            assert twin.transform is not None
+            xfm = twin.transform.to_dict()
+            for name, lab in zip(names, result.labels, strict=True):
+                back = geometry.unprepare(LabelMap(lab, affine), twin.transform)
+                write_label_map(stage / "scanner" / f"{name}.nii.gz", back)
+                write_json(
+                    stage / "scanner" / f"{name}.json",
+                    {
+                        "method": "unprepare",
+                        "sibling": f"../{name}.nii.gz",
+                        "sibling_manifest": f"../{name}.json",
+                        "twin": twin_entry,
+                        "transform": "../twin/twin.xfm.json",
+                        "interpolation": "linear",
+                        "grid": {"shape": list(back.shape), "affine": back.affine.tolist()},
+                        "transform_matrix": xfm["matrix"],
+                    },
+                )
+                scan_paths.append(out / "scanner" / f"{name}.nii.gz")
+                bar.update(1)
+        bar.close()
+        # The twin.
+        write_label_map(stage / "twin" / "twin.nii.gz", LabelMap(arr, affine))
+        write_label_map(
+            stage / "twin" / "twin_vae_reconstruction.nii.gz", LabelMap(reconstruction, affine)
+        )
+        if twin.transform is not None:
+            twin.transform.save(stage / "twin" / "twin.xfm.json")
+        twin_checks = topology_checks(arr)
+        write_json(
+            stage / "twin" / "twin.json",
+            {
+                **twin_entry,
+                "missing_tissues": twin.missing_tissues(),
+                "morphology": morphology(LabelMap(arr, affine)),
+                "topology": twin_checks,
+                "topology_violations": [c for c, v in twin_checks.items() if v],
+                "vae_reconstruction_dice": recon_dice,
+                **twin.record,
+            },
+        )
+        # Report.
+        sib_summary = summarise_maps(
+            [LabelMap(x, affine) for x in result.labels], names=[f"{m}.nii.gz" for m in names]
+        )
+        twin_summary = summarise_maps([LabelMap(arr, affine)], names=["twin.nii.gz"])
+        metrics = twin_metrics(
+            sib_summary,
+            twin_summary,
+            dice=dice,
+            kept_dice=result.kept_dice,
+            reconstruction_dice=recon_dice,
+            n_boot=n_boot,
+            seed=settings.seed,
+        )
+        if ref_summary is not None:
+            ev = evaluate_maps(sib_summary, ref_summary, n_boot=n_boot, seed=settings.seed)
+            ev.metrics["cohort_dir"] = f"{out} (siblings)"
+            ev.metrics["reference_dir"] = str(reference)
+            ev.write(stage / "report" / "reference", title="siblings against a reference cohort")
+            metrics["against_reference"] = {
+                key: ev.metrics.get(key)
+                for key in (
+                    "n_reference",
+                    "k",
+                    "fd",
+                    "fd_ci",
+                    "precision",
+                    "precision_ci",
+                    "recall",
+                    "recall_ci",
+                )
+            }
+            metrics["against_reference"]["reference_dir"] = str(reference)
+        shown = list(range(min(figure_siblings, len(names))))
+        label = (
+            f"ψ = {settings.psi:g}"
+            if settings.method == "perturb"
+            else f"regenerate {', '.join(settings.regenerate)}"
+        )
+        figures = {
+            "siblings.png": figure_png(
+                siblings_figure(
+                    arr,
+                    [result.labels[i] for i in shown],
+                    [f"sibling {result.indices[i]}" for i in shown],
+                    title=f"{method} editing, {label}",
+                ),
+                dpi=110,
+            ),
+            **twin_figures(sib_summary, twin_summary, metrics),
+        }
+        seconds = time.perf_counter() - t0
+        run_record = {
+            "method": method,
+            "parameters": {
+                "n": settings.n,
+                "steps": settings.steps,
+                "seed": settings.seed,
+                "batch": settings.batch,
+                **method_fields,
+                **({"kept": list(result.kept)} if settings.method == "local" else {}),
+            },
+            "twin": {**twin_entry, **twin.record},
+            "model": provenance(model, method)["model"],
+            "outputs": {
+                "siblings": [f"{m}.nii.gz" for m in names],
+                "scanner": [f"scanner/{m}.nii.gz" for m in names] if twin.in_other_space else [],
+                "report": "report/report.html",
+            },
+            "warnings": warnings_,
+            "software": software_versions(),
+            "seconds": round(seconds, 2),
+        }
+        page = edit_report_html(metrics, figures, run_record, sib_summary)
+        for fname, data in figures.items():
+            write_bytes(stage / "report" / fname, data)
+        write_bytes(stage / "report" / "per_map.csv", sib_summary.per_map_csv().encode())
+        write_bytes(stage / "report" / "twin_per_map.csv", twin_summary.per_map_csv().encode())
+        write_json(stage / "report" / "metrics.json", metrics)
+        write_bytes(stage / "report" / "report.html", page.encode())
+        write_json(stage / "run.json", run_record)
+    return EditRun(
+        out=out,
+        twin=twin,
+        result=result,
+        siblings=sib_paths,
+        scanner=scan_paths,
+        metrics=metrics,
+        warnings=warnings_,
+        seconds=seconds,
+    )
+
+
+def format_run(run: EditRun) -> str:
+    """A few lines for the terminal: where things are, TV%, Dice of kept tissues."""
+    m = run.metrics
+    lines = [
+        f"wrote {len(run.siblings)} siblings of {run.twin.source} to {run.out}",
+    ]
+    if run.scanner:
+        lines.append(
+            f"  on the twin's original grid: {run.out / 'scanner'} ({len(run.scanner)} maps)"
+        )
+    lines.append(f"  TV% siblings {m['tv_percent']:.2f} (twin {m['reference']['tv_percent']:.2f})")
+    if m.get("kept_dice"):
+        kd = ", ".join(f"{t} {s['mean']:.3f}" for t, s in m["kept_dice"].items())
+        lines.append(f"  kept-tissue Dice vs twin (mean): {kd}")
+        rd = m.get("vae_reconstruction_dice", {})
+        lines.append(
+            "  twin's own VAE reconstruction Dice: "
+            + ", ".join(f"{t} {rd[t]:.3f}" for t in m["kept_dice"] if t in rd)
+        )
+    lines.append(f"  report: {run.out / 'report' / 'report.html'}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "EditRun",
+    "EditSettings",
+    "Twin",
+    "check_output",
+    "check_settings",
+    "format_run",
+    "registration_reference",
+    "resolve_twin",
+    "run_edit",
+]

@@ -1,0 +1,545 @@
+"""The report of one editing run: siblings of a twin, measured against that twin.
+
+- :func:`siblings_figure`: the twin and several siblings side by side in three
+  orthogonal slices through the twin's heart, the twin's outline drawn on every
+  sibling (the paper's Fig. 3);
+- :func:`twin_metrics`: the evaluation of the siblings against their one twin.
+  The cohort metrics of ``siblings evaluate`` that need a reference *cohort* are
+  undefined against one map: features are normalised by the reference standard
+  deviation (zero for one map), the Fréchet distance needs the reference covariance
+  (ddof = 1, at least two maps) and precision/recall need k + 1 reference maps. They
+  are reported as null with that reason; what is defined (TV% with its bootstrap
+  interval, per-check rates, feature changes, Dice against the twin, occupancy) is
+  reported. A real reference cohort can be given to get FD, precision and recall too.
+- :func:`edit_report_html`: the self-contained ``report.html``.
+
+Example
+-------
+>>> import numpy as np
+>>> from siblings.data.phantom import make_phantom
+>>> from siblings.report.editing import siblings_figure
+>>> from siblings.report.plots import figure_png
+>>> twin = make_phantom(0, size=32)[0].data
+>>> png = figure_png(siblings_figure(twin, [twin, make_phantom(1, size=32)[0].data]))
+>>> png[:4]
+b'\\x89PNG'
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from .. import anatomy
+from ..metrics.bootstrap import bootstrap_indices, bootstrap_interval
+from ..metrics.cohort import CohortSummary
+from . import html as H
+from .plots import VIEWS, _view_axes, tissue_colour
+
+UNDEFINED_AGAINST_ONE_MAP = (
+    "undefined against a single twin: features are normalised by the reference's standard "
+    "deviation (0 for one map), the Fréchet distance needs the reference covariance (ddof = 1, "
+    "at least 2 maps) and precision/recall need k + 1 reference maps; pass a reference cohort "
+    "(--reference DIR) to compute them against it"
+)
+
+FIGURES = {
+    "siblings.png": "The twin and siblings in three orthogonal slices through the twin's heart "
+    "centre; black lines: the twin's tissue outlines, drawn on every sibling.",
+    "volumes.png": "LV vs RV volume of the siblings; grey: the twin.",
+    "violations.png": "Siblings violating each topology check (%, 95% bootstrap interval), and "
+    "the twin (0 or 100%).",
+    "occupancy_heart.png": "Heart occupancy (1 − P_background) of the twin and of the siblings, "
+    "and P_diff = P_siblings − P_twin (masked where either is 0).",
+    "occupancy.png": "Occupancy per tissue: twin, siblings and P_diff.",
+}
+
+
+# ---------------------------------------------------------------------------------
+# Fig. 3: twin and siblings side by side.
+# ---------------------------------------------------------------------------------
+def label_colormap() -> ListedColormap:
+    """Label value → colour (``anatomy.COLOURS``), background white."""
+    colours = [(1.0, 1.0, 1.0)] + [
+        tuple(c / 255.0 for c in anatomy.COLOURS[t]) for t in anatomy.TISSUES
+    ]
+    return ListedColormap(colours, name="cardiac_labels")
+
+
+def heart_box(maps: Sequence[np.ndarray], margin: int = 3) -> tuple[slice, slice, slice]:
+    """The smallest box holding every non-background voxel of ``maps``, plus ``margin``."""
+    shape = np.asarray(maps[0].shape)
+    any_tissue = np.zeros(maps[0].shape, bool)
+    for m in maps:
+        any_tissue |= np.asarray(m) > 0
+    if not any_tissue.any():
+        return tuple(slice(0, int(s)) for s in shape)  # type: ignore[return-value]
+    idx = np.argwhere(any_tissue)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + 1 + margin, shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))  # type: ignore[return-value]
+
+
+def heart_centre_index(label_map: np.ndarray) -> tuple[int, int, int]:
+    """Voxel nearest the centroid of the heart (all non-background voxels)."""
+    idx = np.argwhere(np.asarray(label_map) > 0)
+    if idx.size == 0:
+        return tuple(int(s) // 2 for s in label_map.shape)  # type: ignore[return-value]
+    return tuple(round(float(v)) for v in idx.mean(axis=0))  # type: ignore[return-value]
+
+
+def siblings_figure(
+    twin: np.ndarray,
+    siblings: Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+    *,
+    index: Sequence[int] | None = None,
+    orientation: str = "RAS",
+    outline: bool = True,
+    crop: bool = True,
+    title: str | None = None,
+) -> Figure:
+    """Twin and siblings side by side (paper Fig. 3): rows = sagittal, coronal, axial.
+
+    Parameters
+    ----------
+    twin : the twin's label map (3D, values 0–6), on the siblings' grid.
+    siblings : label maps of the siblings to show (one column each).
+    names : column titles of the siblings (default ``sibling 0``, ``sibling 1``, …).
+    index : voxel the three slices pass through (default: the twin's heart centroid).
+    orientation : axis codes of the array axes, for the edge letters (default RAS).
+    outline : draw the twin's tissue outlines (black) on every sibling.
+    crop : show only the box holding the hearts of all maps shown.
+    """
+    twin = np.asarray(twin)
+    sibs = [np.asarray(s) for s in siblings]
+    for s in sibs:
+        if s.shape != twin.shape:
+            raise ValueError(f"sibling grid {s.shape} differs from the twin's {twin.shape}")
+    names = list(names) if names is not None else [f"sibling {i}" for i in range(len(sibs))]
+    centre = np.asarray(index if index is not None else heart_centre_index(twin))
+    box = heart_box([twin, *sibs]) if crop else tuple(slice(0, s) for s in twin.shape)
+    lo = np.array([b.start for b in box])
+    centre = np.clip(centre - lo, 0, np.array([b.stop - b.start for b in box]) - 1)
+    cols = [twin[box], *(s[box] for s in sibs)]
+    titles = ["twin", *names]
+    cmap = label_colormap()
+    edges = _view_axes(orientation)
+    n_cols = len(cols)
+    fig, axes = plt.subplots(
+        3, n_cols, figsize=(1.9 * n_cols + 0.4, 6.2), squeeze=False, constrained_layout=True
+    )
+    twin_slices = [
+        (np.asarray(sl) if sl is not None else None)
+        for sl in _slices(cols[0], centre)  # type: ignore[arg-type]
+    ]
+    for c, vol in enumerate(cols):
+        for r, sl in enumerate(_slices(vol, centre)):
+            ax = axes[r, c]
+            ax.imshow(sl, origin="lower", cmap=cmap, vmin=-0.5, vmax=6.5, interpolation="nearest")
+            if outline and c > 0:
+                ref = twin_slices[r]
+                for t in anatomy.TISSUES:
+                    mask = (ref == anatomy.LABELS[t]).astype(float)
+                    if mask.any() and not mask.all():
+                        ax.contour(mask, levels=[0.5], colors="black", linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=9, fontweight="bold" if c == 0 else "normal")
+            if c == 0:
+                ax.set_ylabel(VIEWS[r], fontsize=9)
+                left, right, bottom, top = edges[r]
+                kw = dict(transform=ax.transAxes, fontsize=6, color="#555555")
+                ax.text(0.02, 0.5, left, ha="left", va="center", **kw)
+                ax.text(0.98, 0.5, right, ha="right", va="center", **kw)
+                ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **kw)
+                ax.text(0.5, 0.98, top, ha="center", va="top", **kw)
+    handles = [Patch(color=tissue_colour(t), label=t) for t in anatomy.TISSUES]
+    if outline and n_cols > 1:
+        handles.append(plt.Line2D([], [], color="black", lw=0.8, label="twin outline"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _slices(volume: np.ndarray, centre: np.ndarray) -> list[np.ndarray]:
+    i, j, k = (int(v) for v in centre)
+    return [volume[i, :, :].T, volume[:, j, :].T, volume[:, :, k].T]
+
+
+# ---------------------------------------------------------------------------------
+# Metrics against the twin.
+# ---------------------------------------------------------------------------------
+def dice_table(twin: np.ndarray, maps: np.ndarray | Sequence[np.ndarray]) -> list[dict[str, float]]:
+    """Dice of every tissue, twin vs each map (1.0 where both lack the tissue)."""
+    out = []
+    for m in maps:
+        row = {}
+        for t in anatomy.TISSUES:
+            a, b = twin == anatomy.LABELS[t], np.asarray(m) == anatomy.LABELS[t]
+            total = int(a.sum()) + int(b.sum())
+            row[t] = 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
+        out.append(row)
+    return out
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray(values, float)
+    return {
+        "mean": float(v.mean()),
+        "sd": float(v.std()),
+        "min": float(v.min()),
+        "max": float(v.max()),
+    }
+
+
+def twin_metrics(
+    siblings: CohortSummary,
+    twin: CohortSummary,
+    *,
+    dice: Sequence[dict[str, float]] = (),
+    kept_dice: Sequence[dict[str, float]] = (),
+    reconstruction_dice: dict[str, float] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Metrics of the siblings against their twin (one map), in the keys of
+    :func:`siblings.metrics.cohort.compare` where they are defined.
+
+    ``fd``, ``precision`` and ``recall`` are None with the reason in ``undefined``.
+    ``features`` holds, per morphology column, the siblings' mean and sd, the twin's
+    value and the mean change and mean absolute relative change (%) from the twin.
+    ``dice_vs_twin`` and ``kept_dice`` summarise per-tissue Dice over the siblings;
+    ``vae_reconstruction_dice`` is the Dice of the twin's own VAE reconstruction (the
+    best a kept tissue can be preserved through the autoencoder).
+    """
+    if len(twin) != 1:
+        raise ValueError(f"expected one twin map, got {len(twin)}")
+    n = len(siblings)
+    tv = siblings.tv_percent
+    rates = siblings.violated.mean(axis=0)
+    cols = anatomy.TOPOLOGY_COLUMNS
+    metrics: dict = {
+        "n": n,
+        "n_reference": 1,
+        "reference_kind": "twin",
+        "fd": None,
+        "precision": None,
+        "recall": None,
+        "fd_ci": None,
+        "precision_ci": None,
+        "recall_ci": None,
+        "undefined": {"fd, precision, recall": UNDEFINED_AGAINST_ONE_MAP},
+        "tv_percent": tv,
+        "tv_percent_ci": None,
+        "violation_rate": dict(zip(cols, rates.tolist(), strict=True)),
+        "violation_rate_ci": None,
+        "maps_violating_percent": float(100.0 * siblings.violated.any(axis=1).mean()),
+    }
+    if n_boot > 0 and n > 1:
+        idx = bootstrap_indices(n, n_boot, seed)
+        reps = siblings.violated[idx]  # (n_boot, n, 12)
+        metrics["tv_percent_ci"] = bootstrap_interval(
+            100.0 * reps.mean(axis=(1, 2)), tv, level, (0.0, 100.0)
+        )
+        lo, hi = bootstrap_interval(reps.mean(axis=1), rates, level, (0.0, 1.0))
+        metrics["violation_rate_ci"] = {c: [a, b] for c, a, b in zip(cols, lo, hi, strict=True)}
+    metrics["reference"] = {
+        "n": 1,
+        "tv_percent": twin.tv_percent,
+        "violation_rate": twin.violation_rates(),
+        "maps_violating_percent": float(100.0 * twin.violated.any(axis=1).mean()),
+        "violated": [c for c, v in zip(cols, twin.violated[0], strict=True) if v],
+    }
+    feats = {}
+    for j, col in enumerate(anatomy.MORPHOLOGY_COLUMNS):
+        x, t = siblings.features[:, j], float(twin.features[0, j])
+        rel = 100.0 * np.abs(x - t) / t if t > 0 else np.full_like(x, np.nan)
+        feats[col] = {
+            "mean": float(x.mean()),
+            "std": float(x.std()),
+            "twin": t,
+            "mean_change": float((x - t).mean()),
+            "mean_abs_change_percent": None if t <= 0 else float(rel.mean()),
+            # The keys evaluate's report uses, for code that reads either.
+            "reference_mean": t,
+            "reference_std": 0.0,
+        }
+    metrics["features"] = feats
+    if dice:
+        metrics["dice_vs_twin"] = {t: _stats([d[t] for d in dice]) for t in dice[0]}
+    if kept_dice:
+        metrics["kept_dice"] = {t: _stats([d[t] for d in kept_dice]) for t in kept_dice[0]}
+        metrics["kept_dice_min_over_tissues_mean"] = (
+            float(min(v["mean"] for v in metrics["kept_dice"].values()))
+            if metrics["kept_dice"]
+            else None
+        )
+    if reconstruction_dice is not None:
+        metrics["vae_reconstruction_dice"] = dict(reconstruction_dice)
+    metrics["bootstrap"] = {
+        "n_boot": n_boot,
+        "seed": seed,
+        "level": level,
+        "resampled": "siblings (twin fixed)",
+    }
+    metrics["grid"] = {
+        "shape": list(siblings.occupancy.shape or ()),
+        "spacing_mm": list(siblings.spacing_mm) if siblings.spacing_mm else None,
+        "orientation": "RAS",
+    }
+    return metrics
+
+
+# ---------------------------------------------------------------------------------
+# Figures and page.
+# ---------------------------------------------------------------------------------
+def twin_figures(
+    siblings: CohortSummary, twin: CohortSummary, metrics: dict, dpi: int = 100
+) -> dict[str, bytes]:
+    """The evaluation figures with the twin as reference: volumes, violations, occupancy."""
+    from .plots import figure_png, occupancy_figure, violation_bars, volume_scatter_figure
+
+    lv, rv = "LV_volume_ml", "RV_volume_ml"
+    sib_name = f"siblings (n = {metrics['n']})"
+    figs = {
+        "volumes.png": figure_png(
+            volume_scatter_figure(
+                np.column_stack([siblings.feature(lv), siblings.feature(rv)]),
+                np.column_stack([twin.feature(lv), twin.feature(rv)]),
+                cohort_label="siblings",
+                reference_label="twin",
+            ),
+            dpi=dpi,
+        ),
+        "violations.png": figure_png(
+            violation_bars(
+                {
+                    "twin": metrics["reference"]["violation_rate"],
+                    sib_name: metrics["violation_rate"],
+                },
+                {sib_name: metrics.get("violation_rate_ci")},
+                colours={"twin": "#4D4D4D"},
+                title=f"TV%: siblings {metrics['tv_percent']:.1f}, twin "
+                f"{metrics['reference']['tv_percent']:.1f}",
+            ),
+            dpi=dpi,
+        ),
+        "occupancy_heart.png": figure_png(
+            occupancy_figure(
+                twin.occupancy, siblings.occupancy, channels=("heart",), names=("twin", "siblings")
+            ),
+            dpi=dpi,
+        ),
+        "occupancy.png": figure_png(
+            occupancy_figure(twin.occupancy, siblings.occupancy, names=("twin", "siblings")),
+            dpi=dpi,
+        ),
+    }
+    return figs
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _ci(ci, digits: int = 2, scale: float = 1.0) -> str:
+    return "–" if not ci else f"[{ci[0] * scale:.{digits}f}, {ci[1] * scale:.{digits}f}]"
+
+
+def edit_report_html(
+    metrics: dict,
+    figures: dict[str, bytes],
+    run: dict,
+    siblings: CohortSummary,
+    title: str | None = None,
+) -> str:
+    """The self-contained report page of one editing run."""
+    m = metrics
+    method = run["method"]
+    params = run["parameters"]
+    if method == "perturbational":
+        what = (
+            f"perturbational editing, ψ = {params['psi']:g} (the last "
+            f"{params['recomputed_steps']} of {params['steps']} steps recomputed)"
+        )
+    else:
+        what = (
+            f"localized editing, regenerating {', '.join(params['regenerate'])}"
+            f" (kept: {', '.join(params['kept']) or 'nothing'}; keep mask dilated "
+            f"{params['dilate']}×{', background kept' if params['keep_background'] else ''})"
+        )
+
+    def fig(name: str) -> str:
+        return H.figure(figures[name], FIGURES[name]) if name in figures else ""
+
+    ref = m["reference"]
+    summary_rows = [
+        ["siblings", m["n"], "", "1 twin"],
+        [
+            "TV% (mean % of the 12 checks violated)",
+            _fmt(m["tv_percent"], 2),
+            _ci(m["tv_percent_ci"]),
+            _fmt(ref["tv_percent"], 2),
+        ],
+        [
+            "maps violating at least one check (%)",
+            _fmt(m["maps_violating_percent"], 1),
+            "",
+            _fmt(ref["maps_violating_percent"], 1),
+        ],
+        ["Fréchet distance, precision, recall", "–", "", "undefined against one map (below)"],
+    ]
+    against = m.get("against_reference")
+    if against:
+        summary_rows += [
+            [
+                f"FD vs reference cohort (n = {against['n_reference']})",
+                _fmt(against["fd"]),
+                _ci(against.get("fd_ci"), 3),
+                "",
+            ],
+            [
+                f"precision (k = {against['k']})",
+                _fmt(against["precision"]),
+                _ci(against.get("precision_ci"), 3),
+                "",
+            ],
+            [
+                f"recall (k = {against['k']})",
+                _fmt(against["recall"]),
+                _ci(against.get("recall_ci"), 3),
+                "",
+            ],
+        ]
+    summary = H.table(["metric", "siblings", "95% interval", "twin"], summary_rows)
+    note = (
+        f'<p class="meta">FD, precision and recall: {H.esc(UNDEFINED_AGAINST_ONE_MAP)}.'
+        + (
+            f" Against the reference cohort <code>{H.esc(against['reference_dir'])}</code>: "
+            f"see <code>reference/report.html</code>."
+            if against
+            else ""
+        )
+        + "</p>"
+    )
+    # Dice against the twin.
+    dice_rows = []
+    kept = m.get("kept_dice", {})
+    recon = m.get("vae_reconstruction_dice", {})
+    for t, s in (m.get("dice_vs_twin") or {}).items():
+        dice_rows.append(
+            [
+                t + (" (kept)" if t in kept else ""),
+                f"{s['mean']:.3f}",
+                f"{s['min']:.3f}",
+                f"{s['max']:.3f}",
+                _fmt(recon.get(t)),
+            ]
+        )
+    dice_html = (
+        H.table(
+            ["tissue", "Dice vs twin, mean", "min", "max", "twin's VAE reconstruction"],
+            dice_rows,
+        )
+        + '<p class="meta">Dice of each tissue, sibling vs twin, over the siblings. The last '
+        "column is the Dice of the twin's own VAE reconstruction (encode, decode): what a kept "
+        "tissue can at best keep through the autoencoder.</p>"
+        if dice_rows
+        else ""
+    )
+    feats = H.table(
+        ["feature", "twin", "siblings mean ± sd", "mean change", "mean |change| (%)"],
+        [
+            [
+                col,
+                f"{f['twin']:.1f}",
+                f"{f['mean']:.1f} ± {f['std']:.1f}",
+                f"{f['mean_change']:+.1f}",
+                _fmt(f["mean_abs_change_percent"], 1),
+            ]
+            for col, f in m["features"].items()
+        ],
+    )
+    rules = {r.column: r for r in anatomy.TOPOLOGY_RULES}
+    ci = m.get("violation_rate_ci") or {}
+    checks = H.table(
+        ["check", "rule", "siblings (% of maps)", "95% interval", "twin"],
+        [
+            [
+                f"<code>{H.esc(c)}</code>",
+                H.esc(rules[c].description),
+                f"{100 * m['violation_rate'][c]:.1f}",
+                _ci(ci.get(c), 1, 100.0),
+                "violated" if c in ref["violated"] else "ok",
+            ]
+            for c in anatomy.TOPOLOGY_COLUMNS
+        ],
+        row_classes=["bad" if m["violation_rate"][c] > 0 else "" for c in anatomy.TOPOLOGY_COLUMNS],
+        raw=True,
+    )
+    model = run["model"]
+    twin = run["twin"]
+    settings = H.table(
+        ["setting", "value"],
+        [
+            ["twin", f"{twin['file']} ({twin['kind']})"],
+            ["twin sha256", twin["sha256"]],
+            ["twin space", twin["space"]],
+            ["method", what],
+            ["siblings", f"{m['n']}, seed {params['seed']}, {params['steps']} steps"],
+            [
+                "model",
+                f"{model['checkpoint']} (preset {model['preset']}, {model['grid']}³ at "
+                f"{model['voxel_mm']:.3g} mm)",
+            ],
+            ["checkpoint sha256", model["checkpoint_sha256"]],
+            [
+                "bootstrap",
+                f"{m['bootstrap']['n_boot']} resamples of the siblings, seed "
+                f"{m['bootstrap']['seed']}",
+            ],
+            ["software", f"digital-siblings {run['software']['digital_siblings']}"],
+            ["compute time", f"{run['seconds']:.1f} s" if "seconds" in run else "–"],
+        ],
+    )
+    names = ", ".join(siblings.names[:3]) + (" …" if len(siblings) > 3 else "")
+    sections = [
+        ("Twin and siblings", fig("siblings.png")),
+        ("Summary", summary + note),
+        ("Preservation of the twin", dice_html),
+        ("Morphology", fig("volumes.png") + feats),
+        ("Topology", fig("violations.png") + checks),
+        ("Occupancy", fig("occupancy_heart.png") + fig("occupancy.png")),
+        ("Settings", settings + f'<p class="meta">Sibling files: {H.esc(names)}</p>'),
+    ]
+    when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    subtitle = f"{H.esc(what)} of {H.esc(twin['file'])} · {when}"
+    return H.page(title or "digital-siblings: siblings of a twin", sections, subtitle)
+
+
+__all__ = [
+    "FIGURES",
+    "UNDEFINED_AGAINST_ONE_MAP",
+    "dice_table",
+    "edit_report_html",
+    "heart_box",
+    "heart_centre_index",
+    "label_colormap",
+    "siblings_figure",
+    "twin_figures",
+    "twin_metrics",
+]
