@@ -18,13 +18,17 @@ from ..io import write_bytes, write_json
 from . import html as H
 
 FIGURES = {
-    "volumes.png": "LV vs RV volume of the cohort over KDE contours of the reference.",
-    "occupancy_heart.png": "Heart occupancy (1 − P_background): reference, cohort and P_diff, "
-    "three mid-slices.",
-    "occupancy.png": "Occupancy per tissue: reference, cohort and P_diff (masked where either "
-    "P is zero), three mid-slices.",
-    "violations.png": "Maps violating each topology check (%), cohort with 95% bootstrap "
-    "intervals, and reference.",
+    "volumes.png": "LV vs RV volume of each cohort map (orange) over the highest-density "
+    "regions of a Gaussian KDE of the reference (grey, 25–95% of its mass); margins: "
+    "1-D densities.",
+    "occupancy_heart.png": "Heart occupancy P = 1 − P_background of the reference and the "
+    "cohort, and P_diff = P_cohort − P_reference (masked where either P is zero), in three "
+    "orthogonal slices through the heart's occupancy centroid.",
+    "occupancy.png": "Occupancy per tissue: P of the reference and the cohort and P_diff "
+    "(masked where either P is zero), three orthogonal slices through each tissue's "
+    "occupancy centroid.",
+    "violations.png": "Maps violating each topology check (%): cohort with 95% bootstrap "
+    "intervals (cohort resampled, reference fixed), and reference.",
 }
 
 
@@ -43,6 +47,8 @@ def evaluation_figures(ev, dpi: int = 100) -> dict[str, bytes]:
             np.column_stack([ev.reference.feature(lv), ev.reference.feature(rv)]),
             cohort_label="cohort",
             reference_label="reference",
+            title=f"FD {m['fd']:.2f} {_ci(m['fd_ci'], 2)} · precision {m['precision']:.2f} · "
+            f"recall {m['recall']:.2f} (k = {m['k']})",
         ),
         dpi=dpi,
     )
@@ -63,7 +69,8 @@ def evaluation_figures(ev, dpi: int = 100) -> dict[str, bytes]:
         violation_bars(
             {ref_name: m["reference"]["violation_rate"], coh_name: m["violation_rate"]},
             {coh_name: m.get("violation_rate_ci")},
-            title=f"TV%: cohort {m['tv_percent']:.1f}, reference {m['reference']['tv_percent']:.1f}",
+            title=f"TV%: cohort {m['tv_percent']:.1f} {_ci(m['tv_percent_ci'], 1)}, "
+            f"reference {m['reference']['tv_percent']:.1f}",
         ),
         dpi=dpi,
     )

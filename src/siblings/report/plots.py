@@ -2,7 +2,8 @@
 
 - :func:`volume_scatter` / :func:`volume_scatter_figure`: LV vs RV volume of a cohort
   over KDE contours of the reference (paper Fig. 4, 8, 10);
-- :func:`occupancy_figure`: three orthogonal mid-slices of ``P_reference``,
+- :func:`occupancy_figure`: three orthogonal slices (through each tissue's occupancy
+  centroid) of ``P_reference``,
   ``P_cohort`` and ``P_diff`` per channel, ``P_diff`` masked where either ``P`` is zero
   (paper Fig. 5, 7, 9);
 - :func:`violation_bars`: the per-check violation rates of one or more cohorts.
@@ -34,6 +35,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from .. import anatomy
 from ..metrics.heatmaps import HEART, Occupancy, occupancy_difference
@@ -42,6 +44,7 @@ COHORT_COLOUR = "#D55E00"
 REFERENCE_COLOUR = "#4D4D4D"
 SERIES_COLOURS = ("#D55E00", "#0072B2", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442")
 HEART_COLOUR = "#B22222"
+MASKED_GREY = "#d9d9d9"
 _OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
 
 
@@ -172,7 +175,7 @@ def volume_scatter_figure(
     volume_scatter(ax, c, r, cohort_label=cohort_label, reference_label=reference_label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(loc="upper left", fontsize=7, frameon=True, framealpha=0.85)
+    ax.legend(loc="upper left", fontsize=8, frameon=True, framealpha=0.85)
     for axis, col, horizontal in ((top, 0, True), (right, 1, False)):
         lim = ax.get_xlim() if horizontal else ax.get_ylim()
         grid = np.linspace(*lim, 200)
@@ -217,6 +220,26 @@ def mid_slices(volume: np.ndarray, index: Sequence[int] | None = None) -> list[n
     return [v[i, :, :].T, v[:, j, :].T, v[:, :, k].T]
 
 
+def occupancy_centre(*volumes: np.ndarray) -> tuple[int, int, int]:
+    """Voxel nearest the occupancy-weighted centroid of the first non-empty volume.
+
+    Slices through the grid centre miss tissues that sit off-centre (the atria, the
+    aorta), so each row of :func:`occupancy_figure` is cut through its own centroid.
+    Falls back to the grid centre when every volume is empty.
+    """
+    for vol in volumes:
+        w = np.asarray(vol, dtype=np.float64)
+        total = w.sum()
+        if total > 0:
+            centre = []
+            for axis in range(3):
+                profile = w.sum(axis=tuple(a for a in range(3) if a != axis))
+                c = float(profile @ np.arange(w.shape[axis])) / total
+                centre.append(int(np.clip(round(c), 0, w.shape[axis] - 1)))
+            return tuple(centre)  # type: ignore[return-value]
+    return tuple(s // 2 for s in np.shape(volumes[0]))  # type: ignore[return-value]
+
+
 def _view_axes(orientation: str) -> list[tuple[str, str, str, str]]:
     """(left, right, bottom, top) edge letters per view for array axes with these codes."""
     hi = list(orientation)
@@ -248,7 +271,7 @@ def occupancy_figure(
     diff_limit: float | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Rows = channels; columns = ``P_reference``, ``P_cohort``, ``P_diff`` × 3 mid-slices.
+    """Rows = channels; columns = ``P_reference``, ``P_cohort``, ``P_diff`` × 3 orthogonal slices.
 
     Parameters
     ----------
@@ -256,35 +279,42 @@ def occupancy_figure(
         shape (7, D, H, W), or a mapping channel → 3D array.
     channels : ``"heart"`` (``1 − P_background``) and/or tissue names.
     names : labels of the two cohorts.
-    index : voxel the slices pass through (default the grid centre).
+    index : voxel all slices pass through. Default: per row, the voxel nearest the
+        occupancy-weighted centroid of the reference (:func:`occupancy_centre`), so an
+        off-centre tissue is cut through its middle; the voxel is printed in the row's
+        first panel.
     orientation : axis codes of the array axes, for the edge letters (default RAS).
     diff_limit : colour limit of ``P_diff`` (default per row: largest ``|P_diff|`` in the
         three slices shown). ``P_diff = P_cohort − P_reference``, masked where either is 0:
         red = more cohort occupancy, blue = more reference occupancy.
     """
     n_rows = len(channels)
-    fig = plt.figure(figsize=(15.0, 1.45 * n_rows + 0.7))
+    head_in, foot_in, row_in = 0.55, 0.45, 1.45
+    height = row_in * n_rows + head_in + foot_in
+    fig = plt.figure(figsize=(15.0, height))
     # Columns: reference ×3, its colour bar, gap, cohort ×3, gap, P_diff ×3, its colour bar.
     gs = fig.add_gridspec(
         n_rows,
         13,
-        width_ratios=[1, 1, 1, 0.06, 0.22, 1, 1, 1, 0.12, 1, 1, 1, 0.06],
+        width_ratios=[1, 1, 1, 0.06, 0.42, 1, 1, 1, 0.12, 1, 1, 1, 0.06],
         wspace=0.06,
         hspace=0.12,
+        left=0.05,
+        right=0.95,
+        top=1.0 - head_in / height,
+        bottom=foot_in / height,
     )
     cols = [0, 1, 2, 5, 6, 7, 9, 10, 11]
     edges = _view_axes(orientation)
-    p_cmap = plt.get_cmap("viridis").with_extremes(bad="#f2f2f2")
-    d_cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#f2f2f2")
+    p_cmap = plt.get_cmap("viridis").with_extremes(bad=MASKED_GREY)
+    d_cmap = plt.get_cmap("RdBu_r").with_extremes(bad=MASKED_GREY)
+    letter_box = dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.8)
     for r, channel in enumerate(channels):
         p_ref = _channel_volume(reference, channel)
         p_coh = _channel_volume(cohort, channel)
         diff = occupancy_difference(p_coh, p_ref)
-        s_ref, s_coh, s_diff = (
-            mid_slices(p_ref, index),
-            mid_slices(p_coh, index),
-            mid_slices(diff, index),
-        )
+        at = tuple(index) if index is not None else occupancy_centre(p_ref, p_coh)
+        s_ref, s_coh, s_diff = (mid_slices(p_ref, at), mid_slices(p_coh, at), mid_slices(diff, at))
         lim = diff_limit
         if lim is None:
             lim = max(float(np.ma.abs(s).max()) if s.count() else 0.0 for s in s_diff) or 1e-3
@@ -310,11 +340,11 @@ def occupancy_figure(
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if r == 0:
-                    head = (*names, "P_diff")[g]
-                    ax.set_title(f"{head}\n{VIEWS[v]}" if v == 1 else VIEWS[v], fontsize=8)
+                    head = ("P_" + names[0], "P_" + names[1], "P_diff")[g]
+                    ax.set_title(f"{head}\n{VIEWS[v]}" if v == 1 else VIEWS[v], fontsize=9)
                 if r == 0:  # orientation letters on the first row (same for every row)
                     left, right, bottom, top = edges[v]
-                    kw = dict(transform=ax.transAxes, fontsize=6, color="#555555")
+                    kw = dict(transform=ax.transAxes, fontsize=7, color="#333333", bbox=letter_box)
                     ax.text(0.02, 0.5, left, ha="left", va="center", **kw)
                     ax.text(0.98, 0.5, right, ha="right", va="center", **kw)
                     ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **kw)
@@ -322,20 +352,41 @@ def occupancy_figure(
                 if g == 0 and v == 0:
                     label = "heart\n(1 − P_bg)" if channel == HEART else channel
                     ax.set_ylabel(
-                        label, fontsize=9, color=tissue_colour(channel), fontweight="bold"
+                        label,
+                        fontsize=10,
+                        fontweight="bold",
+                        bbox=dict(boxstyle="round,pad=0.25", fc=tissue_colour(channel), alpha=0.45),
                     )
-        cax = fig.add_subplot(gs[r, 3])
-        fig.colorbar(ims[0], cax=cax, ticks=[0, 0.5, 1]).ax.tick_params(labelsize=6)
+                    ax.text(
+                        0.02,
+                        0.02 if r else 0.12,
+                        "voxel ({}, {}, {})".format(*at),
+                        transform=ax.transAxes,
+                        fontsize=7,
+                        color="#333333",
+                        ha="left",
+                        va="bottom",
+                    )
+        cb = fig.colorbar(ims[0], cax=fig.add_subplot(gs[r, 3]), ticks=[0, 0.5, 1])
+        cb.ax.tick_params(labelsize=7)
+        cb.set_label("P", fontsize=8, labelpad=2)
         cb = fig.colorbar(ims[-1], cax=fig.add_subplot(gs[r, 12]), ticks=[-lim, 0, lim])
-        cb.ax.tick_params(labelsize=6)
-        cb.ax.set_yticklabels([f"{-lim:.2f}", "0", f"{lim:.2f}"])
+        cb.ax.tick_params(labelsize=7)
+        cb.ax.set_yticklabels([f"{-lim:+.2f}", "0", f"{lim:+.2f}"])
+        cb.set_label("P_diff", fontsize=8, labelpad=1)
+    where = (
+        "through voxel ({}, {}, {})".format(*index)
+        if index is not None
+        else "through each row's occupancy centroid (voxel in its first panel)"
+    )
     fig.text(
         0.5,
-        0.005,
-        f"P_diff = P_{names[1]} − P_{names[0]} (red: more {names[1]}, blue: more {names[0]}); "
-        "grey: masked where either P is 0. Slices through the grid centre.",
+        0.25 / height,
+        f"P = fraction of maps with the tissue at a voxel; grey: P = 0. "
+        f"P_diff = P_{names[1]} − P_{names[0]} (red: more {names[1]}, blue: more {names[0]}; "
+        f"colour scale per row), grey where either P is 0. Slices {where}.",
         ha="center",
-        va="bottom",
+        va="center",
         fontsize=8,
     )
     if title:
@@ -368,6 +419,7 @@ def violation_bars(
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(cols) + 1.2))
     y = np.arange(len(cols))[::-1].astype(float)
     palette = iter(SERIES_COLOURS)
+    xmax, with_interval = 1.0, False
     for s, name in enumerate(names):
         colour = (colours or {}).get(name)
         if colour is None:
@@ -378,12 +430,14 @@ def violation_bars(
             )
         vals = np.array([100.0 * rates[name][c] for c in cols])
         pos = y + (len(names) - 1 - 2 * s) * height / 2
-        xerr = None
+        xerr, ends = None, vals
         iv = (intervals or {}).get(name)
         if iv:
             lo = np.array([100.0 * iv[c][0] for c in cols])
             hi = np.array([100.0 * iv[c][1] for c in cols])
             xerr = np.vstack([np.clip(vals - lo, 0, None), np.clip(hi - vals, 0, None)])
+            ends = np.maximum(vals, hi)
+            with_interval = True
         ax.barh(
             pos,
             vals,
@@ -393,17 +447,28 @@ def violation_bars(
             xerr=xerr,
             error_kw=dict(lw=0.8, capsize=2, ecolor="#222222"),
         )
-        for p, v in zip(pos, vals, strict=True):
-            ax.text(v, p, f" {v:.1f}", va="center", ha="left", fontsize=6.5, color="#333333")
+        # The value sits after the bar or its whisker, whichever ends later.
+        for p, v, e in zip(pos, vals, ends, strict=True):
+            ax.text(e, p, f" {v:.1f}", va="center", ha="left", fontsize=7, color="#333333")
+        xmax = max(xmax, float(ends.max()))
     ax.set_yticks(y)
     ax.set_yticklabels([f"{c}  ({rules[c].description})" for c in cols], fontsize=8)
     ax.set_xlabel("maps violating the check (%)")
-    xmax = max([100.0 * max(r.values()) for r in rates.values()] + [1.0])
-    ax.set_xlim(0, min(100.0, xmax * 1.25 + 1))
+    ax.set_xlim(0, min(100.0, xmax * 1.15 + 1))
     ax.grid(axis="x", color="#dddddd", lw=0.6)
     ax.set_axisbelow(True)
+    handles, labels = ax.get_legend_handles_labels()
+    if with_interval:
+        handles.append(Line2D([], [], color="#222222", lw=0.8, marker="|", markersize=6))
+        labels.append("95% bootstrap interval")
     ax.legend(
-        fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(names), frameon=False
+        handles,
+        labels,
+        fontsize=8,
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.0),
+        ncol=len(labels),
+        frameon=False,
     )
     for sep in (6.5, 1.5):  # between components / required / forbidden contacts
         ax.axhline(sep, color="#999999", lw=0.6, ls=":")
