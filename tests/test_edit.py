@@ -1,0 +1,490 @@
+"""Digital siblings (SPEC §4): ψ → start step, the limits of perturbational editing,
+the kept latent of localized editing, reproducibility, and ``siblings edit`` end to end
+(files in model and scanner space, manifests, report, bad input refused with nothing
+written). All with the session's micro model: its siblings are meaningless, so tests
+check what holds by construction, never how good a sibling looks."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from siblings import anatomy
+from siblings.cli import main
+from siblings.data import geometry
+from siblings.data.phantom import make_phantom
+from siblings.data.phantom_scans import place_in_scanner, scanner_affine, write_totalseg_subject
+from siblings.diffusion.edit import inpaint, perturb, start_step
+from siblings.diffusion.edm import karras_sigmas
+from siblings.editing import run_edit
+from siblings.io import LabelMap, centred_affine, read_label_map, sha256_file, write_label_map
+from siblings.metrics import morphology, topology_checks
+from siblings.models.ldm import LatentDiffusionModel
+from siblings.report.editing import dice_table, siblings_figure, twin_metrics
+
+L = anatomy.LABELS
+
+
+@pytest.fixture(scope="module")
+def model(micro):
+    return LatentDiffusionModel.load(micro.checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def twin() -> np.ndarray:
+    """A defect-free phantom on the micro grid (32³, 5.6 mm), every tissue present."""
+    return make_phantom(1, size=32, seed=3)[0].data
+
+
+@pytest.fixture(scope="module")
+def twin_file(tmp_path_factory, twin) -> Path:
+    path = tmp_path_factory.mktemp("twin") / "twin.nii.gz"
+    write_label_map(path, LabelMap(twin, centred_affine(32)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def scan_twin(tmp_path_factory) -> LabelMap:
+    """A phantom in scanner space: LPS voxel axes, 3 x 3 x 4 mm, rotated 25° and shifted."""
+    from siblings.data.phantom_scans import axis_angle
+
+    heart = make_phantom(2, size=64, seed=3)[0]
+    pose = np.eye(4)
+    pose[:3, :3] = axis_angle((1.0, 0.5, 0.2), 25.0)
+    pose[:3, 3] = (12.0, -8.0, 5.0)
+    shape = (80, 80, 60)
+    return place_in_scanner(heart, pose, shape, scanner_affine(shape, (3.0, 3.0, 4.0), "LPS"))
+
+
+def latents_of(model, fn):
+    """Run ``fn()`` and return the latents ``model.decode`` was given (float64)."""
+    seen = []
+    decode = model.decode
+
+    def spy(z, batch=4):
+        seen.append(z.detach().clone())
+        return decode(z, batch)
+
+    model.decode = spy
+    try:
+        out = fn()
+    finally:
+        del model.decode
+    return out, torch.cat(seen)
+
+
+def edit_cli(*args) -> int:
+    return main(["edit", *[str(a) for a in args]])
+
+
+def common(micro, out, n=2, steps=2, seed=0) -> list:
+    return [
+        "--n", n, "--steps", steps, "--seed", seed, "--batch", 2, "--n-boot", 50,
+        "--checkpoint", micro.checkpoint, "--device", "cpu", "--quiet", "--out", out,
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------
+# ψ → start step (SPEC §4).
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("psi", "steps", "start"),
+    [
+        (1.0, 20, 0),  # everything recomputed: starts at σmax
+        (0.8, 20, 4),
+        (0.65, 20, 7),
+        (0.5, 20, 10),
+        (0.35, 20, 13),
+        (0.01, 20, 19),  # round(0.2) = 0 → at least one step
+        (0.5, 5, 3),  # round(2.5) = 2: Python rounds half to even
+    ],
+)
+def test_psi_maps_to_the_start_of_the_last_round_psi_n_steps(psi, steps, start):
+    assert start_step(psi, steps) == start
+
+
+def test_perturb_starts_at_sigma_of_the_start_step(model, twin):
+    res = perturb(model, twin, psi=0.5, n=1, steps=4, seed=0)
+    sig = karras_sigmas(4, 2e-3, 80.0, 3.0)
+    assert res.params["start_step"] == 2 and res.params["recomputed_steps"] == 2
+    assert res.params["sigma_start"] == pytest.approx(float(sig[2]))
+
+
+@pytest.mark.parametrize("psi", [0.0, -0.2, 1.01, float("nan")])
+def test_psi_outside_zero_one_is_refused(psi):
+    with pytest.raises(ValueError, match="psi"):
+        start_step(psi, 20)
+
+
+# ---------------------------------------------------------------------------------
+# The limits of perturbational editing.
+# ---------------------------------------------------------------------------------
+def test_psi_one_is_unconditional_sampling_from_the_same_noise(model, twin):
+    """ψ = 1 starts at σmax from z + σmax·ε with the ε of unconditional sample i: the
+    first denoiser input differs from the unconditional one by exactly the twin's latent
+    z, which is small beside σmax = 80, so the sibling is the unconditional sample."""
+    first = {}
+    denoise = model.denoise
+
+    def record(tag):
+        def spy(z, sigma):
+            first.setdefault(tag, z.clone())
+            return denoise(z, sigma)
+
+        return spy
+
+    model.denoise = record("perturb")
+    try:
+        sib, z_sib = latents_of(model, lambda: perturb(model, twin, 1.0, n=2, steps=3, seed=4))
+    finally:
+        del model.denoise
+    model.denoise = record("uncond")
+    try:
+        z_unc = model.sample_latents([0, 1], steps=3, seed=4)
+    finally:
+        del model.denoise
+    z = model.encode(twin[None]).to(torch.float64)
+    torch.testing.assert_close(first["perturb"] - first["uncond"], z.expand(2, -1, -1, -1, -1))
+    scale = z_unc.abs().max().item()
+    assert (z_sib - z_unc).abs().max().item() < 0.02 * scale
+    unc = model.decode(z_unc)
+    assert np.mean(sib.labels == unc) > 0.98  # ψ = 0.5 agrees on ~94% only
+
+
+def test_a_tiny_psi_gives_back_the_vae_reconstruction(model, twin):
+    """ψ → 0: one step from σmin = 0.002 to 0, so the sibling is decode(encode(twin))."""
+    res, z_sib = latents_of(model, lambda: perturb(model, twin, 0.01, n=2, steps=20, seed=1))
+    assert res.params["recomputed_steps"] == 1
+    z = model.encode(twin[None]).to(torch.float64)
+    assert (z_sib - z).abs().max().item() < 0.01
+    recon = model.decode(model.encode(twin[None]))[0]
+    for lab in res.labels:
+        assert np.mean(lab == recon) > 0.995  # ψ = 0.5 agrees on ~30% only
+
+
+# ---------------------------------------------------------------------------------
+# Localized editing.
+# ---------------------------------------------------------------------------------
+def test_localized_editing_ends_with_the_twins_latent_in_the_kept_region(model, twin):
+    res, z_end = latents_of(
+        model, lambda: inpaint(model, twin, regenerate="LV", n=2, steps=3, seed=2, dilate=0)
+    )
+    keep = torch.from_numpy(res.keep_mask)
+    assert 0 < keep.float().mean() < 1
+    z = model.encode(twin[None]).to(torch.float64)[0]
+    for zi in z_end:
+        assert torch.equal(zi[:, keep], z[:, keep])  # exactly: pasted at σ = 0
+        assert not torch.equal(zi[:, ~keep], z[:, ~keep])
+    # The keep mask holds the tissues kept (not LV, not Myo, no background) on the latent grid.
+    assert res.kept == ("Ao", "RV", "RA", "LA")
+    f = 32 // res.keep_mask.shape[0]
+    coarse = np.isin(twin, [L[t] for t in res.kept]).reshape(8, f, 8, f, 8, f).any(axis=(1, 3, 5))
+    assert np.array_equal(res.keep_mask, coarse)
+
+
+def test_regenerating_every_tissue_is_refused_as_unconditional_sampling(model, twin):
+    with pytest.raises(ValueError, match="unconditional sampling"):
+        inpaint(model, twin, regenerate="Ao,RV,LV,RA,LA", n=1, steps=2)
+
+
+# ---------------------------------------------------------------------------------
+# Reproducibility.
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["perturb", "local"])
+def test_same_seed_same_siblings_other_seed_other_siblings(model, twin, method):
+    def make(seed):
+        if method == "perturb":
+            return perturb(model, twin, 0.8, n=2, steps=3, seed=seed).labels
+        return inpaint(model, twin, regenerate="LV", n=2, steps=3, seed=seed).labels
+
+    a, b, c = make(7), make(7), make(8)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a[0], a[1])  # sibling i has its own noise
+    assert all(not np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_cli_same_seed_gives_byte_identical_siblings_and_manifests(micro, twin_file, tmp_path):
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        code = edit_cli(
+            "perturb", twin_file, "--psi", 0.7, *common(micro, tmp_path / name, seed=seed)
+        )
+        assert code == 0
+    for i in range(2):
+        for ext in ("nii.gz", "json"):
+            f = f"sibling_{i:05d}.{ext}"
+            assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+        f = f"sibling_{i:05d}.nii.gz"
+        assert (tmp_path / "a" / f).read_bytes() != (tmp_path / "c" / f).read_bytes()
+
+
+# ---------------------------------------------------------------------------------
+# `siblings edit`: outputs.
+# ---------------------------------------------------------------------------------
+def test_edit_perturb_writes_siblings_manifests_twin_and_report(micro, model, twin_file, tmp_path):
+    out = tmp_path / "sibs"
+    assert (
+        edit_cli("perturb", twin_file, "--psi", 0.5, *common(micro, out, n=3, steps=4, seed=5)) == 0
+    )
+    names = [f"sibling_{i:05d}" for i in range(3)]
+    assert sorted(p.name for p in out.glob("sibling_*")) == sorted(
+        f"{n}.{e}" for n in names for e in ("nii.gz", "json")
+    )
+    assert not (out / "scanner").exists()  # the twin was already in model space
+    twin = read_label_map(out / "twin" / "twin.nii.gz").data
+    assert np.array_equal(twin, read_label_map(twin_file).data)
+    for i, name in enumerate(names):
+        lm = read_label_map(out / f"{name}.nii.gz", shape=(32, 32, 32), spacing=5.6)
+        np.testing.assert_allclose(lm.affine, centred_affine(32))
+        m = json.loads((out / f"{name}.json").read_text())
+        # SPEC §4 provenance: seed file and hash, checkpoint hash, method, ψ, steps, seed, version.
+        assert m["method"] == "perturbational"
+        assert m["twin"]["file"] == str(twin_file)
+        assert m["twin"]["sha256"] == sha256_file(twin_file)
+        assert m["model"]["checkpoint_sha256"] == model.checkpoint_sha256
+        assert (m["psi"], m["steps"], m["seed"], m["index"]) == (0.5, 4, 5, i)
+        assert (m["start_step"], m["recomputed_steps"]) == (2, 2)
+        assert m["software"]["digital_siblings"]
+        # Measurements of the written map.
+        assert m["morphology"] == pytest.approx(morphology(lm))
+        assert m["topology"] == topology_checks(lm.data)
+        assert set(m["topology"]) == set(anatomy.TOPOLOGY_COLUMNS)
+        assert m["dice_vs_twin"] == pytest.approx(dice_table(twin, [lm.data])[0])
+        assert "kept_dice" not in m
+    report = out / "report"
+    html = (report / "report.html").read_text()
+    for png in ("siblings.png", "volumes.png", "violations.png", "occupancy_heart.png"):
+        data = (report / png).read_bytes()
+        assert data[:4] == b"\x89PNG"
+        assert base64.b64encode(data).decode() in html, png  # embedded, self-contained
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["n"] == 3 and metrics["n_reference"] == 1
+    assert metrics["fd"] is None and metrics["precision"] is None and metrics["recall"] is None
+    assert "single twin" in metrics["undefined"]["fd, precision, recall"]
+    assert "undefined against one map" in html
+    run = json.loads((out / "run.json").read_text())
+    assert run["twin"]["space"] == "model" and run["warnings"] == []
+
+
+def test_edit_local_manifests_hold_the_kept_tissue_dice(micro, twin_file, tmp_path):
+    out = tmp_path / "lv_rv"
+    args = common(micro, out, n=2, steps=3, seed=1)
+    assert edit_cli("local", twin_file, "--regenerate", "LV", "--regenerate", "rv", *args) == 0
+    twin = read_label_map(twin_file).data
+    for i in range(2):
+        m = json.loads((out / f"sibling_{i:05d}.json").read_text())
+        sib = read_label_map(out / f"sibling_{i:05d}.nii.gz").data
+        assert m["method"] == "localized"
+        assert m["regenerate"] == ["LV", "Myo", "RV"]  # a ventricle takes the myocardium along
+        assert m["kept"] == ["Ao", "RA", "LA"]
+        assert m["dilate"] == 1 and m["keep_background"] is False  # the preset's default
+        assert set(m["kept_dice"]) == {"Ao", "RA", "LA"}
+        for t, d in m["kept_dice"].items():
+            x, y = twin == L[t], sib == L[t]
+            assert d == pytest.approx(2 * (x & y).sum() / (x.sum() + y.sum()))
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert set(metrics["kept_dice"]) == {"Ao", "RA", "LA"}
+    assert set(metrics["vae_reconstruction_dice"]) == set(anatomy.TISSUES)
+    # LV,RV in one flag is the same edit.
+    out2 = tmp_path / "lv_rv_comma"
+    assert (
+        edit_cli(
+            "local", twin_file, "--regenerate", "LV,RV", *common(micro, out2, n=2, steps=3, seed=1)
+        )
+        == 0
+    )
+    for i in range(2):
+        f = f"sibling_{i:05d}.nii.gz"
+        assert (out / f).read_bytes() == (out2 / f).read_bytes()
+
+
+def test_twin_in_scanner_space_is_prepared_and_siblings_come_back_on_its_grid(
+    micro, scan_twin, tmp_path
+):
+    src = tmp_path / "scan_twin.nii.gz"
+    write_label_map(src, scan_twin)
+    out = tmp_path / "sibs"
+    assert edit_cli("perturb", src, "--psi", 0.6, *common(micro, out, n=2, steps=2)) == 0
+    xfm = geometry.PreparedTransform.load(out / "twin" / "twin.xfm.json")
+    twin = read_label_map(out / "twin" / "twin.nii.gz", shape=(32, 32, 32), spacing=5.6)
+    # The stored transform takes the model-space twin back onto the scan: it overlays the
+    # original chambers (coarse: 5.6 mm model voxels against 3-4 mm scan voxels).
+    back = geometry.unprepare(twin, xfm).data
+    for t in ("LV", "RV", "LA", "RA"):
+        assert dice_table(scan_twin.data, [back])[0][t] > 0.7, t
+    for i in range(2):
+        name = f"sibling_{i:05d}"
+        on_scan = read_label_map(out / "scanner" / f"{name}.nii.gz")
+        assert on_scan.shape == scan_twin.shape
+        np.testing.assert_allclose(on_scan.affine, scan_twin.affine, atol=1e-6)
+        sib = read_label_map(out / f"{name}.nii.gz")
+        assert np.array_equal(on_scan.data, geometry.unprepare(sib, xfm).data)
+        m = json.loads((out / "scanner" / f"{name}.json").read_text())
+        assert m["sibling"] == f"../{name}.nii.gz" and m["transform"] == "../twin/twin.xfm.json"
+        assert json.loads((out / f"{name}.json").read_text())["files"]["scanner"] == (
+            f"scanner/{name}.nii.gz"
+        )
+    run = json.loads((out / "run.json").read_text())
+    assert run["twin"]["space"] == "prepared"
+    assert run["outputs"]["scanner"] == [f"scanner/sibling_{i:05d}.nii.gz" for i in range(2)]
+
+
+def test_totalsegmentator_subject_folder_is_a_twin(micro, scan_twin, tmp_path):
+    subject = tmp_path / "s0007"
+    write_totalseg_subject(subject, scan_twin, layout="v1")
+    out = tmp_path / "sibs"
+    assert edit_cli("local", subject, "--regenerate", "RV", *common(micro, out, n=1, steps=2)) == 0
+    m = json.loads((out / "sibling_00000.json").read_text())
+    assert m["twin"]["kind"].startswith("TotalSegmentator subject")
+    assert m["twin"]["space"] == "prepared"
+    assert read_label_map(out / "scanner" / "sibling_00000.nii.gz").shape == scan_twin.shape
+
+
+def test_twin_on_another_presets_grid_is_resampled_not_reoriented(micro, tmp_path):
+    """A twin prepared at 64³ (centred, RAS) is in model space already: only resampled
+    to the micro 32³ grid (identity transform), siblings written back at 64³."""
+    twin64 = make_phantom(1, size=64, seed=3)[0]
+    src = tmp_path / "twin64.nii.gz"
+    write_label_map(src, twin64)
+    out = tmp_path / "sibs"
+    assert edit_cli("perturb", src, "--psi", 0.3, *common(micro, out, n=1, steps=2)) == 0
+    xfm = geometry.PreparedTransform.load(out / "twin" / "twin.xfm.json")
+    np.testing.assert_array_equal(xfm.matrix, np.eye(4))
+    assert read_label_map(out / "scanner" / "sibling_00000.nii.gz").shape == (64, 64, 64)
+
+
+# ---------------------------------------------------------------------------------
+# Bad input: a clear message, exit 2, nothing written.
+# ---------------------------------------------------------------------------------
+def nothing_written(out: Path) -> bool:
+    return not out.exists() and not any(
+        p.name.startswith(f".{out.name}.") for p in out.parent.iterdir()
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["local", "{twin}", "--regenerate", "LVX"], "unknown tissue 'LVX'"),
+        (["local", "{twin}", "--regenerate", "Ao,Myo,RV,LV,RA,LA"], "unconditional sampling"),
+        (["local", "{twin}", "--regenerate", "LV,RV,RA,LA,Ao"], "unconditional sampling"),
+        (["perturb", "{twin}", "--psi", "0"], "psi must be in (0, 1]"),
+        (["perturb", "{twin}", "--psi", "1.5"], "psi must be in (0, 1]"),
+        (["perturb", "{twin}", "--psi", "-0.3"], "psi must be in (0, 1]"),
+        (["perturb", "{twin}", "--psi", "0.5", "--preset", "paper"], "preset 'tiny', not 'paper'"),
+        (["perturb", "{missing}", "--psi", "0.5"], "no such file"),
+        (["perturb", "{folder}", "--psi", "0.5"], "not a TotalSegmentator subject folder"),
+        (["local", "{twin}", "--regenerate", "LV", "--dilate", "-1"], "--dilate must be 0 or more"),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_is_written(
+    micro, twin_file, tmp_path, capsys, args, message
+):
+    (tmp_path / "empty_folder").mkdir()
+    fill = {
+        "twin": twin_file,
+        "missing": tmp_path / "nope.nii.gz",
+        "folder": tmp_path / "empty_folder",
+    }
+    out = tmp_path / "out"
+    code = edit_cli(*[a.format(**fill) for a in args], *common(micro, out))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.startswith("siblings edit: error:") and err.count("\n") == 1
+    assert nothing_written(out)
+
+
+def test_scanner_twin_without_lv_cannot_be_prepared(micro, scan_twin, tmp_path, capsys):
+    data = scan_twin.data.copy()
+    data[data == L["LV"]] = 0
+    src = tmp_path / "no_lv.nii.gz"
+    write_label_map(src, LabelMap(data, scan_twin.affine))
+    out = tmp_path / "out"
+    assert edit_cli("perturb", src, "--psi", 0.5, *common(micro, out)) == 2
+    assert "has no LV" in capsys.readouterr().err
+    assert nothing_written(out)
+
+
+def test_a_non_empty_output_folder_is_left_alone(micro, twin_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert edit_cli("perturb", twin_file, "--psi", 0.5, *common(micro, out)) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_a_dataset_root_is_not_a_twin(micro, scan_twin, tmp_path, capsys):
+    for s in ("s0001", "s0002"):
+        write_totalseg_subject(tmp_path / "ds" / s, scan_twin, layout="v1")
+    out = tmp_path / "out"
+    assert edit_cli("perturb", tmp_path / "ds", "--psi", 0.5, *common(micro, out)) == 2
+    assert "holds 2 TotalSegmentator subjects" in capsys.readouterr().err
+    assert nothing_written(out)
+
+
+def test_twin_with_missing_chambers_warns_naming_them(micro, twin, tmp_path, capsys):
+    data = twin.copy()
+    data[np.isin(data, [L["RA"], L["LA"]])] = 0
+    src = tmp_path / "no_atria.nii.gz"
+    write_label_map(src, LabelMap(data, centred_affine(32)))
+    out = tmp_path / "out"
+    assert edit_cli("perturb", src, "--psi", 0.5, *common(micro, out, n=1)) == 0
+    err = capsys.readouterr().err
+    assert "siblings edit: warning:" in err and "has no RA, LA" in err
+    assert "has no RA, LA" in json.loads((out / "run.json").read_text())["warnings"][0]
+
+
+def test_a_failure_while_writing_leaves_nothing_behind(model, twin_file, tmp_path, monkeypatch):
+    import siblings.report.editing as report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report, "edit_report_html", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_edit(model, twin_file, out, "perturb", psi=0.5, n=1, steps=2, n_boot=0, progress=False)
+    assert nothing_written(out)
+
+
+# ---------------------------------------------------------------------------------
+# Report pieces.
+# ---------------------------------------------------------------------------------
+def test_metrics_against_the_twin_have_known_answers(twin):
+    from siblings.metrics.cohort import summarise_maps
+
+    no_lv = twin.copy()
+    no_lv[no_lv == L["LV"]] = 0
+    sibs = summarise_maps([twin, no_lv], spacing_mm=5.6)
+    ref = summarise_maps([twin], spacing_mm=5.6)
+    dice = dice_table(twin, [twin, no_lv])
+    assert dice[0] == {t: 1.0 for t in anatomy.TISSUES}
+    assert dice[1]["LV"] == 0.0 and dice[1]["RV"] == 1.0
+    m = twin_metrics(sibs, ref, dice=dice, n_boot=20)
+    # No LV: cc_LV and the three LV contacts required fail (4 of 12); LV-RV cannot touch.
+    assert m["tv_percent"] == pytest.approx(100 * 4 / 24)
+    assert m["violation_rate"]["cc_LV"] == 0.5 and m["reference"]["tv_percent"] == 0.0
+    lv = m["features"]["LV_volume_ml"]
+    assert lv["twin"] == pytest.approx(np.count_nonzero(twin == L["LV"]) * 5.6**3 / 1000)
+    assert lv["mean_change"] == pytest.approx(-lv["twin"] / 2)
+    assert m["features"]["RV_volume_ml"]["mean_change"] == 0.0
+    assert m["dice_vs_twin"]["LV"] == {"mean": 0.5, "sd": 0.5, "min": 0.0, "max": 1.0}
+    assert m["fd"] is None and "fd, precision, recall" in m["undefined"]
+
+
+def test_side_by_side_figure_outlines_the_twin_on_siblings_only(twin):
+    sibs = [twin, np.roll(twin, 2, axis=0)]
+    fig = siblings_figure(twin, sibs, ["a", "b"])
+    axes = np.array(fig.axes).reshape(3, 3)
+    assert [ax.get_title() for ax in axes[0]] == ["twin", "a", "b"]
+    for row in axes:
+        assert len(row[0].collections) == 0  # no outline on the twin itself
+        assert all(len(ax.collections) >= 1 for ax in row[1:])  # the twin's outline
+    with pytest.raises(ValueError, match="grid"):
+        siblings_figure(twin, [twin[:16]])
