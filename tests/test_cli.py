@@ -103,14 +103,23 @@ def test_phantom_command_writes_the_same_cohort_as_the_api(tmp_path, capsys):
         assert (out / name).read_bytes() == (tmp_path / "api" / name).read_bytes(), name
 
 
-def test_demo_makes_and_summarises_a_small_phantom_cohort(tmp_path):
-    result = run("demo", "--out", "demo_out", cwd=tmp_path)
+def test_demo_makes_a_cohort_samples_and_edits_a_twin_both_ways(micro, tmp_path):
+    """The tour with the micro checkpoint (the shipped weights' run is timed by hand)."""
+    args = ("--checkpoint", str(micro.checkpoint), "--steps", "2", "--device", "cpu")
+    result = run("demo", "--out", "demo_out", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    cohort = tmp_path / "demo_out" / "phantom"
-    rows = read_parameters(cohort)
-    assert len(rows) == 16 and len(list(cohort.glob("phantom_*.nii.gz"))) == 16
+    out = tmp_path / "demo_out"
+    rows = read_parameters(out / "phantom")
+    assert len(rows) == 16 and len(list((out / "phantom").glob("phantom_*.nii.gz"))) == 16
     assert result.stdout.startswith("16 subjects, grid 64³ at 2.80 mm")
     assert f"demo cohort written to {Path('demo_out') / 'phantom'}" in result.stdout
+    assert len(list((out / "samples").glob("sample_*.nii.gz"))) == 4
+    for run_dir in ("perturb_psi0.5", "local_LV"):
+        assert len(list((out / run_dir).glob("sibling_*.nii.gz"))) == 4
+        assert len(list((out / run_dir / "scanner").glob("sibling_*.nii.gz"))) == 4
+        report = Path("demo_out") / run_dir / "report"
+        assert (tmp_path / report / "siblings.png").is_file()
+        assert str(report / "report.html") in result.stdout  # printed where it is
 
 
 # ---------------------------------------------------------------------------------

@@ -101,20 +101,33 @@ def _add_demo(sub) -> None:
     p = _sub(
         sub,
         "demo",
-        "a short tour: make a small phantom cohort and summarise it",
+        "a short tour: phantom cohort, samples, and a twin edited both ways (a few minutes)",
         ("siblings demo --out demo_out",),
+        description="""\
+        Make a small phantom cohort, sample a few maps with the shipped weights, and edit
+        one held-out phantom twin (placed in a scanner-like space) both ways: perturbational
+        (psi = 0.5) and localized (LV regenerated), 4 siblings each, with manifests,
+        siblings back on the twin's scan grid and a report with the side-by-side figure.""",
     )
     p.add_argument(
         "--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument(
+        "--checkpoint", type=Path, default=None, help="checkpoint folder (default: shipped weights)"
+    )
+    p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda …")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(args.out, seed=args.seed)
+    if args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    device = None if args.device == "auto" else args.device
+    run_demo(args.out, seed=args.seed, checkpoint=args.checkpoint, device=device, steps=args.steps)
 
 
 # ---------------------------------------------------------------------------------
@@ -756,7 +769,8 @@ def _add_augment(sub) -> None:
         New maps come from unconditional samples (uncond), perturbational siblings of the
         rare twins (perturb: half the attempts at psi 0.5, half at 0.35) or localized
         siblings (local: LV regenerated for half the twins, RV for the other half), and
-        are kept only if the written map meets the condition. Stops at --n accepted maps.
+        are kept only if the written map meets the condition. Stops at --n accepted maps
+        (--resume continues an interrupted run and gives the same files).
         Writes OUT/<strategy>_XXXXX.nii.gz + .json per map, OUT/augment.json (counts,
         acceptance rate) and OUT/report/ (the accepted cohort evaluated against the rare
         twins). Same --seed, same files, whatever --batch.""",
@@ -805,6 +819,11 @@ def _add_augment(sub) -> None:
     p.add_argument(
         "--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000, 0 = none)"
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in OUT (same settings; N may grow)",
+    )
     p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation report")
     p.add_argument("--no-figures", action="store_true", help="no PNG figures in the report")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -851,6 +870,7 @@ def _run_augment(args: argparse.Namespace) -> None:
             psis=psis,
             regions=regions,
             dilate=args.dilate,
+            resume=args.resume,
             evaluate=not args.no_evaluate,
             k=args.k,
             n_boot=args.n_boot,
@@ -879,6 +899,101 @@ def _run_augment(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------
+# experiment
+# ---------------------------------------------------------------------------------
+def _add_experiment(sub) -> None:
+    p = _sub(
+        sub,
+        "experiment",
+        "run the paper's experiments (Tables 1-4, Figs. 4-12) into one report",
+        (
+            "siblings experiment all --preset tiny --data data/phantom64 --out runs/experiments",
+            "siblings experiment unconditional --data data/phantom64 --out runs/exp --scale 0.1",
+            "siblings experiment perturb --data data/phantom64 --out runs/exp --bf16 --batch 8",
+        ),
+        description="""\
+        Run one experiment of the paper (paper §4, appendix C) or all of them, at the
+        paper's counts (--scale shrinks every count of maps, at least 4 per cohort):
+          sensitivity    steps and cohort size in {5,10,20,50,100,200}: FD, P, R, TV%
+          unconditional  360 samples; real, real through the VAE, synthetic (Table 1)
+          perturb        4 seeds x psi in {.35,.5,.65,.8,1} x 60 siblings (Table 2)
+          local          4 seeds x {LV, RV} regenerated x 60 siblings (Table 3)
+          augment        rare cohort (--where) grown by 140 maps per strategy (Table 4)
+        Writes OUT/<experiment>/<cohort>/ (maps + done marker), tables (CSV, Markdown)
+        and figures per experiment, OUT/results.json and OUT/report.html. Re-running
+        the same command skips finished cohorts (resume after an interruption).""",
+    )
+    p.add_argument(
+        "name",
+        choices=["sensitivity", "unconditional", "perturb", "local", "augment", "all"],
+        metavar="NAME",
+        help="sensitivity, unconditional, perturb, local, augment or all",
+    )
+    p.add_argument("--preset", default=None, help="refuse a checkpoint of another preset")
+    p.add_argument("--data", type=Path, required=True, help="folder of real label maps")
+    p.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint folder (default: shipped tiny weights)",
+    )
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every count of maps (default 1)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
+    p.add_argument("--batch", type=int, default=8, help="maps per sampler batch (default 8)")
+    p.add_argument(
+        "--bf16", action="store_true", help="networks under bf16 autocast (~2x faster on CPU)"
+    )
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument(
+        "--where",
+        default="RV_volume_ml > 115",
+        help="rare-cohort condition of `augment` (default 'RV_volume_ml > 115')",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="processes for the real cohort (default: all)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_experiment)
+
+
+def _run_experiment(args: argparse.Namespace) -> None:
+    from .experiments import run_experiments
+
+    if not args.scale > 0:
+        raise UsageError(f"--scale must be greater than 0, got {args.scale}")
+    if args.batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    if args.n_boot < 0:
+        raise UsageError(f"--n-boot must be 0 or more, got {args.n_boot}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    results = run_experiments(
+        args.name,
+        args.data,
+        args.out,
+        checkpoint=args.checkpoint,
+        preset=args.preset,
+        device=args.device,
+        bf16=args.bf16,
+        scale=args.scale,
+        seed=args.seed,
+        batch=args.batch,
+        n_boot=args.n_boot,
+        workers=args.workers,
+        where=args.where,
+        progress=not args.quiet,
+        command="siblings " + " ".join(sys.argv[1:]) if sys.argv else None,
+    )
+    for name, res in results["experiments"].items():
+        print(f"{name}: {res.get('wall_seconds', 0):.0f} s")
+    print(f"wrote {args.out / 'report.html'} and {args.out / 'results.json'}")
+
+
+# ---------------------------------------------------------------------------------
 COMMANDS: list[Callable] = [
     _add_phantom,
     _add_prepare,
@@ -888,6 +1003,7 @@ COMMANDS: list[Callable] = [
     _add_edit,
     _add_evaluate,
     _add_augment,
+    _add_experiment,
     _add_demo,
 ]
 
