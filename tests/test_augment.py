@@ -459,3 +459,55 @@ def test_a_non_empty_output_folder_is_left_alone(micro, tmp_path, capsys):
     )
     assert code == 2 and "is not empty" in err
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+# ---------------------------------------------------------------------------------
+# Resuming.
+# ---------------------------------------------------------------------------------
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_resume_continues_an_interrupted_run_to_the_same_bytes(
+    model, micro, twin_rv, sample_rv, tmp_path
+):
+    where = filtering_condition(twin_rv, sample_rv)
+    whole = run_augment(model, micro, tmp_path / "whole", where, n=5, seed=3, evaluate=False)
+    # An "interrupted" run: 3 maps, then the 4th map written without its manifest.
+    part = tmp_path / "part"
+    run_augment(model, micro, part, where, n=3, seed=3, evaluate=False)
+    shutil.copy(tmp_path / "whole" / "uncond_00003.nii.gz", part / "uncond_00003.nii.gz")
+    (part / "augment.json").unlink()
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_augment(model, micro, part, where, n=5, seed=3, evaluate=False)
+    resumed = run_augment(model, micro, part, where, n=5, seed=3, evaluate=False, resume=True)
+    assert resumed.attempts == whole.attempts and resumed.attempted == whole.attempted
+    assert folder_bytes(part) == folder_bytes(tmp_path / "whole")
+
+
+def test_resume_refuses_another_run_and_skips_a_finished_one(
+    model, micro, twin_rv, sample_rv, tmp_path, monkeypatch
+):
+    import siblings.augment as aug
+
+    where = filtering_condition(twin_rv, sample_rv)
+    out = tmp_path / "out"
+    first = run_augment(model, micro, out, where, n=3, seed=3, evaluate=False)
+    before = folder_bytes(out)
+    with pytest.raises(FileExistsError, match=r"other settings \(seed differ\)"):
+        run_augment(model, micro, out, where, n=4, seed=4, evaluate=False, resume=True)
+    with pytest.raises(FileExistsError, match="more than n = 2"):
+        run_augment(model, micro, out, where, n=2, seed=3, evaluate=False, resume=True)
+    assert folder_bytes(out) == before
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a finished run was generated again")
+
+    monkeypatch.setattr(aug, "_generate", no_work)
+    again = run_augment(model, micro, out, where, n=3, seed=3, evaluate=False, resume=True)
+    assert (again.files, again.attempted) == (first.files, first.attempted)
+    assert folder_bytes(out) == before
+
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"notes\.txt"):
+        run_augment(model, micro, out, where, n=4, seed=3, evaluate=False, resume=True)

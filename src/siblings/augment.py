@@ -74,6 +74,7 @@ from .io import (
     LabelMap,
     LabelMapError,
     list_label_maps,
+    read_json,
     read_label_map,
     sha256_file,
     stem,
@@ -349,7 +350,6 @@ def _generate(
     model: LatentDiffusionModel,
     strategy: str,
     attempts: list[_Attempt],
-    twins: list[_Twin],
     latents: dict[int, torch.Tensor],
     masks: dict[int, np.ndarray],
     seed: int,
@@ -395,19 +395,13 @@ def _generate(
 # ---------------------------------------------------------------------------------
 # Inputs.
 # ---------------------------------------------------------------------------------
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(
-            f"{out}: folder is not empty; augment writes into an empty or new folder "
-            "(choose another --out or remove this one)"
-        )
+def _read_rare_twins(
+    data: PathLike, model: LatentDiffusionModel, condition: Condition, progress: bool
+) -> list[_Twin]:
+    """The maps of ``data`` meeting ``condition``, measured as ``evaluate`` measures them.
 
-
-def _read_data(
-    data: PathLike, model: LatentDiffusionModel, progress: bool
-) -> list[tuple[Path, LabelMap, dict[str, float]]]:
+    Every map must be on the model's grid. Only the rare twins are kept in memory.
+    """
     from tqdm.auto import tqdm
 
     files = list_label_maps(data, min_count=0)
@@ -416,7 +410,7 @@ def _read_data(
             data, "holds no label maps (*.nii.gz or *.nii); augment needs the real cohort"
         )
     size, voxel = model.preset.size, model.preset.voxel_mm
-    rows = []
+    twins, seen = [], {c: [] for c in condition.columns}
     for p in tqdm(files, desc="read data", unit="map", disable=not progress):
         lm = read_label_map(p)
         try:
@@ -426,16 +420,89 @@ def _read_data(
                 p, f"{exc.reason}: the {model.preset.name!r} model's grid (prepare the data first)"
             ) from None
         feats, _ = measure_map(lm)
-        rows.append((p, lm, dict(zip(anatomy.MORPHOLOGY_COLUMNS, feats.tolist(), strict=True))))
-    return rows
+        morph = dict(zip(anatomy.MORPHOLOGY_COLUMNS, feats.tolist(), strict=True))
+        for c in condition.columns:
+            seen[c].append(morph[c])
+        if condition(morph):
+            twins.append(_Twin(p, sha256_file(p), lm, morph))
+    if not twins:
+        ranges = "; ".join(f"{c} ranges {min(v):.4g} to {max(v):.4g}" for c, v in seen.items())
+        raise ValueError(
+            f"{data}: no map meets {condition} ({len(files)} map(s); {ranges}); "
+            "there is no rare cohort to grow"
+        )
+    return twins
 
 
-def _describe_range(rows: list, condition: Condition) -> str:
-    parts = []
-    for col in condition.columns:
-        v = [r[2][col] for r in rows]
-        parts.append(f"{col} ranges {min(v):.4g} to {max(v):.4g}")
-    return "; ".join(parts)
+_OURS = re.compile(r"^(?P<prefix>.+)_(?P<k>\d{5})\.(?:nii\.gz|json)$")
+
+
+def _existing(out: Path, prefix: str, resume: bool) -> list[Path]:
+    """Files already in ``out`` (refused unless resuming a folder holding only our files)."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: exists and is not a folder")
+    present = sorted(out.iterdir()) if out.exists() else []
+    if present and not resume:
+        raise FileExistsError(
+            f"{out}: folder is not empty; augment writes into an empty or new folder "
+            "(choose another --out, remove this one, or --resume an interrupted run)"
+        )
+    for p in present:
+        m = _OURS.match(p.name)
+        ours = (
+            p.name.startswith(".")
+            or p.name == "augment.json"
+            or (p.name == "report" and p.is_dir())
+            or (m is not None and m["prefix"] == prefix)
+        )
+        if not ours:
+            raise FileExistsError(
+                f"{out}: holds {p.name}, which augment did not write with prefix {prefix!r}; "
+                "resume only into a folder of a previous augment run"
+            )
+    return present
+
+
+def _resumed(
+    out: Path, prefix: str, signature: dict, condition: Condition
+) -> tuple[list[Path], list[int]]:
+    """Accepted maps of an interrupted run with the same ``signature``, checked again.
+
+    Returns the files and their attempt indices; a half-written last map (a manifest
+    without its map, or the reverse) is removed, to be made again.
+    """
+    files, attempts = [], []
+    k = 0
+    while True:
+        nii, js = out / f"{prefix}_{k:05d}.nii.gz", out / f"{prefix}_{k:05d}.json"
+        if not (nii.exists() and js.exists()):
+            break
+        meta = read_json(js)
+        run = meta.get("augment", {}).get("run")
+        if run != signature:
+            diff = sorted(
+                key
+                for key in set(signature) | set(run or {})
+                if (run or {}).get(key) != signature.get(key)
+            )
+            raise FileExistsError(
+                f"{js}: made by an augment run with other settings ({', '.join(diff)} differ); "
+                "use another --out"
+            )
+        feats, _ = measure_map(read_label_map(nii))
+        if not condition(feats):
+            raise FileExistsError(f"{nii}: does not meet {condition}; use another --out")
+        attempt = int(meta["augment"]["attempt"])
+        if attempts and attempt <= attempts[-1]:
+            raise FileExistsError(f"{js}: attempt {attempt} is out of order; use another --out")
+        files.append(nii)
+        attempts.append(attempt)
+        k += 1
+    for p in out.iterdir() if out.exists() else []:
+        m = _OURS.match(p.name)
+        if m is not None and m["prefix"] == prefix and int(m["k"]) >= k:
+            p.unlink()  # the half-written map of the interruption
+    return files, attempts
 
 
 # ---------------------------------------------------------------------------------
@@ -457,6 +524,7 @@ def augment(
     regions: Sequence[str] = DEFAULT_REGIONS,
     dilate: int | None = None,
     prefix: str | None = None,
+    resume: bool = False,
     evaluate: bool = True,
     k: int = 3,
     n_boot: int = 1000,
@@ -474,15 +542,20 @@ def augment(
     strategy : ``uncond``, ``perturb`` or ``local`` (module docstring).
     n : number of maps to accept (≥ 1).
     seed : RNG seed; attempt ``a`` depends only on ``(seed, a)``.
-    out : empty or new output folder.
+    out : output folder, new or empty (or, with ``resume``, a previous run's).
     steps : sampler steps N (default 20).
     batch : attempts generated together (does not change the output).
     max_attempts : stop after this many attempts (default ``max(1000, 50 n)``).
     psis : perturb's sampling ratios, cycled over rounds of the twins (default 0.5, 0.35).
-    regions : local's regenerated tissues, one per twin in turn (default LV, RV); a
-        ventricle also regenerates the myocardium (SPEC §4).
+    regions : local's regenerated tissues, one per twin in turn (default LV, RV; a region
+        may name several tissues, ``"LV,RV"``); a ventricle also regenerates the
+        myocardium (SPEC §4).
     dilate : local's latent keep-mask dilations (default: the preset's).
     prefix : file name prefix (default: the strategy).
+    resume : continue an interrupted run in ``out`` (same data, condition, strategy,
+        seed, steps and model; ``n`` and ``max_attempts`` may grow). The result is the
+        same, byte for byte, as an uninterrupted run. A finished run with the same
+        ``n`` is returned as it is, without new work.
     evaluate : evaluate the accepted cohort against the rare cohort into ``out/report``
         (skipped, with the reason in ``augment.json``, when either has fewer than k + 1 maps).
     k, n_boot : precision/recall neighbour rank and bootstrap resamples of the evaluation.
@@ -499,7 +572,7 @@ def augment(
         bad condition, strategy or options; an empty data folder, a bad map in it, a map
         off the model's grid; no map meeting the condition. Nothing is written.
     FileExistsError
-        ``out`` is not empty. Nothing is written.
+        ``out`` is not empty (or, with ``resume``, holds another run). Nothing is written.
     AugmentStopped
         ``max_attempts`` reached before ``n`` accepted maps (what was accepted is kept).
     """
@@ -521,46 +594,62 @@ def augment(
     if max_attempts < n:
         raise ValueError(f"max_attempts ({max_attempts}) must be at least n ({n})")
     psis = tuple(float(p) for p in psis)
+    regions = tuple(str(r) for r in regions)
+    regen_sets: dict[str, frozenset[str]] = {}
     if strategy == "perturb":
         if not psis:
             raise ValueError("perturb needs at least one sampling ratio psi")
         for p in psis:
             start_step(p, steps)  # raises for psi outside (0, 1]
-    regen_sets: dict[str, frozenset[str]] = {}
     if strategy == "local":
         if not regions:
             raise ValueError("local needs at least one region to regenerate (e.g. LV)")
-        regions = tuple(str(r) for r in regions)
-        for r in regions:
-            regen_sets[r] = regenerated_tissues(r)
+        regen_sets = {r: regenerated_tissues(r) for r in regions}
+    dilate_n = model.preset.inpaint_dilations if dilate is None else int(dilate)
+    if dilate_n < 0:
+        raise ValueError(f"dilate must be >= 0, got {dilate_n}")
     prefix = prefix or strategy
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prefix):
         raise ValueError(f"prefix {prefix!r}: use letters, digits, '_', '-' or '.'")
     out = Path(out)
-    _check_out(out)
+    present = _existing(out, prefix, resume)
+    twins = _read_rare_twins(data, model, condition, progress)
 
-    rows = _read_data(data, model, progress)
-    rare = [r for r in rows if condition(r[2])]
-    if not rare:
-        raise ValueError(
-            f"{data}: no map meets {condition} ({len(rows)} map(s); "
-            f"{_describe_range(rows, condition)}); there is no rare cohort to grow"
-        )
-    twins = [_Twin(p, sha256_file(p), lm, f) for p, lm, f in rare]
-    del rows
+    signature = {
+        "strategy": strategy,
+        "condition": str(condition),
+        "seed": seed,
+        "steps": steps,
+        "psis": list(psis) if strategy == "perturb" else None,
+        "regions": list(regions) if strategy == "local" else None,
+        "dilate": dilate_n if strategy == "local" else None,
+        "rare_twins_sha256": [t.sha256 for t in twins],
+        "checkpoint_sha256": model.checkpoint_sha256,
+    }
+    files: list[Path] = []
+    attempts: list[int] = []
+    if present:
+        files, attempts = _resumed(out, prefix, signature, condition)
+        if len(files) > n:
+            raise FileExistsError(
+                f"{out}: holds {len(files)} accepted maps, more than n = {n}; use another --out"
+            )
+        done = out / "augment.json"
+        if len(files) == n and done.exists():
+            summary = read_json(done)
+            if summary.get("complete") and summary.get("run") == signature:
+                return _result_from(out, summary, condition, twins, files, attempts)
+    attempted = attempts[-1] + 1 if attempts else 0
 
     # -- Per-twin latents (posterior means) and keep masks, once. ---------------------
     latents: dict[int, torch.Tensor] = {}
     masks: dict[int, np.ndarray] = {}
-    dilate_n = model.preset.inpaint_dilations if dilate is None else int(dilate)
-    if dilate_n < 0:
-        raise ValueError(f"dilate must be >= 0, got {dilate_n}")
-    if strategy != "uncond":
+    if strategy != "uncond" and len(files) < n:
         for j, t in enumerate(twins):
             latents[j] = model.encode(t.labels.data[None]).to(torch.float64)
             if strategy == "local":
-                region = regions[j % len(regions)]
-                kept = [anatomy.LABELS[x] for x in anatomy.TISSUES if x not in regen_sets[region]]
+                regen = regen_sets[regions[j % len(regions)]]
+                kept = [anatomy.LABELS[x] for x in anatomy.TISSUES if x not in regen]
                 masks[j] = latent_keep_mask(
                     t.labels.data, kept, model.preset.latent_size, dilate_n
                 ).astype(np.float64)
@@ -568,65 +657,37 @@ def augment(
     # -- Attempt, judge on the written file, keep or drop. ---------------------------
     out.mkdir(parents=True, exist_ok=True)
     staging = out / ".candidate.nii.gz"
-    files: list[Path] = []
-    accepted_attempts: list[int] = []
-    attempted = 0
-    tally: dict[str, list[int]] = {}  # parameter -> [accepted, attempted]
-    twin_tally = [[0, 0] for _ in twins]
-    bar = tqdm(total=n, desc=f"augment {strategy}", unit="map", disable=not progress)
+    bar = tqdm(
+        total=n, initial=len(files), desc=f"augment {strategy}", unit="map", disable=not progress
+    )
     try:
-        a0 = 0
+        a0 = attempted
         while len(files) < n and a0 < max_attempts:
-            batch_attempts = []
-            for a in range(a0, min(a0 + batch, max_attempts)):
-                tw, param = plan_attempt(a, strategy, len(twins), psis, regions)
-                batch_attempts.append(_Attempt(a, tw, param))
-            a0 += len(batch_attempts)
-            labels = _generate(model, strategy, batch_attempts, twins, latents, masks, seed, steps)
-            for att in batch_attempts:
+            todo = [
+                _Attempt(a, *plan_attempt(a, strategy, len(twins), psis, regions))
+                for a in range(a0, min(a0 + batch, max_attempts))
+            ]
+            a0 += len(todo)
+            labels = _generate(model, strategy, todo, latents, masks, seed, steps)
+            for att in todo:
                 if len(files) >= n:
                     break
                 attempted = att.index + 1
+                # Judge the file itself: written, read back, measured as `evaluate` does.
                 write_label_map(staging, LabelMap(labels[att.index], model.affine))
-                written = read_label_map(staging)
-                feats, violated = measure_map(written)
+                feats, violated = measure_map(read_label_map(staging))
                 morph = dict(zip(anatomy.MORPHOLOGY_COLUMNS, feats.tolist(), strict=True))
-                ok = condition(morph)
-                key = (
-                    "all"
-                    if att.param is None
-                    else f"{att.param:g}"
-                    if isinstance(att.param, float)
-                    else str(att.param)
-                )
-                t = tally.setdefault(key, [0, 0])
-                t[0] += ok
-                t[1] += 1
-                if att.twin is not None:
-                    twin_tally[att.twin][0] += ok
-                    twin_tally[att.twin][1] += 1
-                if not ok:
+                if not condition(morph):
                     continue
                 name = f"{prefix}_{len(files):05d}"
-                manifest = _manifest(
-                    model,
-                    strategy,
-                    condition,
-                    seed,
-                    steps,
-                    att,
-                    twins,
-                    regen_sets,
-                    dilate_n,
-                    len(files),
-                    morph,
-                    violated,
-                )
-                write_json(out / f"{name}.json", manifest)
                 final = out / f"{name}.nii.gz"
                 os.replace(staging, final)
+                manifest = _manifest(
+                    model, signature, att, twins, regen_sets, len(files), morph, violated
+                )
+                write_json(out / f"{name}.json", manifest)  # last: marks the map complete
                 files.append(final)
-                accepted_attempts.append(att.index)
+                attempts.append(att.index)
                 bar.update(1)
             bar.set_postfix_str(
                 f"{len(files)} accepted / {attempted} attempted "
@@ -636,6 +697,9 @@ def augment(
         bar.close()
         if staging.exists():
             staging.unlink()
+    if len(files) < n:
+        attempted = max(attempted, max_attempts)
+
     complete = len(files) >= n
     result = AugmentResult(
         out=out,
@@ -644,7 +708,7 @@ def augment(
         seed=seed,
         n=n,
         files=files,
-        attempts=accepted_attempts,
+        attempts=attempts,
         attempted=attempted,
         rare_twins=[t.path for t in twins],
         complete=complete,
@@ -671,48 +735,106 @@ def augment(
             title=f"augment {strategy}: {condition} (accepted vs rare twins)",
         )
         result.metrics = ev.metrics
-        evaluation = {
-            key: ev.metrics.get(key)
-            for key in (
-                "n",
-                "n_reference",
-                "k",
-                "fd",
-                "fd_ci",
-                "precision",
-                "precision_ci",
-                "recall",
-                "recall_ci",
-                "tv_percent",
-                "tv_percent_ci",
-            )
-        }
+        evaluation = {key: ev.metrics.get(key) for key in _HEADLINE}
         evaluation["report"] = "report/report.html"
 
-    lo, hi = wilson_interval(len(files), attempted)
-    summary = {
-        "complete": complete,
-        "strategy": strategy,
-        "method": _METHOD[strategy],
-        "condition": str(condition),
+    summary = _summary(
+        result, model, signature, twins, data, where, evaluation, batch, max_attempts, prefix
+    )
+    result.summary = summary
+    write_json(out / "augment.json", summary)
+    if not complete:
+        raise AugmentStopped(
+            f"stopped after max_attempts = {max_attempts} attempts with {len(files)} of {n} "
+            f"maps accepted (acceptance rate {100 * result.acceptance_rate:.2f}%); the accepted "
+            f"maps are in {out}. Raise --max-attempts (and --resume), loosen the condition or "
+            "try another strategy",
+            result,
+        )
+    return result
+
+
+_HEADLINE = (
+    "n",
+    "n_reference",
+    "k",
+    "fd",
+    "fd_ci",
+    "precision",
+    "precision_ci",
+    "recall",
+    "recall_ci",
+    "tv_percent",
+    "tv_percent_ci",
+)
+
+
+def _tallies(
+    strategy: str,
+    n_twins: int,
+    psis: Sequence[float],
+    regions: Sequence[str],
+    attempted: int,
+    attempts: Sequence[int],
+) -> tuple[dict[str, list[int]], list[list[int]]]:
+    """[accepted, attempted] per ψ/region and per twin, from the attempt plan."""
+    accepted = set(attempts)
+    by_param: dict[str, list[int]] = {}
+    by_twin = [[0, 0] for _ in range(n_twins)]
+    for a in range(attempted):
+        twin, param = plan_attempt(a, strategy, n_twins, psis, regions)
+        key = "all" if param is None else f"{param:g}" if isinstance(param, float) else param
+        t = by_param.setdefault(key, [0, 0])
+        t[0] += a in accepted
+        t[1] += 1
+        if twin is not None:
+            by_twin[twin][0] += a in accepted
+            by_twin[twin][1] += 1
+    return by_param, by_twin
+
+
+def _summary(
+    result: AugmentResult,
+    model: LatentDiffusionModel,
+    signature: dict,
+    twins: list[_Twin],
+    data: PathLike,
+    where: str | Condition,
+    evaluation: dict,
+    batch: int,
+    max_attempts: int,
+    prefix: str,
+) -> dict[str, Any]:
+    """The contents of ``augment.json`` (no timings: same seed, same bytes)."""
+    psis, regions = signature["psis"] or (), signature["regions"] or ()
+    by_param, by_twin = _tallies(
+        result.strategy, len(twins), psis, regions, result.attempted, result.attempts
+    )
+    lo, hi = wilson_interval(result.accepted, result.attempted)
+    meta = provenance(model, "augment")
+    return {
+        "complete": result.complete,
+        "strategy": result.strategy,
+        "method": _METHOD[result.strategy],
+        "condition": str(result.condition),
         "condition_text": where if isinstance(where, str) else str(where),
-        "seed": seed,
-        "n": n,
-        "accepted": len(files),
-        "attempted": attempted,
-        "acceptance_rate": acceptance_rate(len(files), attempted),
+        "seed": result.seed,
+        "n": result.n,
+        "accepted": result.accepted,
+        "attempted": result.attempted,
+        "acceptance_rate": result.acceptance_rate,
         "acceptance_rate_ci95_wilson": [lo, hi],
         "acceptance_by_parameter": {
             key: {"accepted": a, "attempted": t, "rate": acceptance_rate(a, t)}
-            for key, (a, t) in tally.items()
+            for key, (a, t) in by_param.items()
         },
         "settings": {
-            "steps": steps,
+            "steps": signature["steps"],
             "batch": batch,
             "max_attempts": max_attempts,
-            "psis": list(psis) if strategy == "perturb" else None,
-            "regions": list(regions) if strategy == "local" else None,
-            "dilate": dilate_n if strategy == "local" else None,
+            "psis": signature["psis"],
+            "regions": signature["regions"],
+            "dilate": signature["dilate"],
             "prefix": prefix,
         },
         "data": str(data),
@@ -720,49 +842,62 @@ def augment(
             {
                 "file": t.path.name,
                 "sha256": t.sha256,
-                **{c: t.features[c] for c in condition.columns},
+                **{c: t.features[c] for c in result.condition.columns},
                 **(
-                    {"attempted": twin_tally[j][1], "accepted": twin_tally[j][0]}
-                    if strategy != "uncond"
+                    {"attempted": by_twin[j][1], "accepted": by_twin[j][0]}
+                    if result.strategy != "uncond"
                     else {}
                 ),
             }
             for j, t in enumerate(twins)
         ],
-        "files": [p.name for p in files],
-        "attempt_of_file": accepted_attempts,
+        "files": [p.name for p in result.files],
+        "attempt_of_file": list(result.attempts),
         "evaluation": evaluation,
-        "model": provenance(model, "augment")["model"],
-        "software": provenance(model, "augment")["software"],
+        "run": signature,
+        "model": meta["model"],
+        "software": meta["software"],
     }
-    result.summary = summary
-    write_json(out / "augment.json", summary)
-    if not complete:
-        raise AugmentStopped(
-            f"stopped after max_attempts = {max_attempts} attempts with {len(files)} of {n} "
-            f"maps accepted (acceptance rate {100 * result.acceptance_rate:.2f}%); the accepted "
-            f"maps are in {out}. Raise --max-attempts, loosen the condition or try another "
-            "strategy",
-            result,
-        )
-    return result
+
+
+def _result_from(
+    out: Path,
+    summary: dict,
+    condition: Condition,
+    twins: list[_Twin],
+    files: list[Path],
+    attempts: list[int],
+) -> AugmentResult:
+    """The result of a finished run, from its ``augment.json`` (resume with nothing to do)."""
+    metrics_path = out / "report" / "metrics.json"
+    return AugmentResult(
+        out=out,
+        strategy=summary["strategy"],
+        condition=condition,
+        seed=summary["seed"],
+        n=summary["n"],
+        files=files,
+        attempts=attempts,
+        attempted=summary["attempted"],
+        rare_twins=[t.path for t in twins],
+        complete=True,
+        summary=summary,
+        metrics=read_json(metrics_path) if metrics_path.exists() else None,
+    )
 
 
 def _manifest(
     model: LatentDiffusionModel,
-    strategy: str,
-    condition: Condition,
-    seed: int,
-    steps: int,
+    signature: dict,
     att: _Attempt,
     twins: list[_Twin],
     regen_sets: Mapping[str, Iterable[str]],
-    dilate: int,
     accepted_index: int,
     morph: dict[str, float],
     violated: np.ndarray,
 ) -> dict[str, Any]:
-    fields: dict[str, Any] = {"seed": seed, "index": att.index, "steps": steps}
+    strategy, steps = signature["strategy"], signature["steps"]
+    fields: dict[str, Any] = {"seed": signature["seed"], "index": att.index, "steps": steps}
     if att.twin is not None:
         t = twins[att.twin]
         fields["twin"] = {"file": str(t.path), "name": stem(t.path), "sha256": t.sha256}
@@ -772,12 +907,13 @@ def _manifest(
     elif strategy == "local":
         fields["regenerate"] = sorted(regen_sets[str(att.param)])
         fields["region"] = att.param
-        fields["dilate"] = dilate
+        fields["dilate"] = signature["dilate"]
     fields["augment"] = {
         "strategy": strategy,
-        "condition": str(condition),
+        "condition": signature["condition"],
         "attempt": att.index,
         "accepted_index": accepted_index,
+        "run": signature,
     }
     fields["morphology"] = morph
     fields["topology_violations"] = [
