@@ -44,6 +44,8 @@ from .. import anatomy
 from ..metrics.bootstrap import bootstrap_indices, bootstrap_interval
 from ..metrics.cohort import CohortSummary
 from . import html as H
+from .html import interval as _ci
+from .html import number as _fmt
 from .plots import VIEWS, _view_axes, tissue_colour
 
 UNDEFINED_AGAINST_ONE_MAP = (
@@ -352,14 +354,6 @@ def twin_figures(
     return figs
 
 
-def _fmt(v: float | None, digits: int = 3) -> str:
-    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
-
-
-def _ci(ci, digits: int = 2, scale: float = 1.0) -> str:
-    return "–" if not ci else f"[{ci[0] * scale:.{digits}f}, {ci[1] * scale:.{digits}f}]"
-
-
 def edit_report_html(
     metrics: dict,
     figures: dict[str, bytes],
@@ -392,7 +386,7 @@ def edit_report_html(
         [
             "TV% (mean % of the 12 checks violated)",
             _fmt(m["tv_percent"], 2),
-            _ci(m["tv_percent_ci"]),
+            _ci(m["tv_percent_ci"], 2),
             _fmt(ref["tv_percent"], 2),
         ],
         [

@@ -16,6 +16,8 @@ import numpy as np
 from .. import anatomy
 from ..io import write_bytes, write_json
 from . import html as H
+from .html import interval as _ci
+from .html import number as _fmt
 
 FIGURES = {
     "volumes.png": "LV vs RV volume of each cohort map (orange) over the highest-density "
@@ -75,16 +77,6 @@ def evaluation_figures(ev, dpi: int = 100) -> dict[str, bytes]:
         dpi=dpi,
     )
     return figs
-
-
-def _fmt(v: float | None, digits: int = 3) -> str:
-    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
-
-
-def _ci(ci, digits: int = 3, scale: float = 1.0) -> str:
-    if not ci:
-        return "–"
-    return f"[{ci[0] * scale:.{digits}f}, {ci[1] * scale:.{digits}f}]"
 
 
 def evaluation_html(ev, figures: dict[str, bytes], title: str | None = None) -> str:

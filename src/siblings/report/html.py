@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import html as _html
+import math
 from collections.abc import Sequence
 
 _CSS = """
@@ -37,6 +38,20 @@ code { background: #f4f4f4; padding: 0 0.2em; }
 def esc(text: object) -> str:
     """HTML-escape any value's ``str``."""
     return _html.escape(str(text), quote=True)
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; "–" for None or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def interval(ci: Sequence[float] | None, digits: int = 3, scale: float = 1.0) -> str:
+    """``[lo, hi]`` with ``digits`` decimals after multiplying by ``scale``; "–" if absent."""
+    if not ci:
+        return "–"
+    return f"[{ci[0] * scale:.{digits}f}, {ci[1] * scale:.{digits}f}]"
 
 
 def table(
