@@ -143,15 +143,17 @@ def test_acceptance_rate_arithmetic():
 
 def test_attempts_go_round_robin_over_twins_with_psi_per_round_and_region_per_twin():
     plan = [plan_attempt(a, "perturb", 3, (0.5, 0.35)) for a in range(7)]
+    # Twin j of round r gets psis[(r + j) mod 2]: half of each round at each psi.
     assert plan == [
         (0, 0.5),
-        (1, 0.5),
+        (1, 0.35),
         (2, 0.5),
         (0, 0.35),
-        (1, 0.35),
+        (1, 0.5),
         (2, 0.35),
         (0, 0.5),
     ]
+    assert [plan_attempt(a, "perturb", 1, (0.5, 0.35))[1] for a in range(3)] == [0.5, 0.35, 0.5]
     plan = [plan_attempt(a, "local", 3, regions=("LV", "RV")) for a in range(6)]
     assert plan == [(0, "LV"), (1, "RV"), (2, "LV"), (0, "LV"), (1, "RV"), (2, "LV")]
     assert plan_attempt(5, "uncond", 3) == (None, None)
@@ -301,20 +303,24 @@ def test_perturb_attempts_are_the_editing_api_siblings(model, micro, twin_rv, tm
         model, micro, tmp_path / "out", where, "perturb", n=t + 2, seed=2, psis=(0.5, 0.35)
     )
     assert res.attempts == list(range(t + 2)) and res.acceptance_rate == 1.0
-    # Attempt t + 1 is the second round: twin 1 at psi 0.35, sibling t + 1 of perturb().
-    meta = json.loads((tmp_path / "out" / f"perturb_{t + 1:05d}.json").read_text())
-    assert meta["method"] == "perturbational" and meta["psi"] == 0.35
-    assert meta["twin"]["file"] == str(rare[1])
-    want = perturb(model, read_label_map(rare[1]), 0.35, n=t + 2, steps=STEPS, seed=2)
-    got = read_label_map(tmp_path / "out" / f"perturb_{t + 1:05d}.nii.gz").data
-    np.testing.assert_array_equal(got, want.labels[t + 1])
     psis = [
         json.loads((tmp_path / "out" / f"perturb_{i:05d}.json").read_text())["psi"]
         for i in range(t + 2)
     ]
-    assert psis == [0.5] * t + [0.35] * 2
+    assert psis == [[0.5, 0.35][(a // t + a % t) % 2] for a in range(t + 2)]
+    # Attempts 1 (round 0) and t + 1 (round 1) both edit twin 1, at psi 0.35 then 0.5:
+    # siblings 1 and t + 1 of perturb() with the same seed.
+    for a, psi in ((1, 0.35), (t + 1, 0.5)):
+        meta = json.loads((tmp_path / "out" / f"perturb_{a:05d}.json").read_text())
+        assert meta["method"] == "perturbational" and meta["psi"] == psi
+        assert meta["twin"]["file"] == str(rare[1])
+        want = perturb(model, read_label_map(rare[1]), psi, n=a + 1, steps=STEPS, seed=2)
+        got = read_label_map(tmp_path / "out" / f"perturb_{a:05d}.nii.gz").data
+        np.testing.assert_array_equal(got, want.labels[a])
     by_psi = res.summary["acceptance_by_parameter"]
-    assert by_psi["0.5"]["attempted"] == t and by_psi["0.35"]["attempted"] == 2
+    assert by_psi["0.5"]["attempted"] == psis.count(0.5)
+    assert by_psi["0.35"]["attempted"] == psis.count(0.35)
+    assert abs(psis.count(0.5) - psis.count(0.35)) <= 1
 
 
 def test_local_regenerates_lv_for_half_the_twins_and_rv_for_the_others(

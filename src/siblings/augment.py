@@ -18,7 +18,9 @@ Attempts go round-robin over the rare twins in batches until ``n`` maps are acce
 
 - ``uncond``: unconditional sample ``a`` (the same as ``LatentDiffusionModel.sample``
   with ``start=a``);
-- ``perturb``: twin ``a mod T`` at ψ ``psis[(a div T) mod P]``; its noise is that of
+- ``perturb``: twin ``j = a mod T`` in round ``r = a div T`` at ψ ``psis[(r + j) mod P]``
+  (with two ψ, half the twins of every round get each, and each twin alternates from
+  round to round, so the split stays even wherever the run stops); its noise is that of
   sibling ``a`` of :func:`siblings.diffusion.edit.perturb` with the same seed;
 - ``local``: twin ``j = a mod T`` regenerating ``regions[j mod R]``; its noise is that of
   sibling ``a`` of :func:`siblings.diffusion.edit.inpaint` with the same seed;
@@ -340,7 +342,7 @@ def plan_attempt(
         return None, None
     twin = index % n_twins
     if strategy == "perturb":
-        return twin, float(psis[(index // n_twins) % len(psis)])
+        return twin, float(psis[(index // n_twins + twin) % len(psis)])
     if strategy == "local":
         return twin, regions[twin % len(regions)]
     raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -546,7 +548,7 @@ def augment(
     steps : sampler steps N (default 20).
     batch : attempts generated together (does not change the output).
     max_attempts : stop after this many attempts (default ``max(1000, 50 n)``).
-    psis : perturb's sampling ratios, cycled over rounds of the twins (default 0.5, 0.35).
+    psis : perturb's sampling ratios, cycled over twins and rounds (default 0.5, 0.35).
     regions : local's regenerated tissues, one per twin in turn (default LV, RV; a region
         may name several tissues, ``"LV,RV"``); a ventricle also regenerates the
         myocardium (SPEC §4).

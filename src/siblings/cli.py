@@ -796,7 +796,7 @@ def _add_augment(sub) -> None:
     p.add_argument(
         "--psi",
         default="0.5,0.35",
-        help="perturb: sampling ratios cycled over rounds of twins (default 0.5,0.35)",
+        help="perturb: sampling ratios, alternated over twins and rounds (default 0.5,0.35)",
     )
     p.add_argument(
         "--regions",
