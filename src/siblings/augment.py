@@ -50,8 +50,10 @@ Example
 >>> model = LatentDiffusionModel.load()                                 # doctest: +SKIP
 >>> res = augment(model, "data/phantom64", "RV_volume_ml > 115",
 ...               strategy="perturb", n=140, seed=0, out="aug/perturb")  # doctest: +SKIP
->>> res.accepted, res.attempted, round(res.acceptance_rate, 2)          # doctest: +SKIP
-(140, 212, 0.66)
+>>> res.accepted == 140 and res.attempted >= 140                        # doctest: +SKIP
+True
+>>> res.summary["acceptance_rate"] == res.accepted / res.attempted      # doctest: +SKIP
+True
 """
 
 from __future__ import annotations
