@@ -273,6 +273,31 @@ def test_uncond_keeps_only_maps_meeting_the_condition_and_counts_attempts(
     assert not list((tmp_path / "out").glob(".*"))  # no staging file left behind
 
 
+@pytest.mark.parametrize("strategy", ["perturb", "local"])
+def test_edited_maps_written_all_meet_the_condition(
+    model, micro, twin_rv, sample_rv, tmp_path, strategy
+):
+    where = filtering_condition(twin_rv, sample_rv)
+    cond = parse_condition(where)
+    res = run_augment(model, micro, tmp_path / "out", where, strategy, n=4, seed=5, batch=4)
+    written = sorted((tmp_path / "out").glob("*.nii.gz"))
+    assert len(written) == res.accepted == 4
+    for p in written:
+        feats, _ = measure_map(read_label_map(p))
+        assert cond(feats)
+        meta = json.loads(p.with_name(p.name.replace(".nii.gz", ".json")).read_text())
+        assert (
+            meta["morphology"]["RV_volume_ml"]
+            == feats[anatomy.MORPHOLOGY_COLUMNS.index("RV_volume_ml")]
+        )
+    assert res.acceptance_rate == 4 / res.attempted
+    by_param = res.summary["acceptance_by_parameter"]
+    assert sum(v["attempted"] for v in by_param.values()) == res.attempted
+    assert sum(v["accepted"] for v in by_param.values()) == 4
+    per_twin = res.summary["rare_twins"]
+    assert sum(t["attempted"] for t in per_twin) == res.attempted
+
+
 def test_same_seed_same_files_whatever_the_batch(model, micro, twin_rv, sample_rv, tmp_path):
     where = filtering_condition(twin_rv, sample_rv)
     a = run_augment(model, micro, tmp_path / "a", where, "perturb", n=5, seed=7, batch=4)
@@ -453,6 +478,14 @@ def test_empty_or_off_grid_data_folder_is_refused(micro, model, tmp_path, capsys
     write_label_map(mixed / "big.nii.gz", LabelMap(np.zeros((40,) * 3, np.uint8), np.eye(4)))
     with pytest.raises(ValueError, match=r"big\.nii\.gz: grid is 40x40x40, expected 32x32x32"):
         augment(model, mixed, "RV_volume_ml > 1", "uncond", 2, 0, out, steps=STEPS)
+    assert not out.exists()
+
+    (mixed / "big.nii.gz").unlink()
+    good = (mixed / "phantom_0000.nii.gz").read_bytes()
+    (mixed / "phantom_0000.nii.gz").write_bytes(good[: len(good) // 2])
+    argv[argv.index("--data") + 1] = str(mixed)
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "phantom_0000.nii.gz" in err and "corrupt or truncated" in err
     assert not out.exists()
 
 
