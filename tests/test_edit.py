@@ -488,3 +488,17 @@ def test_side_by_side_figure_outlines_the_twin_on_siblings_only(twin):
         assert all(len(ax.collections) >= 1 for ax in row[1:])  # the twin's outline
     with pytest.raises(ValueError, match="grid"):
         siblings_figure(twin, [twin[:16]])
+
+
+def test_reference_cohort_adds_fd_precision_recall_against_it(micro, twin_file, tmp_path):
+    out = tmp_path / "sibs"
+    args = common(micro, out, n=4, steps=2)
+    assert edit_cli("perturb", twin_file, "--psi", 0.5, "--reference", micro.data, *args) == 0
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    against = metrics["against_reference"]
+    assert against["n_reference"] == 8 and against["k"] == 3
+    assert against["fd"] >= 0 and 0 <= against["precision"] <= 1 and 0 <= against["recall"] <= 1
+    full = json.loads((out / "report" / "reference" / "metrics.json").read_text())
+    assert full["fd"] == against["fd"] and full["n"] == 4
+    assert (out / "report" / "reference" / "report.html").is_file()
+    assert metrics["fd"] is None  # still undefined against the twin itself
