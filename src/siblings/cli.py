@@ -992,6 +992,12 @@ def _add_experiment(sub) -> None:
     p.add_argument(
         "--workers", type=int, default=None, help="processes for the real cohort (default: all)"
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: the cores not already busy, from the load average)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_experiment)
 
@@ -1007,6 +1013,7 @@ def _run_experiment(args: argparse.Namespace) -> None:
         raise UsageError(f"--n-boot must be 0 or more, got {args.n_boot}")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    _cpu_threads(args.threads)
     results = run_experiments(
         args.name,
         args.data,

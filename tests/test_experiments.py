@@ -1,0 +1,301 @@
+"""`siblings experiment`: every experiment end to end at a tiny scale on the micro model,
+seed picking by percentiles (known answers), counts and scaling, resuming without
+re-sampling, and bad input (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from siblings.cli import main
+from siblings.experiments import Counts, pick_seeds, run_experiments
+from siblings.experiments.counts import PAPER, scale_count
+from siblings.experiments.seeds import percentile_ranks
+from siblings.models.ldm import LatentDiffusionModel
+
+# Small settings for the micro model: few steps, few maps.
+TINY = Counts(
+    steps=2,
+    sweep_steps=(1, 2, 3),
+    steps_cohort=4,
+    sweep_sizes=(4, 5),
+    unconditional=6,
+    psis=(0.5, 1.0),
+    siblings=4,
+    augment=4,
+    augment_pool=40,
+)
+
+
+@pytest.fixture(scope="module")
+def model(micro):
+    return LatentDiffusionModel.load(micro.checkpoint, device="cpu")
+
+
+def _run(model, micro, out, names, **kw):
+    kw.setdefault("counts", TINY)
+    kw.setdefault("n_boot", 20)
+    kw.setdefault("workers", 1)
+    kw.setdefault("progress", False)
+    return run_experiments(names, micro.data, out, model=model, **kw)
+
+
+# ---------------------------------------------------------------------------------
+# End to end.
+# ---------------------------------------------------------------------------------
+EXPECTED = {
+    "unconditional": (["table1_unconditional"], ["fig4_scatter.png", "fig5_pdiff.png"]),
+    "sensitivity": (
+        ["sensitivity_steps", "sensitivity_sizes"],
+        ["fig11_steps.png", "fig12_sizes.png"],
+    ),
+    "perturb": (
+        ["table2_perturbational", "perturb_metrics"],
+        ["fig6_scatter.png", "fig7_pdiff.png"],
+    ),
+    "local": (
+        ["table3_localized", "local_metrics"],
+        ["fig8_scatter.png", "fig8_edited_volumes.png", "fig9_pdiff.png"],
+    ),
+    "augment": (["table4_augmentation"], ["fig10_augmentation.png"]),
+}
+
+
+@pytest.fixture(scope="module")
+def full_run(model, micro, tmp_path_factory):
+    out = tmp_path_factory.mktemp("experiments") / "out"
+    results = _run(model, micro, out, "all", where="RV_volume_ml >= 0")
+    return out, results
+
+
+def test_all_writes_every_table_figure_and_results_entry(full_run):
+    out, results = full_run
+    assert list(results["experiments"]) == [
+        "unconditional", "sensitivity", "perturb", "local", "augment"
+    ]  # fmt: skip
+    html = (out / "report.html").read_text()
+    for name, (tables, figures) in EXPECTED.items():
+        base = out / name
+        for t in tables:
+            assert (base / "tables" / f"{t}.csv").stat().st_size > 0
+            assert (base / "tables" / f"{t}.md").read_text().startswith("**")
+        for f in figures:
+            assert (base / "figures" / f).read_bytes()[:4] == b"\x89PNG"
+        assert results["experiments"][name]["wall_seconds"] >= 0
+    assert html.count("data:image/png;base64,") == sum(len(f) for _, f in EXPECTED.values()) + 1
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["experiments"].keys() == results["experiments"].keys()
+    assert on_disk["settings"]["counts"]["siblings"] == TINY.siblings
+
+
+def test_table1_has_real_real_vae_and_synthetic_rows(full_run):
+    out, results = full_run
+    rows = (out / "unconditional" / "tables" / "table1_unconditional.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["real", "real through the VAE", "synthetic"]
+    cohorts = results["experiments"]["unconditional"]["cohorts"]
+    assert cohorts["real"]["fd"] == pytest.approx(0.0, abs=1e-9)
+    assert cohorts["real"]["precision"] == cohorts["real"]["recall"] == 1.0
+    assert cohorts["synthetic"]["n"] == TINY.unconditional
+    for key in ("fd", "precision", "recall", "tv_percent"):
+        lo, hi = cohorts["synthetic"][f"{key}_ci"]
+        assert lo - 1e-9 <= cohorts["synthetic"][key] <= hi + 1e-9
+
+
+def test_sensitivity_reuses_the_synthetic_cohort_as_prefixes(full_run):
+    out, results = full_run
+    sens = results["experiments"]["sensitivity"]
+    # The 20-step (here 2-step) cohort of the steps sweep and the size-4 cohort are both
+    # the first 4 maps of unconditional/synthetic: identical numbers, nothing resampled.
+    assert sens["steps"]["2"]["source"] == "first 4 maps of unconditional/synthetic"
+    for key in ("fd", "precision", "recall", "tv_percent"):
+        assert sens["steps"]["2"][key] == sens["sizes"]["4"][key]
+    assert not (out / "sensitivity" / "steps_002").exists()
+    assert sorted(p.name for p in (out / "sensitivity").glob("steps_*")) == [
+        "steps_001",
+        "steps_003",
+    ]
+    assert sorted(int(n) for n in sens["sizes"]) == list(TINY.sweep_sizes)
+
+
+def test_editing_cohorts_use_the_picked_seeds(full_run, micro):
+    from siblings.metrics.cohort import summarise_folder
+
+    out, results = full_run
+    real = summarise_folder(micro.data, workers=1)
+    want = pick_seeds(real.feature("LV_volume_ml"), real.feature("RV_volume_ml"))
+    for exp in ("perturb", "local"):
+        seeds = results["experiments"][exp]["seeds"]
+        assert [seeds[s.key]["index"] for s in want] == [s.index for s in want]
+    made = sorted(p.name for p in (out / "perturb").iterdir() if (p / "done.json").exists())
+    assert made == sorted(f"{s.key}_psi{round(100 * p):03d}" for s in want for p in TINY.psis)
+    for cohort in (out / "local").glob("*_LV"):
+        assert len(list(cohort.glob("*.nii.gz"))) == TINY.siblings
+        assert len(list(cohort.glob("sibling_*.json"))) == TINY.siblings  # provenance each
+
+
+def test_augmentation_table_has_one_row_per_strategy(full_run):
+    out, results = full_run
+    aug = results["experiments"]["augment"]
+    assert list(aug["cohorts"]) == ["uncond", "perturb", "local"]
+    for c in aug["cohorts"].values():
+        assert c["accepted"] == TINY.augment and c["complete"]
+        assert 0 < c["acceptance_rate"] <= 1
+    md = (out / "augment" / "tables" / "table4_augmentation.md").read_text()
+    assert "Uncond. + filtering" in md and "Local. + filtering" in md
+
+
+# ---------------------------------------------------------------------------------
+# Resuming.
+# ---------------------------------------------------------------------------------
+def _no_sampling(*args, **kwargs):
+    raise AssertionError("a finished cohort was sampled again")
+
+
+def test_rerun_skips_finished_cohorts(full_run, model, micro, monkeypatch):
+    out, first = full_run
+    maps = sorted(out.rglob("*.nii.gz"))
+    before = {p: p.stat().st_mtime_ns for p in maps}
+    monkeypatch.setattr(model, "denoise", _no_sampling)  # any sampling or editing would fail
+    again = _run(model, micro, out, "all", where="RV_volume_ml >= 0")
+    assert {p: p.stat().st_mtime_ns for p in sorted(out.rglob("*.nii.gz"))} == before
+    for name in ("unconditional", "perturb", "augment"):
+        a, b = first["experiments"][name]["cohorts"], again["experiments"][name]["cohorts"]
+        assert {k: v.get("tv_percent") for k, v in a.items()} == {
+            k: v.get("tv_percent") for k, v in b.items()
+        }
+
+
+def test_interrupted_cohort_resumes_with_only_the_missing_batches(model, micro, tmp_path):
+    counts = Counts(steps=2, unconditional=12, sweep_sizes=(4,), steps_cohort=4)
+    calls = []
+    real_sample = model.sample_latents
+
+    def dies_on_third_batch(idx, steps, seed):
+        calls.append(list(idx))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the run is killed while sampling
+        return real_sample(idx, steps, seed)
+
+    out = tmp_path / "out"
+    model.sample_latents = dies_on_third_batch
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _run(model, micro, out, "unconditional", counts=counts, batch=4)
+        folder = out / "unconditional" / "synthetic"
+        assert not (folder / "done.json").exists()
+        assert len(list(folder.glob("*.nii.gz"))) == 8
+        calls.clear()
+        model.sample_latents = lambda idx, steps, seed: (
+            calls.append(list(idx)),
+            real_sample(idx, steps, seed),
+        )[1]
+        _run(model, micro, out, "unconditional", counts=counts, batch=4)
+    finally:
+        del model.sample_latents
+    assert calls == [[8, 9, 10, 11]]  # only the batch that was not written
+    resumed = {p.name: p.read_bytes() for p in folder.glob("*.nii.gz")}
+    fresh = tmp_path / "fresh"
+    _run(model, micro, fresh, "unconditional", counts=counts, batch=4)
+    assert resumed == {
+        p.name: p.read_bytes() for p in (fresh / "unconditional" / "synthetic").glob("*.nii.gz")
+    }
+
+
+def test_other_settings_in_the_same_folder_are_refused(full_run, model, micro):
+    out, _ = full_run
+    with pytest.raises(ValueError, match="made with other settings"):
+        _run(model, micro, out, "unconditional", seed=1)
+
+
+# ---------------------------------------------------------------------------------
+# Seeds and counts.
+# ---------------------------------------------------------------------------------
+def test_percentile_ranks_run_from_0_to_100_and_share_ties():
+    np.testing.assert_allclose(percentile_ranks([10.0, 20.0, 20.0, 40.0]), [0, 50, 50, 100])
+
+
+def test_seeds_are_nearest_to_the_target_percentiles():
+    v = np.arange(101.0)
+    # Targets (90, 90), (10, 10), (90, 50), (50, 50); on the diagonal the nearest point to
+    # (90, 50) is (70, 70).
+    seeds = pick_seeds(v, v)
+    assert [s.index for s in seeds] == [90, 10, 70, 50]
+    assert [s.label for s in seeds] == ["L↑R↑", "L↓R↓", "L↑R↔", "L↔R↔"]
+
+
+def test_seeds_are_picked_in_rank_space_not_volume_space():
+    rng = np.random.default_rng(0)
+    order = rng.permutation(101)
+    lv = np.empty(101)
+    rv = np.empty(101)
+    lv[order] = np.exp(np.arange(101) / 10.0)  # very skewed volumes
+    rv[order] = 50.0 + np.arange(101)
+    seeds = pick_seeds(lv, rv)
+    assert [s.index for s in seeds] == [order[90], order[10], order[70], order[50]]
+
+
+def test_seeds_are_distinct_and_need_four_maps():
+    lv = np.array([1.0, 2.0, 3.0, 4.0])
+    rv = np.array([4.0, 3.0, 2.0, 1.0])
+    seeds = pick_seeds(lv, rv)
+    assert sorted(s.index for s in seeds) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="at least 4"):
+        pick_seeds(lv[:3], rv[:3])
+
+
+def test_paper_counts_and_scaling():
+    assert PAPER.unconditional == 360 and PAPER.siblings == 60 and PAPER.augment == 140
+    half = PAPER.scaled(0.5)
+    assert half.sweep_steps == PAPER.sweep_steps  # settings are not counts
+    assert half.psis == PAPER.psis
+    assert half.sweep_sizes == (4, 5, 10, 25, 50, 100)
+    assert (half.unconditional, half.siblings, half.augment, half.steps_cohort) == (180, 30, 70, 50)
+    tiny = PAPER.scaled(0.001)
+    assert tiny.sweep_sizes == (4,) and tiny.siblings == 4 and tiny.unconditional == 4
+    assert scale_count(60, 0.01) == 4
+    with pytest.raises(ValueError, match="greater than 0"):
+        scale_count(60, 0.0)
+
+
+# ---------------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------------
+def test_cli_runs_an_experiment_at_a_small_scale(micro, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["experiment", "unconditional", "--checkpoint", str(micro.checkpoint), "--device", "cpu"]
+    argv += ["--data", str(micro.data), "--out", str(out), "--scale", "0.01", "--n-boot", "10"]
+    assert main([*argv, "--quiet", "--workers", "1"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["scale"] == 0.01
+    assert res["experiments"]["unconditional"]["cohorts"]["synthetic"]["n"] == 4
+    assert (out / "report.html").exists()
+    assert "report.html" in capsys.readouterr().out
+
+
+def test_cli_unknown_experiment_exits_2(micro, tmp_path, capsys):
+    argv = ["experiment", "nonsense", "--data", str(micro.data), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "invalid choice: 'nonsense'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("scale", ["0", "-1"])
+def test_cli_scale_not_above_zero_exits_2(scale, micro, tmp_path, capsys):
+    argv = ["experiment", "all", "--data", str(micro.data), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--scale", scale]) == 2
+    assert f"--scale must be greater than 0, got {float(scale)}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_empty_data_folder_exits_2(micro, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["experiment", "unconditional", "--checkpoint", str(micro.checkpoint)]
+    assert main([*argv, "--data", str(empty), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "empty" in err and str(empty) in err
+    assert not (tmp_path / "o").exists()
