@@ -16,6 +16,7 @@ from siblings.cli import main
 from siblings.data.phantom import generate_cohort, make_phantom
 from siblings.io import LabelMap, centred_affine, read_label_map, write_label_map
 from siblings.metrics import (
+    bootstrap_interval,
     bootstrap_metrics,
     compare,
     evaluate,
@@ -27,6 +28,7 @@ from siblings.metrics import (
     summarise_maps,
     topology_checks,
 )
+from siblings.metrics.bootstrap import percentile_interval
 
 REQUIRED_KEYS = {
     "n",
@@ -220,6 +222,33 @@ def test_bootstrap_is_seeded_and_reduces_to_the_estimates_without_resampling(coh
     assert reps["fd"][0] == pytest.approx(a["fd"], rel=1e-12)
     assert reps["precision"][0] == a["precision"] and reps["recall"][0] == a["recall"]
     assert reps["tv_percent"][0] == pytest.approx(a["tv_percent"])
+
+
+def test_interval_helpers_known_answers():
+    reps = np.arange(101, dtype=float)  # percentiles of 0..100 are the values themselves
+    assert percentile_interval(reps) == pytest.approx([2.5, 97.5])
+    assert percentile_interval(reps, 0.5) == pytest.approx([25.0, 75.0])
+    # Re-centred: shifted by estimate − mean (60 − 50), then clipped to the bounds.
+    assert bootstrap_interval(reps, 60.0) == pytest.approx([12.5, 107.5])
+    assert bootstrap_interval(reps, 60.0, bounds=(0.0, 100.0)) == pytest.approx([12.5, 100.0])
+    with pytest.raises(ValueError, match="level"):
+        percentile_interval(reps, 1.0)
+
+
+def test_fd_interval_is_re_centred_and_the_others_are_plain_percentiles():
+    ref = summarise_maps(make_phantom(i, size=32, seed=0, defect_rate=0.5)[0] for i in range(12))
+    gen = summarise_maps(make_phantom(i, size=32, seed=1, defect_rate=0.5)[0] for i in range(9))
+    m = compare(gen, ref, n_boot=300, seed=3)
+    zr, zf = normalise(ref.features, ref.features), normalise(gen.features, ref.features)
+    reps = bootstrap_metrics(zf, zr, gen.violated, k=3, n_boot=300, seed=3)
+    assert m["fd_ci"] == bootstrap_interval(reps["fd"], m["fd"], bounds=(0.0, np.inf))
+    assert m["fd_ci"] != percentile_interval(reps["fd"])  # FD replicates are biased
+    for key in ("precision", "recall", "tv_percent"):
+        assert m[f"{key}_ci"] == percentile_interval(reps[key]), key
+    lo, hi = percentile_interval(reps["violation_rate"])
+    for j, col in enumerate(anatomy.TOPOLOGY_COLUMNS):
+        assert m["violation_rate_ci"][col] == [lo[j], hi[j]]
+    assert m["bootstrap"]["interval"] == "percentile; FD re-centred on the estimate"
 
 
 def test_recall_replicates_use_distinct_maps():

@@ -64,7 +64,12 @@ def evaluation_figures(ev, dpi: int = 100) -> dict[str, bytes]:
         dpi=dpi,
     )
     figs["occupancy.png"] = figure_png(
-        occupancy_figure(ev.reference.occupancy, ev.cohort.occupancy, orientation=orientation),
+        occupancy_figure(
+            ev.reference.occupancy,
+            ev.cohort.occupancy,
+            channels=anatomy.TISSUES,
+            orientation=orientation,
+        ),
         dpi=dpi,
     )
     figs["violations.png"] = figure_png(
@@ -197,7 +202,7 @@ def evaluation_html(ev, figures: dict[str, bytes], title: str | None = None) -> 
             summary + '<p class="meta">FD, precision and recall compare the 12-d '
             "morphology vectors (volume, major and minor axis of LV, RV, LA, RA) normalised by "
             "the reference mean and standard deviation. Intervals: bootstrap over the cohort, "
-            "reference fixed.</p>",
+            "reference fixed; percentile intervals, FD's re-centred on the estimate.</p>",
         ),
         ("Morphology", fig("volumes.png") + feats),
         (

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import html as _html
 import math
+import re
 from collections.abc import Sequence
 
 _CSS = """
@@ -26,8 +27,8 @@ h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top
      border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
 .meta { color: #666; font-size: 0.9em; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ddd; padding: 0.3em 0.7em; text-align: right; }
-th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+th, td { border: 1px solid #ddd; padding: 0.3em 0.7em; text-align: left; }
+th { background: #f4f4f4; } td.num, th.num { text-align: right; }
 tr.bad td { background: #fff3f0; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.88em; margin-top: 0.3em; }
@@ -54,6 +55,10 @@ def interval(ci: Sequence[float] | None, digits: int = 3, scale: float = 1.0) ->
     return f"[{ci[0] * scale:.{digits}f}, {ci[1] * scale:.{digits}f}]"
 
 
+# A cell that starts like a number, an interval or a missing value ("–").
+_NUMERIC = re.compile(r"^\s*(?:[\[(]?\s*[-−+]?\d|–\s*$)")
+
+
 def table(
     header: Sequence[str],
     rows: Sequence[Sequence[object]],
@@ -61,12 +66,30 @@ def table(
     row_classes: Sequence[str] | None = None,
     raw: bool = False,
 ) -> str:
-    """An HTML table; cells are escaped unless ``raw``."""
+    """An HTML table; cells are escaped unless ``raw``.
+
+    Numeric cells (numbers, intervals, "–") are right-aligned, text left-aligned; a
+    header is aligned like the first row's cell below it.
+    """
     cell = (lambda v: str(v)) if raw else esc
-    out = ["<table>", "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
+
+    def td(v: object, tag: str = "td") -> str:
+        text = cell(v)
+        return (
+            f'<{tag} class="num">{text}</{tag}>'
+            if _NUMERIC.match(str(v))
+            else f"<{tag}>{text}</{tag}>"
+        )
+
+    first = list(rows[0]) if rows else []
+    heads = []
+    for j, h in enumerate(header):
+        num = j < len(first) and bool(_NUMERIC.match(str(first[j])))
+        heads.append(f'<th class="num">{esc(h)}</th>' if num else f"<th>{esc(h)}</th>")
+    out = ["<table>", "<tr>" + "".join(heads) + "</tr>"]
     for i, row in enumerate(rows):
         cls = f' class="{esc(row_classes[i])}"' if row_classes and row_classes[i] else ""
-        out.append(f"<tr{cls}>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>")
+        out.append(f"<tr{cls}>" + "".join(td(v) for v in row) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
 
