@@ -289,6 +289,7 @@ def test_edit_local_manifests_hold_the_kept_tissue_dice(micro, twin_file, tmp_pa
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert set(metrics["kept_dice"]) == {"Ao", "RA", "LA"}
     assert set(metrics["vae_reconstruction_dice"]) == set(anatomy.TISSUES)
+    assert set(metrics["dice_vs_vae_reconstruction"]) == set(anatomy.TISSUES)
     # LV,RV in one flag is the same edit.
     out2 = tmp_path / "lv_rv_comma"
     assert (

@@ -670,6 +670,7 @@ def _write_run(
             dice=dice,
             kept_dice=result.kept_dice,
             reconstruction_dice=recon_dice,
+            dice_vs_reconstruction=dice_table(reconstruction, result.labels),
             n_boot=n_boot,
             seed=settings.seed,
         )
@@ -770,6 +771,11 @@ def format_run(run: EditRun) -> str:
         lines.append(
             "  twin's own VAE reconstruction Dice: "
             + ", ".join(f"{t} {rd[t]:.3f}" for t in m["kept_dice"] if t in rd)
+        )
+        vr = m.get("dice_vs_vae_reconstruction", {})
+        lines.append(
+            "  kept-tissue Dice vs that reconstruction (mean): "
+            + ", ".join(f"{t} {vr[t]['mean']:.3f}" for t in m["kept_dice"] if t in vr)
         )
     lines.append(f"  report: {run.out / 'report' / 'report.html'}")
     return "\n".join(lines)

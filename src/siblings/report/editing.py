@@ -214,6 +214,7 @@ def twin_metrics(
     dice: Sequence[dict[str, float]] = (),
     kept_dice: Sequence[dict[str, float]] = (),
     reconstruction_dice: dict[str, float] | None = None,
+    dice_vs_reconstruction: Sequence[dict[str, float]] = (),
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
@@ -226,7 +227,9 @@ def twin_metrics(
     value and the mean change and mean absolute relative change (%) from the twin.
     ``dice_vs_twin`` and ``kept_dice`` summarise per-tissue Dice over the siblings;
     ``vae_reconstruction_dice`` is the Dice of the twin's own VAE reconstruction (the
-    best a kept tissue can be preserved through the autoencoder).
+    best a kept tissue can be preserved through the autoencoder), and
+    ``dice_vs_vae_reconstruction`` summarises each sibling against that reconstruction
+    (what the edit itself changed, the autoencoder's loss taken out).
     """
     if len(twin) != 1:
         raise ValueError(f"expected one twin map, got {len(twin)}")
@@ -292,6 +295,10 @@ def twin_metrics(
         )
     if reconstruction_dice is not None:
         metrics["vae_reconstruction_dice"] = dict(reconstruction_dice)
+    if dice_vs_reconstruction:
+        metrics["dice_vs_vae_reconstruction"] = {
+            t: _stats([d[t] for d in dice_vs_reconstruction]) for t in dice_vs_reconstruction[0]
+        }
     metrics["bootstrap"] = {
         "n_boot": n_boot,
         "seed": seed,
@@ -434,6 +441,7 @@ def edit_report_html(
     dice_rows = []
     kept = m.get("kept_dice", {})
     recon = m.get("vae_reconstruction_dice", {})
+    vs_recon = m.get("dice_vs_vae_reconstruction", {})
     for t, s in (m.get("dice_vs_twin") or {}).items():
         dice_rows.append(
             [
@@ -442,16 +450,25 @@ def edit_report_html(
                 f"{s['min']:.3f}",
                 f"{s['max']:.3f}",
                 _fmt(recon.get(t)),
+                _fmt(vs_recon[t]["mean"]) if t in vs_recon else "–",
             ]
         )
     dice_html = (
         H.table(
-            ["tissue", "Dice vs twin, mean", "min", "max", "twin's VAE reconstruction"],
+            [
+                "tissue",
+                "Dice vs twin, mean",
+                "min",
+                "max",
+                "twin's VAE reconstruction vs twin",
+                "siblings vs that reconstruction, mean",
+            ],
             dice_rows,
         )
-        + '<p class="meta">Dice of each tissue, sibling vs twin, over the siblings. The last '
-        "column is the Dice of the twin's own VAE reconstruction (encode, decode): what a kept "
-        "tissue can at best keep through the autoencoder.</p>"
+        + '<p class="meta">Dice of each tissue, sibling vs twin, over the siblings. The twin\'s '
+        "VAE reconstruction (encode, decode) is what a kept tissue can at best keep through "
+        "the autoencoder; the last column compares the siblings with that reconstruction, "
+        "i.e. what the edit itself changed.</p>"
         if dice_rows
         else ""
     )
