@@ -34,6 +34,11 @@ FIGURES = {
 }
 
 
+def _after(ci, digits: int) -> str:
+    """`` [lo, hi]`` to follow a number in a title, or nothing without an interval."""
+    return f" {_ci(ci, digits)}" if ci else ""
+
+
 def evaluation_figures(ev, dpi: int = 100) -> dict[str, bytes]:
     """PNG bytes of the four evaluation figures, keyed by file name."""
     from .plots import figure_png, occupancy_figure, violation_bars, volume_scatter_figure
@@ -49,7 +54,7 @@ def evaluation_figures(ev, dpi: int = 100) -> dict[str, bytes]:
             np.column_stack([ev.reference.feature(lv), ev.reference.feature(rv)]),
             cohort_label="cohort",
             reference_label="reference",
-            title=f"FD {m['fd']:.2f} {_ci(m['fd_ci'], 2)} · precision {m['precision']:.2f} · "
+            title=f"FD {m['fd']:.2f}{_after(m['fd_ci'], 2)} · precision {m['precision']:.2f} · "
             f"recall {m['recall']:.2f} (k = {m['k']})",
         ),
         dpi=dpi,
@@ -76,7 +81,7 @@ def evaluation_figures(ev, dpi: int = 100) -> dict[str, bytes]:
         violation_bars(
             {ref_name: m["reference"]["violation_rate"], coh_name: m["violation_rate"]},
             {coh_name: m.get("violation_rate_ci")},
-            title=f"TV%: cohort {m['tv_percent']:.1f} {_ci(m['tv_percent_ci'], 1)}, "
+            title=f"TV%: cohort {m['tv_percent']:.1f}{_after(m['tv_percent_ci'], 1)}, "
             f"reference {m['reference']['tv_percent']:.1f}",
         ),
         dpi=dpi,
