@@ -369,7 +369,8 @@ def occupancy_figure(
                     )
         cb = fig.colorbar(ims[0], cax=fig.add_subplot(gs[r, 3]), ticks=[0, 0.5, 1])
         cb.ax.tick_params(labelsize=7)
-        cb.ax.set_title("P", fontsize=8)
+        if r == 0:
+            cb.ax.set_title("P", fontsize=8)
         cb = fig.colorbar(ims[-1], cax=fig.add_subplot(gs[r, 12]), ticks=[-lim, 0, lim])
         cb.ax.tick_params(labelsize=7)
         cb.ax.set_yticklabels([f"{-lim:+.2f}", "0", f"{lim:+.2f}"])
