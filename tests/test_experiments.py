@@ -203,6 +203,21 @@ def test_interrupted_cohort_resumes_with_only_the_missing_batches(model, micro, 
     }
 
 
+def test_cohorts_made_in_two_processes_equal_those_made_in_one(full_run, model, micro, tmp_path):
+    out, serial = full_run
+    par = _run(model, micro, tmp_path / "par", "unconditional", jobs=2)
+    for exp in ("unconditional",):
+        for cohort in (out / exp).iterdir():
+            if not (cohort / "done.json").exists():
+                continue
+            mine = tmp_path / "par" / exp / cohort.name
+            assert {p.name: p.read_bytes() for p in mine.glob("*.nii.gz")} == {
+                p.name: p.read_bytes() for p in cohort.glob("*.nii.gz")
+            }
+        a, b = serial["experiments"][exp]["cohorts"], par["experiments"][exp]["cohorts"]
+        assert {k: v["fd"] for k, v in a.items()} == {k: v["fd"] for k, v in b.items()}
+
+
 def test_other_settings_in_the_same_folder_are_refused(full_run, model, micro):
     out, _ = full_run
     with pytest.raises(ValueError, match="made with other settings"):

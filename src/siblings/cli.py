@@ -998,6 +998,12 @@ def _add_experiment(sub) -> None:
         default=None,
         help="CPU threads (default: the cores not already busy, from the load average)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="processes making cohorts at once, one thread each (default 1; e.g. 2 on 2 cores)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_experiment)
 
@@ -1013,6 +1019,8 @@ def _run_experiment(args: argparse.Namespace) -> None:
         raise UsageError(f"--n-boot must be 0 or more, got {args.n_boot}")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     _cpu_threads(args.threads)
     results = run_experiments(
         args.name,
@@ -1030,6 +1038,7 @@ def _run_experiment(args: argparse.Namespace) -> None:
         where=args.where,
         progress=not args.quiet,
         command="siblings " + " ".join(sys.argv[1:]) if sys.argv else None,
+        jobs=args.jobs,
     )
     for name, res in results["experiments"].items():
         print(f"{name}: {res.get('wall_seconds', 0):.0f} s")

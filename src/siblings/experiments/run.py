@@ -540,6 +540,7 @@ def run_experiments(
     counts: Counts = PAPER,
     progress: bool = True,
     command: str | None = None,
+    jobs: int = 1,
 ) -> dict:
     """Run experiments (``"all"`` or names of :data:`EXPERIMENTS`) and write the report.
 
@@ -559,6 +560,9 @@ def run_experiments(
     where : the rare-cohort condition of the augmentation experiment.
     counts : the counts at scale 1 (default the paper's).
     command : the command line, recorded in results.json.
+    jobs : processes making cohorts at once (one torch thread each), largest cohorts
+        first; 1 makes them in this process. Needs a model loaded from a checkpoint
+        folder (each process loads it again). Results do not depend on ``jobs``.
 
     Returns
     -------
@@ -568,6 +572,9 @@ def run_experiments(
     todo = resolve(names)
     if not scale > 0:
         raise ValueError(f"--scale must be greater than 0, got {scale}")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    t_start = time.perf_counter()
     if model is None:
         from ..models.ldm import LatentDiffusionModel
 
@@ -590,12 +597,76 @@ def run_experiments(
         dynamic_ncols=True,
     ) as bar:  # fmt: skip
         ctx.bar = bar
+        if jobs > 1 and len(pending) > 1:
+            _make_in_parallel(ctx, pending, jobs)
         for name in todo:
             t0 = time.perf_counter()
             section = _module(name).run(ctx)
             _write_section(ctx, section, time.perf_counter() - t0)
         ctx.bar = None
+    run_settings["jobs"] = jobs
+    run_settings["run_wall_seconds"] = round(time.perf_counter() - t_start, 2)
     return assemble(ctx.out, run_settings)
+
+
+# ---------------------------------------------------------------------------------
+# Cohorts in worker processes.
+# ---------------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _worker_init(options: dict) -> None:
+    import torch
+
+    from ..models.ldm import LatentDiffusionModel
+
+    torch.set_num_threads(options.pop("threads"))
+    model = LatentDiffusionModel.load(
+        options.pop("checkpoint"), device=options.pop("device"), amp=options.pop("amp")
+    )
+    _WORKER["ctx"] = ExperimentContext(model, progress=False, workers=1, **options)
+
+
+def _worker_make(spec: CohortSpec) -> float:
+    return _WORKER["ctx"].cohort(spec).seconds
+
+
+def _make_in_parallel(ctx: ExperimentContext, pending: list[CohortSpec], jobs: int) -> None:
+    """Make ``pending`` cohorts in ``jobs`` processes, the costliest first (LPT order).
+
+    Each process loads the model again and makes whole cohorts (written to disk with
+    their done-markers); the experiments then reload them as finished cohorts.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    m = ctx.model
+    if m.checkpoint is None:
+        raise ValueError("jobs > 1 needs a model loaded from a checkpoint folder")
+    options = {
+        "checkpoint": str(m.checkpoint), "device": str(m.device), "amp": bool(m.amp),
+        "threads": 1, "data": ctx.data, "out": ctx.out, "counts": ctx.counts, "scale": 1.0,
+        "seed": ctx.seed, "batch": ctx.batch, "n_boot": ctx.n_boot, "k": ctx.k,
+        "where": ctx.where,
+    }  # fmt: skip
+    order = sorted(pending, key=lambda s: -s.n * s.cost)
+    with ProcessPoolExecutor(
+        max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init, initargs=(options,),
+    ) as pool:  # fmt: skip
+        futures = {pool.submit(_worker_make, s): s for s in order}
+        try:
+            todo = set(futures)
+            while todo:
+                done, todo = wait(todo, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    spec = futures[fut]
+                    fut.result()
+                    ctx.tick(spec.n * spec.cost, spec.key)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
 
 
 def plan_cost(ctx: ExperimentContext, names: Sequence[str]) -> list[dict]:
