@@ -46,8 +46,8 @@ def _seed_rows(ctx: ExperimentContext, seeds: list[Seed]) -> tuple[list, list, d
         tv_seed = float(100.0 * ctx.real.violated[s.index].mean())
         checks = topology_checks(ctx.seed_through_vae(s))
         tv_vae = float(100.0 * np.mean(list(checks.values())))
-        real_row.append(tv_seed)
-        vae_row.append(tv_vae)
+        real_row.append(Estimate(tv_seed, None, 2))
+        vae_row.append(Estimate(tv_vae, None, 2))
         info[s.key] = {
             **s.to_dict(),
             "tv_percent": tv_seed,
@@ -189,6 +189,7 @@ class _Editing:
                     [[made[(s.key, v)].summary.occupancy for s in seeds] for v in values],
                     [_seed_occupancy(ctx, s) for s in seeds],
                     title=self.pdiff_title,
+                    mask="both",
                 )
             ),
             self.pdiff_caption,
@@ -214,7 +215,7 @@ class _Perturbational(_Editing):
     pdiff_file = "fig7_pdiff.png"
     pdiff_title = "Fig. 7: P_diff of perturbational siblings (rows ψ, columns seeds)"
     pdiff_caption = (
-        "Fig. 7: P_diff = P_siblings − P_seed of the heart channel, coronal slice through the seed's centroid; rows ψ, "
+        "Fig. 7: P_diff = P_siblings − P_seed of the heart channel, coronal slice through the seed's centroid, masked where both are 0 (against one seed map, masking where either is 0 would hide all growth); rows ψ, "
         "columns seeds. The bias spreads with ψ."
     )
 
@@ -258,7 +259,7 @@ class _Localized(_Editing):
     pdiff_file = "fig9_pdiff.png"
     pdiff_title = "Fig. 9: P_diff of localized siblings (rows masks, columns seeds)"
     pdiff_caption = (
-        "Fig. 9: P_diff = P_siblings − P_seed of the heart channel, coronal slice through the seed's centroid; rows: "
+        "Fig. 9: P_diff = P_siblings − P_seed of the heart channel, coronal slice through the seed's centroid, masked where both are 0; rows: "
         "regenerated tissue, columns seeds."
     )
 

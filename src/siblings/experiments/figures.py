@@ -145,11 +145,10 @@ def seed_scatter_figure(
         ax.set_title(f"seed {label}", fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        handles, labels = ax.get_legend_handles_labels()
-        keep = [
-            (h, lab) for h, lab in zip(handles, labels, strict=True) if lab and "(n = 0)" not in lab
-        ]
-        ax.legend(*zip(*keep, strict=True), fontsize=6.5, loc="upper left", framealpha=0.85)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    keep = [
+        (h, lab) for h, lab in zip(handles, labels, strict=True) if lab and "(n = 0)" not in lab
+    ]
     note = (
         f"{round(keep_fraction * 100)}% of each cohort's points shown; lines: "
         f"{int(kde_mass * 100)}% KDE region of each cohort; grey: real cohort KDE"
@@ -157,7 +156,11 @@ def seed_scatter_figure(
     fig.text(0.5, 0.0, note, ha="center", va="bottom", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.legend(
+        *zip(*keep, strict=True), loc="lower center", bbox_to_anchor=(0.5, 0.025),
+        ncol=min(len(keep), 8), fontsize=8, frameon=False,
+    )  # fmt: skip
     return fig
 
 
@@ -219,13 +222,16 @@ def pdiff_grid(
     view: int = 1,
     title: str | None = None,
     names: tuple[str, str] = ("seed", "siblings"),
+    mask: str = "either",
 ) -> Figure:
     """``P_diff = P_cohort − P_reference`` of ``channel``: rows × columns of one mid-slice.
 
     ``cohorts[r][c]`` is compared with ``references[c]`` (the seed of column ``c``);
     masked (grey) where either occupancy is zero, as :func:`occupancy_difference`. One
     colour scale for the whole grid. ``view``: 0 sagittal, 1 coronal, 2 axial, through
-    the occupancy centroid of each column's reference.
+    the occupancy centroid of each column's reference. ``mask="both"`` masks only where
+    both occupancies are zero: against a single seed map (P is 0 or 1) masking where
+    either is zero would hide every voxel the siblings occupy outside the seed.
     """
     plt = _plt()
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#f2f2f2")
@@ -234,7 +240,10 @@ def pdiff_grid(
         row = []
         for c in range(len(col_labels)):
             p_ref = references[c].probability(channel)
-            diff = occupancy_difference(cohorts[r][c].probability(channel), p_ref)
+            p_coh = cohorts[r][c].probability(channel)
+            diff = occupancy_difference(p_coh, p_ref)
+            if mask == "both":
+                diff = np.ma.MaskedArray(diff.data, mask=(p_coh == 0) & (p_ref == 0))
             row.append(mid_slices(diff, occupancy_centre(p_ref))[view])
         slices.append(row)
     lim = (
@@ -265,7 +274,7 @@ def pdiff_grid(
     fig.text(
         0.45, 0.0,
         f"P_diff of {ch}, {view_name} slice through the seed's centroid: P_{names[1]} − P_{names[0]} (red: more "
-        f"{names[1]}, blue: more {names[0]}); grey: masked where either P is 0.",
+        f"{names[1]}, blue: more {names[0]}); grey: masked where {mask} P is 0.",
         ha="center", va="bottom", fontsize=8,
     )  # fmt: skip
     if title:
