@@ -145,7 +145,12 @@ def main() -> None:
         exp = name.split(":")[0].split(" ")[0]
         by_exp[exp] = by_exp.get(exp, 0.0) + sec
     print("per experiment:", ", ".join(f"{k} {v / 60:.1f} min" for k, v in by_exp.items()))
-    print(f"total: {total / 60:.1f} min")
+    print(f"total: {total / 60:.1f} min (one process)")
+    largest = max(stages.values())
+    print(
+        f"--jobs 2, one thread each: at least max(largest cohort, total / 2) = "
+        f"{max(largest, total / 2) / 60:.1f} min, if each process runs at this speed"
+    )
 
 
 if __name__ == "__main__":

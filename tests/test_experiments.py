@@ -306,6 +306,14 @@ def test_cli_scale_not_above_zero_exits_2(scale, micro, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_bad_rare_condition_exits_2_before_writing(micro, tmp_path, capsys):
+    argv = ["experiment", "augment", "--checkpoint", str(micro.checkpoint), "--quiet"]
+    argv += ["--data", str(micro.data), "--out", str(tmp_path / "o"), "--where", "RV_vol > 1"]
+    assert main(argv) == 2
+    assert "unknown column 'RV_vol'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_empty_data_folder_exits_2(micro, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
