@@ -503,3 +503,18 @@ def test_reference_cohort_adds_fd_precision_recall_against_it(micro, twin_file, 
     assert full["fd"] == against["fd"] and full["n"] == 4
     assert (out / "report" / "reference" / "report.html").is_file()
     assert metrics["fd"] is None  # still undefined against the twin itself
+
+
+def test_overwrite_replaces_the_whole_output_folder(micro, twin_file, tmp_path):
+    out = tmp_path / "out"
+    assert edit_cli("perturb", twin_file, "--psi", 0.5, *common(micro, out, n=3)) == 0
+    (out / "stale.txt").write_text("old run")
+    assert (
+        edit_cli("perturb", twin_file, "--psi", 0.5, "--overwrite", *common(micro, out, n=1)) == 0
+    )
+    assert sorted(p.name for p in out.glob("sibling_*")) == [
+        "sibling_00000.json",
+        "sibling_00000.nii.gz",
+    ]
+    assert not (out / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
