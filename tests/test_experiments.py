@@ -146,6 +146,27 @@ def test_augmentation_table_has_one_row_per_strategy(full_run):
     assert "Uncond. + filtering" in md and "Local. + filtering" in md
 
 
+def test_a_strategy_that_accepts_nothing_is_reported_not_fatal(model, micro, tmp_path, monkeypatch):
+    import siblings.augment as api
+
+    def stops_empty(model, data, where, strategy, n, seed, out, **kw):
+        out.mkdir(parents=True)
+        cond = api.parse_condition(where)
+        res = api.AugmentResult(out, strategy, cond, seed, n, [], [], 40, [], False)
+        raise api.AugmentStopped("max attempts", res)
+
+    monkeypatch.setattr(api, "augment", stops_empty)
+    res = _run(model, micro, tmp_path / "out", "augment", where="RV_volume_ml >= 0")
+    cohorts = res["experiments"]["augment"]["cohorts"]
+    assert [c["accepted"] for c in cohorts.values()] == [0, 0, 0]
+    assert not any(c["complete"] for c in cohorts.values())
+    md = (tmp_path / "out" / "augment" / "tables" / "table4_augmentation.md").read_text()
+    assert (
+        "| Uncond. + filtering | 0 of 4 (stopped after 40 attempts) | 40 | 0 | – | – | – | – |"
+        in md
+    )
+
+
 # ---------------------------------------------------------------------------------
 # Resuming.
 # ---------------------------------------------------------------------------------
