@@ -52,6 +52,8 @@ def _spec(ctx: ExperimentContext, strategy: str, rare_fraction: float) -> Cohort
     # Progress weight per accepted map: attempts per acceptance (unknown in advance; the
     # rare fraction of the real cohort for unconditional sampling, ~0.7 for edits).
     accept = max(rare_fraction, 1e-3) if strategy == "uncond" else 0.7
+    if strategy == "uncond":  # never more than the pool
+        accept = max(accept, c.augment / c.augment_pool)
     return CohortSpec(
         NAME, strategy, "augment", c.augment,
         {"strategy": strategy, "where": ctx.where, "steps": c.steps, "seed": ctx.seed,
