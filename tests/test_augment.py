@@ -338,6 +338,7 @@ def test_perturb_attempts_are_the_editing_api_siblings(model, micro, twin_rv, tm
     for a, psi in ((1, 0.35), (t + 1, 0.5)):
         meta = json.loads((tmp_path / "out" / f"perturb_{a:05d}.json").read_text())
         assert meta["method"] == "perturbational" and meta["psi"] == psi
+        assert meta["recomputed_steps"] == max(1, round(psi * STEPS))
         assert meta["twin"]["file"] == str(rare[1])
         want = perturb(model, read_label_map(rare[1]), psi, n=a + 1, steps=STEPS, seed=2)
         got = read_label_map(tmp_path / "out" / f"perturb_{a:05d}.nii.gz").data
@@ -364,6 +365,11 @@ def test_local_regenerates_lv_for_half_the_twins_and_rv_for_the_others(
     want = inpaint(model, read_label_map(rare[1]), "RV", n=2, steps=STEPS, seed=4)
     got = read_label_map(tmp_path / "out" / "local_00001.nii.gz").data
     np.testing.assert_array_equal(got, want.labels[1])
+    meta = json.loads((tmp_path / "out" / "local_00001.json").read_text())
+    assert meta["method"] == "localized" and meta["region"] == "RV"
+    assert meta["kept"] == list(want.kept) == ["Ao", "LV", "RA", "LA"]
+    assert meta["keep_mask"]["kept_latent_fraction"] == want.params["kept_latent_fraction"]
+    assert meta["dilate"] == want.params["dilate"]
 
 
 def test_max_attempts_stops_with_a_clear_message(

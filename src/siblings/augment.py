@@ -59,6 +59,7 @@ True
 from __future__ import annotations
 
 import difflib
+import hashlib
 import math
 import operator
 import os
@@ -662,7 +663,11 @@ def augment(
     out.mkdir(parents=True, exist_ok=True)
     staging = out / ".candidate.nii.gz"
     bar = tqdm(
-        total=n, initial=len(files), desc=f"augment {strategy}", unit="map", disable=not progress
+        total=n,
+        initial=len(files),
+        desc=f"augment {strategy} ({len(twins)} twins)",
+        unit="map",
+        disable=not progress,
     )
     try:
         a0 = attempted
@@ -687,7 +692,7 @@ def augment(
                 final = out / f"{name}.nii.gz"
                 os.replace(staging, final)
                 manifest = _manifest(
-                    model, signature, att, twins, regen_sets, len(files), morph, violated
+                    model, signature, att, twins, regen_sets, masks, len(files), morph, violated
                 )
                 write_json(out / f"{name}.json", manifest)  # last: marks the map complete
                 files.append(final)
@@ -896,22 +901,37 @@ def _manifest(
     att: _Attempt,
     twins: list[_Twin],
     regen_sets: Mapping[str, Iterable[str]],
+    masks: Mapping[int, np.ndarray],
     accepted_index: int,
     morph: dict[str, float],
     violated: np.ndarray,
 ) -> dict[str, Any]:
+    """Provenance of one accepted map, with the fields `siblings edit` writes (SPEC §4)."""
     strategy, steps = signature["strategy"], signature["steps"]
     fields: dict[str, Any] = {"seed": signature["seed"], "index": att.index, "steps": steps}
     if att.twin is not None:
         t = twins[att.twin]
         fields["twin"] = {"file": str(t.path), "name": stem(t.path), "sha256": t.sha256}
     if strategy == "perturb":
+        i0 = start_step(float(att.param), steps)  # type: ignore[arg-type]
         fields["psi"] = att.param
-        fields["start_step"] = start_step(float(att.param), steps)  # type: ignore[arg-type]
+        fields["start_step"] = i0
+        fields["recomputed_steps"] = steps - i0
+        fields["sigma_start"] = float(model.sigmas(steps)[i0])
     elif strategy == "local":
-        fields["regenerate"] = sorted(regen_sets[str(att.param)])
+        regen = regen_sets[str(att.param)]
+        keep = masks[att.twin] > 0  # type: ignore[index]
         fields["region"] = att.param
+        fields["regenerate"] = sorted(regen)
+        fields["kept"] = [x for x in anatomy.TISSUES if x not in regen]
+        fields["keep_background"] = False
         fields["dilate"] = signature["dilate"]
+        fields["fresh_noise"] = False
+        fields["keep_mask"] = {
+            "grid": list(keep.shape),
+            "kept_latent_fraction": float(keep.mean()),
+            "sha256": hashlib.sha256(np.packbits(keep).tobytes()).hexdigest(),
+        }
     fields["augment"] = {
         "strategy": strategy,
         "condition": signature["condition"],
@@ -920,6 +940,7 @@ def _manifest(
         "run": signature,
     }
     fields["morphology"] = morph
+    fields["topology"] = dict(zip(anatomy.TOPOLOGY_COLUMNS, violated.tolist(), strict=True))
     fields["topology_violations"] = [
         c for c, v in zip(anatomy.TOPOLOGY_COLUMNS, violated.tolist(), strict=True) if v
     ]
