@@ -931,7 +931,8 @@ def _run_augment(args: argparse.Namespace) -> None:
             f"vs the rare cohort: FD {ev['fd']:.3f}  precision {ev['precision']:.3f}  "
             f"recall {ev['recall']:.3f}  TV% {ev['tv_percent']:.2f}"
         )
-    print(f"wrote {res.accepted} maps, augment.json and report/ to {res.out}")
+    report = "" if "skipped" in ev else " and report/"
+    print(f"wrote {res.accepted} maps, augment.json{report} to {res.out}")
 
 
 # ---------------------------------------------------------------------------------
