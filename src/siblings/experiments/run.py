@@ -615,7 +615,20 @@ def run_experiments(
 _WORKER: dict = {}
 
 
-def _worker_init(options: dict) -> None:
+class _QueueBar:
+    """Stands in for the progress bar in a worker: sends its updates to the main process."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def update(self, units: float) -> None:
+        self.queue.put(units)
+
+    def set_postfix_str(self, text: str, refresh: bool = False) -> None:
+        pass
+
+
+def _worker_init(options: dict, queue) -> None:
     import torch
 
     from ..models.ldm import LatentDiffusionModel
@@ -624,7 +637,9 @@ def _worker_init(options: dict) -> None:
     model = LatentDiffusionModel.load(
         options.pop("checkpoint"), device=options.pop("device"), amp=options.pop("amp")
     )
-    _WORKER["ctx"] = ExperimentContext(model, progress=False, workers=1, **options)
+    ctx = ExperimentContext(model, progress=False, workers=1, **options)
+    ctx.bar = _QueueBar(queue)
+    _WORKER["ctx"] = ctx
 
 
 def _worker_make(spec: CohortSpec) -> float:
@@ -639,6 +654,7 @@ def _make_in_parallel(ctx: ExperimentContext, pending: list[CohortSpec], jobs: i
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from queue import Empty
 
     m = ctx.model
     if m.checkpoint is None:
@@ -650,23 +666,34 @@ def _make_in_parallel(ctx: ExperimentContext, pending: list[CohortSpec], jobs: i
         "where": ctx.where,
     }  # fmt: skip
     order = sorted(pending, key=lambda s: -s.n * s.cost)
+    mp = multiprocessing.get_context("spawn")
+    queue = mp.Queue()  # progress units from the workers (each cohort sends n × cost)
+
+    def drain() -> None:
+        while True:
+            try:
+                ctx.tick(queue.get_nowait())
+            except Empty:
+                return
+
     with ProcessPoolExecutor(
-        max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_worker_init, initargs=(options,),
+        max_workers=jobs, mp_context=mp, initializer=_worker_init, initargs=(options, queue),
     ) as pool:  # fmt: skip
         futures = {pool.submit(_worker_make, s): s for s in order}
         try:
             todo = set(futures)
             while todo:
-                done, todo = wait(todo, return_when=FIRST_COMPLETED)
+                done, todo = wait(todo, timeout=1.0, return_when=FIRST_COMPLETED)
+                drain()
                 for fut in done:
-                    spec = futures[fut]
                     fut.result()
-                    ctx.tick(spec.n * spec.cost, spec.key)
+                    if ctx.bar is not None:
+                        ctx.bar.set_postfix_str(f"{futures[fut].key} done")
         except BaseException:
             for fut in futures:
                 fut.cancel()
             raise
+    drain()
 
 
 def plan_cost(ctx: ExperimentContext, names: Sequence[str]) -> list[dict]:
