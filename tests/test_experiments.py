@@ -239,6 +239,45 @@ def test_cohorts_made_in_two_processes_equal_those_made_in_one(full_run, model, 
         assert {k: v["fd"] for k, v in a.items()} == {k: v["fd"] for k, v in b.items()}
 
 
+def test_interrupted_augmentation_continues_where_it_stopped(model, micro, tmp_path, monkeypatch):
+    import functools
+
+    import siblings.augment as api
+
+    real = api.augment
+
+    @functools.wraps(real)
+    def killed_after_two_maps(model, data, where, strategy, n, seed, out, **kw):
+        real(model, data, where, strategy, 2, seed, out, **kw)
+        raise KeyboardInterrupt
+
+    resumed = []
+
+    @functools.wraps(real)
+    def recording(*args, **kw):
+        resumed.append(kw.get("resume", False))
+        return real(*args, **kw)
+
+    where = "RV_volume_ml >= 0"
+    monkeypatch.setattr(api, "augment", killed_after_two_maps)
+    with pytest.raises(KeyboardInterrupt):
+        _run(model, micro, tmp_path / "out", "augment", where=where)
+    folder = tmp_path / "out" / "augment" / "uncond"
+    assert len(list(folder.glob("*.nii.gz"))) == 2 and not (folder / "done.json").exists()
+    monkeypatch.setattr(api, "augment", recording)
+    _run(model, micro, tmp_path / "out", "augment", where=where)
+    assert resumed == [True, False, False]  # uncond continued; perturb and local were new
+    monkeypatch.setattr(api, "augment", real)
+    _run(model, micro, tmp_path / "fresh", "augment", where=where)
+    for strategy in ("uncond", "perturb", "local"):
+        a = tmp_path / "out" / "augment" / strategy
+        b = tmp_path / "fresh" / "augment" / strategy
+        assert {p.name: p.read_bytes() for p in a.glob("*.nii.gz")} == {
+            p.name: p.read_bytes() for p in b.glob("*.nii.gz")
+        }
+        assert len(list(a.glob("*.nii.gz"))) == TINY.augment
+
+
 def test_other_settings_in_the_same_folder_are_refused(full_run, model, micro):
     out, _ = full_run
     with pytest.raises(ValueError, match="made with other settings"):

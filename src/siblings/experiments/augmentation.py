@@ -10,6 +10,7 @@ the rare cohort. This module only calls that API; it does not reimplement it.
 
 from __future__ import annotations
 
+import inspect
 import shutil
 from pathlib import Path
 
@@ -77,16 +78,32 @@ def make_augmented(ctx: ExperimentContext, spec: CohortSpec, folder: Path):
     augment, _ = _api()
     from ..augment import AugmentStopped
 
-    if folder.exists():  # an unfinished earlier attempt: augment needs an empty folder
-        shutil.rmtree(folder)
     p = spec.params
     kwargs = dict(steps=p["steps"], batch=ctx.batch, evaluate=False, progress=ctx.progress)
     if p["max_attempts"] is not None:
         kwargs["max_attempts"] = p["max_attempts"]
-    try:
-        res = augment(
+    if folder.exists():
+        # An interrupted earlier run: let augment continue it (byte-identical to an
+        # uninterrupted run), after removing what this module writes beside its files.
+        for name in ("summary.npz", "cohort.json", "done.json"):
+            (folder / name).unlink(missing_ok=True)
+        if "resume" in inspect.signature(augment).parameters:
+            kwargs["resume"] = True
+        else:
+            shutil.rmtree(folder)
+
+    def call():
+        return augment(
             ctx.model, ctx.data, p["where"], p["strategy"], spec.n, p["seed"], folder, **kwargs
         )
+
+    try:
+        try:
+            res = call()
+        except FileExistsError:  # not resumable after all: start again
+            shutil.rmtree(folder)
+            kwargs.pop("resume", None)
+            res = call()
         complete = True
     except AugmentStopped as stop:
         res, complete = stop.result, False
