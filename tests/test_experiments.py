@@ -349,6 +349,25 @@ def test_cli_runs_an_experiment_at_a_small_scale(micro, tmp_path, capsys):
     assert "report.html" in capsys.readouterr().out
 
 
+def test_cli_plan_lists_cohorts_and_writes_nothing(micro, tmp_path, capsys):
+    argv = ["experiment", "local", "--checkpoint", str(micro.checkpoint), "--quiet", "--plan"]
+    assert main([*argv, "--data", str(micro.data), "--out", str(tmp_path / "o")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len([ln for ln in lines if ln.startswith("local/")]) == 8  # 4 seeds x {RV, LV}
+    assert all(ln.endswith("to make") for ln in lines if ln.startswith("local/"))
+    assert lines[-1].startswith("8 of 8 cohorts to make")
+    assert not (tmp_path / "o").exists()
+
+
+def test_plan_marks_finished_cohorts_done(full_run, model, micro):
+    out, _ = full_run
+    rows = run_experiments(
+        "all", micro.data, out, model=model, counts=TINY, workers=1, progress=False,
+        where="RV_volume_ml >= 0", dry_run=True,
+    )["plan"]  # fmt: skip
+    assert rows and all(r["done"] for r in rows)
+
+
 def test_cli_unknown_experiment_exits_2(micro, tmp_path, capsys):
     argv = ["experiment", "nonsense", "--data", str(micro.data), "--out", str(tmp_path / "o")]
     with pytest.raises(SystemExit) as exc:

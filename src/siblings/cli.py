@@ -944,7 +944,8 @@ def _add_experiment(sub) -> None:
         "experiment",
         "run the paper's experiments (Tables 1-4, Figs. 4-12) into one report",
         (
-            "siblings experiment all --preset tiny --data data/phantom64 --out runs/experiments",
+            "siblings experiment all --preset tiny --data data/phantom64 --out runs/exp --bf16 --jobs 2",
+            "siblings experiment all --data data/phantom64 --out runs/exp --plan",
             "siblings experiment unconditional --data data/phantom64 --out runs/exp --scale 0.1",
             "siblings experiment perturb --data data/phantom64 --out runs/exp --bf16 --batch 8",
         ),
@@ -1005,6 +1006,11 @@ def _add_experiment(sub) -> None:
         default=1,
         help="processes making cohorts at once, one thread each (default 1; e.g. 2 on 2 cores)",
     )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="only list the cohorts to make (maps, cost, finished or not); write nothing",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_experiment)
 
@@ -1040,7 +1046,19 @@ def _run_experiment(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         command="siblings " + " ".join(sys.argv[1:]) if sys.argv else None,
         jobs=args.jobs,
+        dry_run=args.plan,
     )
+    if args.plan:
+        rows = results["plan"]
+        for r in rows:
+            state = "done" if r["done"] else "to make"
+            print(f"{r['cohort']:32s} {r['kind']:8s} {r['n']:5d} maps  {r['cost']:10.0f}  {state}")
+        todo = sum(r["cost"] for r in rows if not r["done"])
+        print(
+            f"{sum(not r['done'] for r in rows)} of {len(rows)} cohorts to make, {todo:.0f} cost "
+            "units (denoiser calls on one map; decoding a map counts 20)"
+        )
+        return
     for name, res in results["experiments"].items():
         print(f"{name}: {res.get('wall_seconds', 0):.0f} s")
     print(f"wrote {args.out / 'report.html'} and {args.out / 'results.json'}")

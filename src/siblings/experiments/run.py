@@ -541,6 +541,7 @@ def run_experiments(
     progress: bool = True,
     command: str | None = None,
     jobs: int = 1,
+    dry_run: bool = False,
 ) -> dict:
     """Run experiments (``"all"`` or names of :data:`EXPERIMENTS`) and write the report.
 
@@ -563,6 +564,8 @@ def run_experiments(
     jobs : processes making cohorts at once (one torch thread each), largest cohorts
         first; 1 makes them in this process. Needs a model loaded from a checkpoint
         folder (each process loads it again). Results do not depend on ``jobs``.
+    dry_run : only plan: return ``{"plan": [...]}`` (every cohort with its maps, cost
+        units and whether it is finished) and write nothing.
 
     Returns
     -------
@@ -586,6 +589,8 @@ def run_experiments(
         workers=workers, where=where, progress=progress,
     )  # fmt: skip
     specs = plan(ctx, todo)
+    if dry_run:
+        return {"plan": plan_cost(ctx, todo)}
     pending = [s for s in specs if not ctx.is_done(s)]
     total = sum(s.n * s.cost for s in pending)
     from tqdm.auto import tqdm
