@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import read_label_map
+from ..metrics.cohort import CohortSummary
 from ..report.plots import figure_png
 from .cohorts import DECODE_COST, CohortSpec, heun_calls
 from .figures import augmentation_figure
@@ -73,7 +74,9 @@ def plan(ctx: ExperimentContext) -> list[CohortSpec]:
     return [_spec(ctx, s, float(rare.mean())) for s in STRATEGIES]
 
 
-def make_augmented(ctx: ExperimentContext, spec: CohortSpec, folder: Path):
+def make_augmented(
+    ctx: ExperimentContext, spec: CohortSpec, folder: Path
+) -> tuple[CohortSummary, dict]:
     """Run :func:`siblings.augment.augment` into ``folder``; summarise what it accepted."""
     augment, _ = _api()
     from ..augment import AugmentStopped

@@ -219,13 +219,13 @@ class _Perturbational(_Editing):
         "columns seeds. The bias spreads with ψ."
     )
 
-    def values(self, ctx):
+    def values(self, ctx: ExperimentContext) -> list:
         return list(ctx.counts.psis)
 
-    def label(self, value):
+    def label(self, value) -> str:
         return f"ψ = {value:.2f}"
 
-    def spec(self, ctx, seed, value):
+    def spec(self, ctx: ExperimentContext, seed: Seed, value) -> CohortSpec:
         from ..diffusion.edit import start_step
 
         steps = ctx.counts.steps
@@ -263,14 +263,14 @@ class _Localized(_Editing):
         "regenerated tissue, columns seeds."
     )
 
-    def values(self, ctx):
+    def values(self, ctx: ExperimentContext) -> list:
         # Paper order in Table 3: RV edit, then LV edit.
         return sorted(ctx.counts.regions, key=lambda r: (r != "RV", r))
 
-    def label(self, value):
+    def label(self, value) -> str:
         return f"{value} edit"
 
-    def spec(self, ctx, seed, value):
+    def spec(self, ctx: ExperimentContext, seed: Seed, value) -> CohortSpec:
         steps = ctx.counts.steps
         name = f"{seed.key}_{value}"
         return CohortSpec(
