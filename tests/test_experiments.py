@@ -53,11 +53,11 @@ EXPECTED = {
     ),
     "perturb": (
         ["table2_perturbational", "perturb_metrics"],
-        ["fig6_scatter.png", "fig7_pdiff.png"],
+        ["fig6_scatter.png", "fig7_pdiff.png", "fig7_change.png"],
     ),
     "local": (
         ["table3_localized", "local_metrics"],
-        ["fig8_scatter.png", "fig8_edited_volumes.png", "fig9_pdiff.png"],
+        ["fig8_scatter.png", "fig8_edited_volumes.png", "fig9_pdiff.png", "fig9_change.png"],
     ),
     "augment": (["table4_augmentation"], ["fig10_augmentation.png"]),
 }

@@ -20,7 +20,7 @@ import numpy as np
 from ..metrics.heatmaps import Occupancy
 from ..report.plots import figure_png
 from .cohorts import DECODE_COST, CohortSpec, derived_seed, heun_calls
-from .figures import edited_volume_figure, pdiff_grid, seed_scatter_figure
+from .figures import change_grid, edited_volume_figure, pdiff_grid, seed_scatter_figure
 from .run import ExperimentContext, Section
 from .seeds import Seed
 from .tables import Estimate, Table
@@ -193,6 +193,22 @@ class _Editing:
                 )
             ),
             self.pdiff_caption,
+        )
+        sec.figures[self.pdiff_file.replace("_pdiff", "_change")] = (
+            figure_png(
+                change_grid(
+                    [self.label(v) for v in values],
+                    [s.label for s in seeds],
+                    [[made[(s.key, v)].summary.occupancy for s in seeds] for v in values],
+                    [ctx.seed_through_vae(s) for s in seeds],
+                    title=f"{self.pdiff_title.split(':')[0]} (companion): where siblings differ "
+                    "from their seed through the VAE",
+                )
+            ),
+            "Companion to the P_diff grid: at each voxel, the fraction of siblings whose label "
+            "differs from the seed's VAE reconstruction (0 = all keep its tissue), so what the "
+            "VAE alone cannot reproduce (thin structures) does not show as an edit. Shows which "
+            "chambers an edit changes and which it keeps.",
         )
 
 

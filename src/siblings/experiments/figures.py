@@ -317,3 +317,62 @@ def augmentation_figure(
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def change_grid(
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    cohorts: Sequence[Sequence[Occupancy]],
+    seeds: Sequence[np.ndarray],
+    *,
+    view: int = 1,
+    title: str | None = None,
+) -> Figure:
+    """Where siblings differ from their seed: the fraction whose label differs, per voxel.
+
+    ``1 − P_cohort[seed label]`` at each voxel (0: every sibling has the seed's label
+    there, 1: none has), for ``cohorts[r][c]`` against ``seeds[c]`` (a label map); one
+    slice (``view``: 0 sagittal, 1 coronal, 2 axial) through the seed's heart centroid,
+    background-only voxels where nothing changed left blank. Unlike ``P_diff`` of one
+    channel it shows a changed chamber even when the heart as a whole keeps its place.
+    """
+    plt = _plt()
+    cmap = plt.get_cmap("magma_r").with_extremes(bad="#f2f2f2")
+    slices = []
+    for r in range(len(row_labels)):
+        row = []
+        for c in range(len(col_labels)):
+            seed = np.asarray(seeds[c])
+            p = cohorts[r][c].probabilities()
+            same = np.take_along_axis(p, seed[None].astype(np.intp), axis=0)[0]
+            change = np.ma.MaskedArray(1.0 - same, mask=(seed == 0) & (p[0] == 1.0))
+            row.append(mid_slices(change, occupancy_centre((seed > 0).astype(float)))[view])
+        slices.append(row)
+    fig, axes = plt.subplots(
+        len(row_labels), len(col_labels), figsize=(2.3 * len(col_labels) + 0.8, 2.3 * len(row_labels)),
+        squeeze=False,
+    )  # fmt: skip
+    im = None
+    for r, label in enumerate(row_labels):
+        for c, col in enumerate(col_labels):
+            ax = axes[r, c]
+            im = ax.imshow(slices[r][c], origin="lower", cmap=cmap, vmin=0, vmax=1,
+                           interpolation="nearest")  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"seed {col}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=9)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.6, ticks=[0, 0.5, 1]).ax.tick_params(labelsize=7)
+    view_name = ("sagittal", "coronal", "axial")[view]
+    fig.text(
+        0.45, 0.0,
+        f"Fraction of siblings whose label differs from the reference's ({view_name} slice "
+        "through its heart centroid); grey: background in the reference and in every sibling.",
+        ha="center", va="bottom", fontsize=8,
+    )  # fmt: skip
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
