@@ -8,6 +8,7 @@ and whether each tissue meets the target.
 
     python benchmarks/vae_reconstruction.py                 # 32 twins, shipped weights
     python benchmarks/vae_reconstruction.py --n 8 --checkpoint runs/tiny
+    python benchmarks/vae_reconstruction.py --vae runs/tiny/vae.safetensors   # before the LDM exists
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import torch
 from siblings import anatomy
 from siblings.data.phantom import make_phantom
 from siblings.diffusion.edit import dice
+from siblings.io import from_one_hot
 from siblings.models.ldm import LatentDiffusionModel
+from siblings.train import encode_labels, load_vae
 
 TARGET = 0.90
 
@@ -32,17 +35,34 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=32, help="held-out twins (default 32)")
     ap.add_argument("--seed", type=int, default=1, help="phantom seed of the twins (default 1)")
     ap.add_argument("--checkpoint", default=None, help="checkpoint folder (default: shipped)")
+    ap.add_argument("--vae", default=None, help="a VAE file alone (vae.safetensors)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = LatentDiffusionModel.load(args.checkpoint)
-    size = model.preset.size
+    if args.vae:
+        vae, preset, _ = load_vae(args.vae)
+        size, what = preset.size, args.vae
+
+        def roundtrip(labels: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                mu = encode_labels(vae, torch.as_tensor(labels), "cpu")
+                return np.concatenate(
+                    [from_one_hot(vae.decode(mu[i : i + 4])).numpy() for i in range(0, len(mu), 4)]
+                )
+    else:
+        model = LatentDiffusionModel.load(args.checkpoint)
+        size = model.preset.size
+        what = args.checkpoint or f"shipped {model.preset.name}"
+
+        def roundtrip(labels: np.ndarray) -> np.ndarray:
+            return model.decode(model.encode(labels))
+
     t0 = time.perf_counter()
     twins = np.stack(
         [make_phantom(i, size=size, seed=args.seed, defect_rate=0.0)[0].data for i in range(args.n)]
     )
-    recon = model.decode(model.encode(twins))
+    recon = roundtrip(twins)
     scores = {
         t: np.array(
             [
@@ -55,7 +75,7 @@ def main() -> None:
     wall = time.perf_counter() - t0
     print(
         f"VAE reconstruction Dice, {args.n} held-out phantoms (seed {args.seed}, defect rate 0, "
-        f"{size}³), checkpoint {args.checkpoint or 'shipped ' + model.preset.name}, "
+        f"{size}³), checkpoint {what}, "
         f"{args.threads} thread(s), {wall:.1f} s"
     )
     print(f"{'tissue':8s} {'mean':>6s} {'min':>6s}  target {TARGET:.2f}")
