@@ -45,6 +45,9 @@ from .models.networks import build_denoiser_net, build_vae
 from .models.presets import Preset, preset_from_dict
 
 
+# ---------------------------------------------------------------------------------
+# Learning-rate schedule.
+# ---------------------------------------------------------------------------------
 def learning_rate(base: float, step: int, steps: int, preset: Preset) -> float:
     """The preset's schedule: ``base`` until ``lr_decay_start`` × steps, then a cosine
     down to ``lr_final`` × base at the last step. A function of the step alone, so a
@@ -61,6 +64,9 @@ def _set_lr(opt: torch.optim.Optimizer, base: float, step: int, steps: int, pres
         group["lr"] = learning_rate(base, step, steps, preset)
 
 
+# ---------------------------------------------------------------------------------
+# Devices, precision, distribution.
+# ---------------------------------------------------------------------------------
 def pick_device(name: str | None = None) -> torch.device:
     """``cuda`` when available unless ``name`` says otherwise.
 
