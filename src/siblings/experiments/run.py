@@ -68,6 +68,7 @@ TITLES = {
     "perturb": "Perturbational editing (§4.2, Table 2, Figs. 6–7)",
     "local": "Localized editing (§4.3, Table 3, Figs. 8–9)",
     "augment": "Cohort augmentation (§4.4, Table 4, Fig. 10)",
+    "findings": "The paper's findings, claim by claim",
 }
 DEFAULT_WHERE = "RV_volume_ml > 115"
 
@@ -483,15 +484,18 @@ def assemble(out: PathLike, run_settings: dict | None = None) -> dict:
     if run_settings is None and old.exists():
         results["settings"] = read_json(old).get("settings", {})
     sections = []
-    for name in EXPERIMENTS:
+    for name in (*EXPERIMENTS, "findings"):
         base = out / name
         if not (base / "section.json").exists():
             continue
-        results["experiments"][name] = read_json(base / "results.json")
+        if name == "findings":
+            results["findings"] = read_json(base / "results.json")["findings"]
+        else:
+            results["experiments"][name] = read_json(base / "results.json")
         sec = read_json(base / "section.json")
         parts = [f"<p>{H.esc(t)}</p>" for t in sec.get("text", [])]
-        wall = results["experiments"][name].get("wall_seconds")
-        gen = results["experiments"][name].get("cohort_seconds")
+        wall = results["experiments"].get(name, {}).get("wall_seconds")
+        gen = results["experiments"].get(name, {}).get("cohort_seconds")
         if wall is not None:
             parts.append(
                 f'<p class="meta">wall time of the last run: {wall:.0f} s'
@@ -609,6 +613,12 @@ def run_experiments(
             section = _module(name).run(ctx)
             _write_section(ctx, section, time.perf_counter() - t0)
         ctx.bar = None
+    from .findings import section as findings_section
+
+    t0 = time.perf_counter()
+    found = findings_section(ctx)
+    if found is not None:
+        _write_section(ctx, found, time.perf_counter() - t0)
     run_settings["jobs"] = jobs
     run_settings["run_wall_seconds"] = round(time.perf_counter() - t_start, 2)
     return assemble(ctx.out, run_settings)
