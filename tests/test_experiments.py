@@ -207,6 +207,12 @@ def test_rerun_skips_finished_cohorts(full_run, model, micro, monkeypatch):
         assert {k: v.get("tv_percent") for k, v in a.items()} == {
             k: v.get("tv_percent") for k, v in b.items()
         }
+    # The run history adds up: the first run made cohorts, the re-run none.
+    runs = again["settings"]["runs"]
+    assert len(runs) == 2 and runs[0]["cohorts_made"] > 0 and runs[1]["cohorts_made"] == 0
+    assert again["settings"]["total_wall_seconds"] == pytest.approx(
+        runs[0]["wall_seconds"] + runs[1]["wall_seconds"], abs=0.02
+    )
 
 
 def test_interrupted_cohort_resumes_with_only_the_missing_batches(model, micro, tmp_path):
@@ -422,3 +428,22 @@ def test_cli_empty_data_folder_exits_2(micro, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "empty" in err and str(empty) in err
     assert not (tmp_path / "o").exists()
+
+
+def test_publish_copies_report_tables_and_figures_but_no_maps(full_run, tmp_path):
+    from siblings.experiments.run import publish
+
+    out, _ = full_run
+    dest = tmp_path / "results"
+    dest.mkdir()
+    (dest / "README.md").write_text("kept")
+    written = publish(out, dest)
+    assert (dest / "report.html").read_bytes() == (out / "report.html").read_bytes()
+    assert (dest / "unconditional" / "figures" / "fig4_scatter.png").exists()
+    assert (dest / "findings" / "tables" / "findings.md").exists()
+    assert (dest / "augment" / "tables" / "table4_augmentation.csv").exists()
+    assert not list(dest.rglob("*.nii.gz")) and not list(dest.rglob("summary.npz"))
+    assert (dest / "README.md").read_text() == "kept"
+    assert all(p.is_relative_to(dest) for p in written)
+    with pytest.raises(FileNotFoundError, match=r"no report\.html"):
+        publish(tmp_path / "empty", tmp_path / "x")

@@ -582,6 +582,7 @@ def run_experiments(
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     t_start = time.perf_counter()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if model is None:
         from ..models.ldm import LatentDiffusionModel
 
@@ -621,7 +622,32 @@ def run_experiments(
         _write_section(ctx, found, time.perf_counter() - t0)
     run_settings["jobs"] = jobs
     run_settings["run_wall_seconds"] = round(time.perf_counter() - t_start, 2)
+    this_run = {
+        "started": started,
+        "wall_seconds": run_settings["run_wall_seconds"],
+        "cohorts_made": len(pending),
+        "cost_units_made": total,
+        "jobs": jobs,
+    }
+    run_settings["runs"] = [*_run_history(ctx.out), this_run]
+    run_settings["total_wall_seconds"] = round(
+        sum(r["wall_seconds"] for r in run_settings["runs"]), 2
+    )
     return assemble(ctx.out, run_settings)
+
+
+def _run_history(out: Path) -> list[dict]:
+    """Earlier runs into ``out`` (from its results.json), so resumed runs add up."""
+    path = out / "results.json"
+    if not path.exists():
+        return []
+    old = read_json(path).get("settings", {})
+    if "runs" in old:
+        return list(old["runs"])
+    if "run_wall_seconds" in old:  # written before the history was kept
+        return [{"started": None, "wall_seconds": old["run_wall_seconds"],
+                 "jobs": old.get("jobs")}]  # fmt: skip
+    return []
 
 
 # ---------------------------------------------------------------------------------
@@ -731,3 +757,23 @@ __all__ = [
     "resolve",
     "run_experiments",
 ]
+
+
+def publish(out: PathLike, dest: PathLike) -> list[Path]:
+    """Copy a run's report, numbers, tables and figures (not its maps) to ``dest``.
+
+    Copies ``report.html``, ``results.json`` and, per experiment (and the findings),
+    ``results.json``, ``tables/*`` and ``figures/*``, keeping the layout; other files in
+    ``dest`` (e.g. a hand-written README) are left alone. Returns the files written.
+    """
+    out, dest = Path(out), Path(dest)
+    if not (out / "report.html").exists():
+        raise FileNotFoundError(f"{out}: no report.html; run the experiments into it first")
+    files = [out / "report.html", out / "results.json"]
+    for name in (*EXPERIMENTS, "findings"):
+        base = out / name
+        if (base / "results.json").exists():
+            files.append(base / "results.json")
+        for sub in ("tables", "figures"):
+            files += sorted(p for p in (base / sub).glob("*") if p.is_file())
+    return [write_bytes(dest / f.relative_to(out), f.read_bytes()) for f in files]
