@@ -368,12 +368,26 @@ def test_cli_runs_an_experiment_at_a_small_scale(micro, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["experiment", "unconditional", "--checkpoint", str(micro.checkpoint), "--device", "cpu"]
     argv += ["--data", str(micro.data), "--out", str(out), "--scale", "0.01", "--n-boot", "10"]
-    assert main([*argv, "--quiet", "--workers", "1"]) == 0
+    pub = tmp_path / "published"
+    assert main([*argv, "--quiet", "--workers", "1", "--publish", str(pub)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["settings"]["scale"] == 0.01
     assert res["experiments"]["unconditional"]["cohorts"]["synthetic"]["n"] == 4
     assert (out / "report.html").exists()
-    assert "report.html" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "report.html" in printed and f"to {pub}" in printed
+    # --publish copied the report and numbers, and no generated map.
+    assert (pub / "report.html").read_bytes() == (out / "report.html").read_bytes()
+    assert json.loads((pub / "results.json").read_text()) == res
+    assert (pub / "unconditional" / "tables").is_dir()
+    assert not list(pub.rglob("*.nii.gz"))
+
+
+def test_cli_plan_with_publish_exits_2(micro, tmp_path, capsys):
+    argv = ["experiment", "local", "--data", str(micro.data), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--plan", "--publish", str(tmp_path / "p")]) == 2
+    assert "cannot be combined with --publish" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
 
 
 def test_cli_plan_lists_cohorts_and_writes_nothing(micro, tmp_path, capsys):

@@ -948,6 +948,7 @@ def _add_experiment(sub) -> None:
             "siblings experiment all --data data/phantom64 --out runs/exp --plan",
             "siblings experiment unconditional --data data/phantom64 --out runs/exp --scale 0.1",
             "siblings experiment perturb --data data/phantom64 --out runs/exp --bf16 --batch 8",
+            "siblings experiment all --data data/phantom64 --out runs/exp --publish docs/results",
         ),
         description="""\
         Run one experiment of the paper (paper §4, appendix C) or all of them, at the
@@ -1011,6 +1012,13 @@ def _add_experiment(sub) -> None:
         action="store_true",
         help="only list the cohorts to make (maps, cost, finished or not); write nothing",
     )
+    p.add_argument(
+        "--publish",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="afterwards copy report.html, results.json, tables and figures (no maps) to DIR",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_experiment)
 
@@ -1028,6 +1036,8 @@ def _run_experiment(args: argparse.Namespace) -> None:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.plan and args.publish is not None:
+        raise UsageError("--plan writes nothing; it cannot be combined with --publish")
     _cpu_threads(args.threads)
     results = run_experiments(
         args.name,
@@ -1062,6 +1072,13 @@ def _run_experiment(args: argparse.Namespace) -> None:
     for name, res in results["experiments"].items():
         print(f"{name}: {res.get('wall_seconds', 0):.0f} s")
     print(f"wrote {args.out / 'report.html'} and {args.out / 'results.json'}")
+    if args.publish is not None:
+        from .experiments.run import publish
+
+        written = publish(args.out, args.publish)
+        print(
+            f"published {len(written)} files (report, numbers, tables, figures) to {args.publish}"
+        )
 
 
 # ---------------------------------------------------------------------------------
