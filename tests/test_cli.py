@@ -180,3 +180,101 @@ def test_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("siblings phantom: error: ") and err.count("\n") == 1
     assert blocker.read_text() == "x"
+
+
+# ---------------------------------------------------------------------------------
+# Options shared by the commands that load the model: one default, one help text.
+# ---------------------------------------------------------------------------------
+# Each command's required arguments (none of which loads anything while parsing).
+MODEL_COMMANDS: dict[str, list[str]] = {
+    "sample": ["sample", "--n", "1", "--out", "o"],
+    "edit perturb": ["edit", "perturb", "twin.nii.gz", "--psi", "0.5", "--out", "o"],
+    "edit local": ["edit", "local", "twin.nii.gz", "--regenerate", "LV", "--out", "o"],
+    "augment": [
+        *("augment", "--where", "RV_volume_ml > 1", "--strategy", "uncond", "--n", "1"),
+        *("--data", "d", "--out", "o"),
+    ],
+    "experiment": ["experiment", "all", "--data", "d", "--out", "o"],
+    "demo": ["demo"],
+}
+SHARED_DEFAULTS = {
+    "--checkpoint": None,
+    "--preset": None,
+    "--device": None,  # cuda if available, else cpu
+    "--bf16": False,
+    "--threads": None,
+}
+
+
+def model_command_parser(name: str) -> argparse.ArgumentParser:
+    parser = subcommands()[name.split()[0]]
+    if " " in name:  # edit perturb, edit local
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name.split()[1]]
+    return parser
+
+
+def option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {flag: a for a in parser._actions for flag in a.option_strings}
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_COMMANDS))
+def test_model_commands_declare_the_shared_options_alike(name):
+    """sample, edit perturb/local, augment, experiment and demo: same flags, defaults,
+    types and help texts for --checkpoint, --preset, --device, --bf16, --threads."""
+    actions = option_actions(model_command_parser(name))
+    reference = option_actions(model_command_parser("sample"))
+    for flag, default in SHARED_DEFAULTS.items():
+        assert flag in actions, f"{name} lacks {flag}"
+        a, r = actions[flag], reference[flag]
+        assert a.default == default, (name, flag, a.default)
+        assert (a.help, a.type, a.nargs, a.const, a.required) == (
+            r.help,
+            r.type,
+            r.nargs,
+            r.const,
+            r.required,
+        ), (name, flag)
+    assert "default: cuda if available, else cpu" in actions["--device"].help
+    # Parsed without the options: the same defaults in the namespace.
+    args = build_parser().parse_args(MODEL_COMMANDS[name])
+    assert {f: getattr(args, f[2:]) for f in SHARED_DEFAULTS} == SHARED_DEFAULTS
+    # ... and listed in --help.
+    help_text = model_command_parser(name).format_help()
+    for flag in SHARED_DEFAULTS:
+        assert re.search(rf"^\s+{flag}\b", help_text, re.M), (name, flag)
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_COMMANDS))
+@pytest.mark.parametrize(
+    ("value", "parsed"), [("auto", None), ("AUTO", None), ("cpu", "cpu"), ("cuda:1", "cuda:1")]
+)
+def test_device_auto_means_the_default_and_devices_pass_through(name, value, parsed):
+    args = build_parser().parse_args([*MODEL_COMMANDS[name], "--device", value])
+    assert args.device == parsed
+
+
+@pytest.mark.parametrize("name", [*sorted(MODEL_COMMANDS), "train"])
+def test_bad_device_is_an_argparse_error_with_exit_2(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = MODEL_COMMANDS.get(name, ["train", "vae", "--out", "o"])
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--device", "gpu0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        f"siblings {name}: error: argument --device: 'gpu0' is not a device; expected "
+        "cpu, cuda, cuda:1 … or auto (default: cuda if available, else cpu)"
+    )
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_bad_device_through_the_console_script_exits_2(tmp_path):
+    result = run("sample", "--n", "1", "--device", "gpu0", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(
+        "siblings sample: error: argument --device: 'gpu0' is not a device"
+    )
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -39,6 +39,74 @@ def _sub(subparsers, name: str, help: str, examples: tuple[str, ...], descriptio
 
 
 # ---------------------------------------------------------------------------------
+# Options shared by the commands that load the model
+# ---------------------------------------------------------------------------------
+_DEVICE_HELP = "cpu, cuda, cuda:1 … or auto (default: cuda if available, else cpu)"
+
+
+def _device(value: str) -> str | None:
+    """``--device``: None for "auto" (cuda if available, else cpu), else a torch device.
+
+    Checked while parsing, so a misspelt device is an argparse error (exit 2) rather
+    than a traceback from deep inside model loading.
+    """
+    if value.strip().lower() in ("", "auto"):
+        return None
+    import torch
+
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a device; expected {_DEVICE_HELP}"
+        ) from None
+    return value
+
+
+def _add_device_option(p) -> None:
+    p.add_argument("--device", type=_device, default=None, help=_DEVICE_HELP)
+
+
+def _add_model_options(p) -> None:
+    """--checkpoint, --preset, --device, --bf16 and --threads, with one default and one
+    help text each, for every command that loads the latent diffusion model (sample,
+    edit perturb/local, augment, experiment, demo); see :func:`_load_model`."""
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint folder (default: the shipped tiny weights)",
+    )
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="refuse a checkpoint of another preset (default: accept the checkpoint's)",
+    )
+    _add_device_option(p)
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="run the networks under bf16 autocast (about 2x faster on CPU; default fp32)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: the cores not already busy, from the load average)",
+    )
+
+
+def _load_model(args: argparse.Namespace):
+    """Set the CPU threads and load the model as the options of :func:`_add_model_options` say."""
+    from .models.ldm import LatentDiffusionModel
+
+    _cpu_threads(args.threads)
+    return LatentDiffusionModel.load(
+        args.checkpoint, device=args.device, preset=args.preset, amp=args.bf16
+    )
+
+
+# ---------------------------------------------------------------------------------
 # phantom
 # ---------------------------------------------------------------------------------
 def _add_phantom(sub) -> None:
@@ -113,17 +181,8 @@ def _add_demo(sub) -> None:
         "--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument(
-        "--checkpoint", type=Path, default=None, help="checkpoint folder (default: shipped weights)"
-    )
     p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda …")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads (default: the cores not already busy, from the load average)",
-    )
+    _add_model_options(p)
     p.set_defaults(func=_run_demo)
 
 
@@ -133,8 +192,15 @@ def _run_demo(args: argparse.Namespace) -> None:
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     _cpu_threads(args.threads)
-    device = None if args.device == "auto" else args.device
-    run_demo(args.out, seed=args.seed, checkpoint=args.checkpoint, device=device, steps=args.steps)
+    run_demo(
+        args.out,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        preset=args.preset,
+        device=args.device,
+        amp=args.bf16,
+        steps=args.steps,
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -170,9 +236,7 @@ def _add_train(sub) -> None:
         "--batch", type=int, default=None, help="global batch size (default: the preset's)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)"
-    )
+    _add_device_option(p)
     p.add_argument("--fp32", action="store_true", help="disable bf16 autocast")
     p.add_argument(
         "--state", type=Path, default=None, help="resumable state folder (default OUT/state)"
@@ -239,24 +303,13 @@ def _add_sample(sub) -> None:
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--batch", type=int, default=8, help="maps per batch (default 8)")
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="checkpoint folder (default: shipped tiny weights)",
-    )
-    p.add_argument("--preset", default=None, help="refuse a checkpoint of another preset")
-    p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
-    p.add_argument(
-        "--bf16", action="store_true", help="run the networks under bf16 autocast (GPU speed-up)"
-    )
+    _add_model_options(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=_run_sample)
 
 
 def _run_sample(args: argparse.Namespace) -> None:
     from .diffusion.sample import sample_cohort
-    from .models.ldm import LatentDiffusionModel
     from .train import init_distributed, pick_device
 
     if args.n < 1:
@@ -264,9 +317,7 @@ def _run_sample(args: argparse.Namespace) -> None:
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     dist = init_distributed(pick_device(args.device))
-    model = LatentDiffusionModel.load(
-        args.checkpoint, device=args.device, preset=args.preset, amp=args.bf16
-    )
+    model = _load_model(args)
     paths = sample_cohort(
         model,
         args.out,
@@ -308,15 +359,7 @@ def _edit_common(p) -> None:
     p.add_argument("--steps", type=int, default=20, help="sampler steps N (default 20)")
     p.add_argument("--batch", type=int, default=8, help="siblings per batch (default 8)")
     p.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="checkpoint folder (default: shipped tiny weights)",
-    )
-    p.add_argument("--preset", default=None, help="refuse a checkpoint of another preset")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 …")
-    p.add_argument("--bf16", action="store_true", help="run the networks under bf16 autocast")
+    _add_model_options(p)
     p.add_argument(
         "--register-to",
         default="phantom",
@@ -342,12 +385,6 @@ def _edit_common(p) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads (default: the cores not already busy, from the load average)",
-    )
     p.set_defaults(func=_run_edit)
 
 
@@ -472,7 +509,6 @@ def _run_edit(args: argparse.Namespace) -> None:
     import warnings
 
     from .editing import check_output, check_settings, format_run, run_edit
-    from .models.ldm import LatentDiffusionModel
 
     local = args.method == "local"
     # Options first (cheap), then the model and the twin, then compute; nothing is
@@ -493,11 +529,7 @@ def _run_edit(args: argparse.Namespace) -> None:
     if args.figure_siblings < 1:
         raise UsageError(f"--figure-siblings must be at least 1, got {args.figure_siblings}")
     check_output(args.out, args.overwrite)
-    _cpu_threads(args.threads)
-    device = None if args.device == "auto" else args.device
-    model = LatentDiffusionModel.load(
-        args.checkpoint, device=device, preset=args.preset, amp=args.bf16
-    )
+    model = _load_model(args)
 
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"siblings edit: warning: {message}", file=sys.stderr)
@@ -842,15 +874,7 @@ def _add_augment(sub) -> None:
     p.add_argument(
         "--dilate", type=int, default=None, help="local: keep-mask dilations (default: preset's)"
     )
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="checkpoint folder (default: shipped tiny weights)",
-    )
-    p.add_argument("--preset", default=None, help="refuse a checkpoint of another preset")
-    p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
-    p.add_argument("--bf16", action="store_true", help="run the networks under bf16 autocast")
+    _add_model_options(p)
     p.add_argument("--k", type=int, default=3, help="k of precision/recall (default 3)")
     p.add_argument(
         "--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000, 0 = none)"
@@ -868,7 +892,6 @@ def _add_augment(sub) -> None:
 
 def _run_augment(args: argparse.Namespace) -> None:
     from .augment import AugmentStopped, augment, parse_condition
-    from .models.ldm import LatentDiffusionModel
 
     parse_condition(args.where)  # a bad condition fails before the model loads
     if args.n < 1:
@@ -888,9 +911,7 @@ def _run_augment(args: argparse.Namespace) -> None:
     except ValueError:
         raise UsageError(f"--psi: expected numbers separated by commas, got {args.psi!r}") from None
     regions = [r.strip().replace("+", ",") for r in args.regions.split(",") if r.strip()]
-    model = LatentDiffusionModel.load(
-        args.checkpoint, device=args.device, preset=args.preset, amp=args.bf16
-    )
+    model = _load_model(args)
     try:
         res = augment(
             model,
@@ -968,24 +989,14 @@ def _add_experiment(sub) -> None:
         metavar="NAME",
         help="sensitivity, unconditional, perturb, local, augment or all",
     )
-    p.add_argument("--preset", default=None, help="refuse a checkpoint of another preset")
     p.add_argument("--data", type=Path, required=True, help="folder of real label maps")
     p.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="checkpoint folder (default: shipped tiny weights)",
-    )
+    _add_model_options(p)
     p.add_argument(
         "--scale", type=float, default=1.0, help="multiply every count of maps (default 1)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
     p.add_argument("--batch", type=int, default=8, help="maps per sampler batch (default 8)")
-    p.add_argument(
-        "--bf16", action="store_true", help="networks under bf16 autocast (~2x faster on CPU)"
-    )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument(
         "--where",
@@ -994,12 +1005,6 @@ def _add_experiment(sub) -> None:
     )
     p.add_argument(
         "--workers", type=int, default=None, help="processes for the real cohort (default: all)"
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads (default: the cores not already busy, from the load average)",
     )
     p.add_argument(
         "--jobs",

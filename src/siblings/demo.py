@@ -45,7 +45,9 @@ def run_demo(
     seed: int = 0,
     *,
     checkpoint: str | Path | None = None,
+    preset: str | None = None,
     device: str | None = None,
+    amp: bool = False,
     n_phantoms: int = 16,
     n_samples: int = 4,
     n_siblings: int = 4,
@@ -54,8 +56,9 @@ def run_demo(
 ) -> dict[str, Path]:
     """Run the tour into ``out`` and print where everything is; returns the main paths.
 
-    ``checkpoint`` defaults to the shipped weights; the counts are kept small so that the
-    whole tour runs in minutes on a CPU.
+    ``checkpoint`` defaults to the shipped weights; ``preset``, ``device`` and ``amp``
+    (bf16 autocast) are passed to :meth:`LatentDiffusionModel.load`. The counts are kept
+    small so that the whole tour runs in minutes on a CPU.
     """
     from .diffusion.sample import sample_cohort
     from .editing import format_run, run_edit
@@ -69,7 +72,7 @@ def run_demo(
     print(summarise_cohort(rows))
     print(f"demo cohort written to {out / 'phantom'}")
 
-    model = LatentDiffusionModel.load(checkpoint, device=device)
+    model = LatentDiffusionModel.load(checkpoint, device=device, preset=preset, amp=amp)
     where = "shipped weights" if checkpoint is None else str(checkpoint)
     print(f"\n{n_samples} unconditional samples ({where}, {steps} steps)")
     sample_cohort(model, out / "samples", n_samples, steps=steps, seed=seed, progress=progress)
