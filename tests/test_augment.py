@@ -27,7 +27,7 @@ from siblings.augment import (
 from siblings.cli import main
 from siblings.diffusion.edit import inpaint, perturb
 from siblings.io import LabelMap, read_label_map, write_label_map
-from siblings.metrics.cohort import measure_map
+from siblings.metrics.cohort import HEADLINE_KEYS, measure_map
 from siblings.models.ldm import LatentDiffusionModel
 
 STEPS = 2  # sampler steps in these tests: the micro model's maps are noise anyway
@@ -269,6 +269,11 @@ def test_uncond_keeps_only_maps_meeting_the_condition_and_counts_attempts(
     metrics = json.loads((tmp_path / "out" / "report" / "metrics.json").read_text())
     assert (metrics["n"], metrics["n_reference"]) == (4, len(rare))
     assert summary["evaluation"]["fd"] == metrics["fd"]
+    # The headline keys, the same list as an edit run's against_reference.
+    assert set(summary["evaluation"]) == {*HEADLINE_KEYS, "report"}
+    assert {k: summary["evaluation"][k] for k in HEADLINE_KEYS} == {
+        k: metrics[k] for k in HEADLINE_KEYS
+    }
     assert (tmp_path / "out" / "report" / "report.html").exists()
     assert not list((tmp_path / "out").glob(".*"))  # no staging file left behind
 

@@ -24,6 +24,7 @@ from siblings.diffusion.edm import karras_sigmas
 from siblings.editing import run_edit
 from siblings.io import LabelMap, centred_affine, read_label_map, sha256_file, write_label_map
 from siblings.metrics import morphology, topology_checks
+from siblings.metrics.cohort import HEADLINE_KEYS
 from siblings.models.ldm import LatentDiffusionModel
 from siblings.report.editing import dice_table, siblings_figure, twin_metrics
 
@@ -501,6 +502,9 @@ def test_reference_cohort_adds_fd_precision_recall_against_it(micro, twin_file, 
     assert against["fd"] >= 0 and 0 <= against["precision"] <= 1 and 0 <= against["recall"] <= 1
     full = json.loads((out / "report" / "reference" / "metrics.json").read_text())
     assert full["fd"] == against["fd"] and full["n"] == 4
+    # The headline keys, the same list as augment.json's evaluation.
+    assert set(against) == {*HEADLINE_KEYS, "reference_dir"}
+    assert {k: against[k] for k in HEADLINE_KEYS} == {k: full[k] for k in HEADLINE_KEYS}
     assert (out / "report" / "reference" / "report.html").is_file()
     assert metrics["fd"] is None  # still undefined against the twin itself
 

@@ -88,7 +88,7 @@ from .io import (
     write_label_map,
 )
 from .manifest import provenance
-from .metrics.cohort import evaluate_maps, measure_map, summarise_maps
+from .metrics.cohort import HEADLINE_KEYS, evaluate_maps, measure_map, summarise_maps
 from .models.ldm import LatentDiffusionModel, noise_for
 
 PathLike = str | os.PathLike
@@ -744,7 +744,7 @@ def augment(
             title=f"augment {strategy}: {condition} (accepted vs rare twins)",
         )
         result.metrics = ev.metrics
-        evaluation = {key: ev.metrics.get(key) for key in _HEADLINE}
+        evaluation = {key: ev.metrics.get(key) for key in HEADLINE_KEYS}
         evaluation["report"] = "report/report.html"
 
     summary = _summary(
@@ -761,21 +761,6 @@ def augment(
             result,
         )
     return result
-
-
-_HEADLINE = (
-    "n",
-    "n_reference",
-    "k",
-    "fd",
-    "fd_ci",
-    "precision",
-    "precision_ci",
-    "recall",
-    "recall_ci",
-    "tv_percent",
-    "tv_percent_ci",
-)
 
 
 def _tallies(

@@ -561,7 +561,7 @@ def _write_run(
 ) -> EditRun:
     from tqdm.auto import tqdm
 
-    from .metrics.cohort import evaluate_maps, summarise_maps
+    from .metrics.cohort import HEADLINE_KEYS, evaluate_maps, summarise_maps
     from .metrics.morphology import morphology
     from .metrics.topology import topology_checks
     from .report.editing import (
@@ -679,19 +679,7 @@ def _write_run(
             ev.metrics["cohort_dir"] = f"{out} (siblings)"
             ev.metrics["reference_dir"] = str(reference)
             ev.write(stage / "report" / "reference", title="siblings against a reference cohort")
-            metrics["against_reference"] = {
-                key: ev.metrics.get(key)
-                for key in (
-                    "n_reference",
-                    "k",
-                    "fd",
-                    "fd_ci",
-                    "precision",
-                    "precision_ci",
-                    "recall",
-                    "recall_ci",
-                )
-            }
+            metrics["against_reference"] = {key: ev.metrics.get(key) for key in HEADLINE_KEYS}
             metrics["against_reference"]["reference_dir"] = str(reference)
         shown = list(range(min(figure_siblings, len(names))))
         label = (

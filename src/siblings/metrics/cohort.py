@@ -53,6 +53,23 @@ PathLike = str | os.PathLike
 # Chunks of maps per worker task: partial occupancy sums are sent back once per chunk.
 _MAX_CHUNK = 32
 
+#: The headline numbers of :func:`compare`, in the order summaries list them: what
+#: ``augment.json["evaluation"]`` and an edit run's ``metrics.json["against_reference"]``
+#: copy from the full evaluation of a cohort against a reference.
+HEADLINE_KEYS = (
+    "n",
+    "n_reference",
+    "k",
+    "fd",
+    "fd_ci",
+    "precision",
+    "precision_ci",
+    "recall",
+    "recall_ci",
+    "tv_percent",
+    "tv_percent_ci",
+)
+
 
 # ---------------------------------------------------------------------------------
 # One map.
