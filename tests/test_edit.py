@@ -480,6 +480,42 @@ def test_metrics_against_the_twin_have_known_answers(twin):
     assert m["fd"] is None and "fd, precision, recall" in m["undefined"]
 
 
+def test_edit_report_tv_interval_is_evaluates_plain_percentile_interval():
+    """TV% and the per-check rates of the edit report get the interval `evaluate` gives
+    them (plain percentile of the same replicates, same seed), not FD's re-centred one
+    (docs/evaluation.md)."""
+    from siblings.metrics.bootstrap import (
+        bootstrap_indices,
+        bootstrap_interval,
+        percentile_interval,
+    )
+    from siblings.metrics.cohort import CohortSummary, compare
+    from siblings.metrics.heatmaps import Occupancy
+
+    violated = np.zeros((6, 12), bool)
+    for i, n_bad in enumerate([0, 0, 1, 1, 3, 6]):
+        violated[i, :n_bad] = True  # per-map TV: 0, 0, 8.3, 8.3, 25, 50 %
+    rng = np.random.default_rng(0)
+
+    def summary(v: np.ndarray) -> CohortSummary:
+        n = len(v)
+        features = 50.0 + rng.normal(size=(n, 12))
+        return CohortSummary([f"m{i}" for i in range(n)], features, v, Occupancy((4, 4, 4)))
+
+    sibs, twin = summary(violated), summary(np.zeros((1, 12), bool))
+    m = twin_metrics(sibs, twin, n_boot=200, seed=4)
+    ev = compare(sibs, summary(np.zeros((8, 12), bool)), n_boot=200, seed=4)
+    assert m["tv_percent"] == ev["tv_percent"] == pytest.approx(100 * 11 / 72)
+    assert m["tv_percent_ci"] == ev["tv_percent_ci"]
+    assert m["violation_rate_ci"] == ev["violation_rate_ci"]
+    # By hand: percentiles of the mean per-map TV over the seeded resamples.
+    reps = (100 * violated.mean(axis=1))[bootstrap_indices(6, 200, 4)].mean(axis=1)
+    assert m["tv_percent_ci"] == pytest.approx(percentile_interval(reps))
+    shifted = bootstrap_interval(reps, m["tv_percent"], bounds=(0.0, 100.0))
+    assert m["tv_percent_ci"] != pytest.approx(shifted)  # not FD's re-centred interval
+    assert m["bootstrap"]["interval"] == "percentile"
+
+
 def test_side_by_side_figure_outlines_the_twin_on_siblings_only(twin):
     sibs = [twin, np.roll(twin, 2, axis=0)]
     fig = siblings_figure(twin, sibs, ["a", "b"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from siblings.report.html import figure, interval, number, page, table
+from siblings.report.html import figure, interval, number, page, table, violation_rows
 
 
 def test_numbers_and_intervals_right_text_left_and_headers_follow_their_column():
@@ -32,3 +32,17 @@ def test_page_is_self_contained():
     html = page("T", [("S", figure(b"\x89PNG", "cap"))])
     assert "data:image/png;base64,iVBORw==" in html and "<figcaption>cap</figcaption>" in html
     assert "http" not in html and "<script" not in html
+
+
+def test_violation_rows_of_the_evaluate_and_edit_summaries():
+    m = {
+        "tv_percent": 3.456,
+        "tv_percent_ci": [1.0, 6.25],
+        "maps_violating_percent": 25.0,
+        "reference": {"tv_percent": 0.5, "maps_violating_percent": 4.0},
+    }
+    assert violation_rows(m) == [
+        ["TV% (mean % of the 12 checks violated)", "3.46", "[1.00, 6.25]", "0.50"],
+        ["maps violating at least one check (%)", "25.0", "", "4.0"],
+    ]
+    assert violation_rows({**m, "tv_percent_ci": None})[0][2] == "–"

@@ -106,18 +106,7 @@ def evaluation_html(ev, figures: dict[str, bytes], title: str | None = None) -> 
             ],
             [f"precision (k = {m['k']})", _fmt(m["precision"]), _ci(m["precision_ci"]), ""],
             [f"recall (k = {m['k']})", _fmt(m["recall"]), _ci(m["recall_ci"]), ""],
-            [
-                "TV% (mean % of the 12 checks violated)",
-                _fmt(m["tv_percent"], 2),
-                _ci(m["tv_percent_ci"], 2),
-                _fmt(ref["tv_percent"], 2),
-            ],
-            [
-                "maps violating at least one check (%)",
-                _fmt(m["maps_violating_percent"], 1),
-                "",
-                _fmt(ref["maps_violating_percent"], 1),
-            ],
+            *H.violation_rows(m),
         ],
     )
     ci = m.get("violation_rate_ci") or {}

@@ -55,6 +55,30 @@ def interval(ci: Sequence[float] | None, digits: int = 3, scale: float = 1.0) ->
     return f"[{ci[0] * scale:.{digits}f}, {ci[1] * scale:.{digits}f}]"
 
 
+def violation_rows(metrics: dict) -> list[list[str]]:
+    """The TV% and "maps violating" rows of a summary table (metric, value, 95% interval,
+    reference), shared by the ``evaluate`` and ``edit`` reports.
+
+    ``metrics`` holds ``tv_percent``, ``tv_percent_ci`` and ``maps_violating_percent``,
+    and ``metrics["reference"]`` the same for the reference (a cohort, or the twin).
+    """
+    ref = metrics["reference"]
+    return [
+        [
+            "TV% (mean % of the 12 checks violated)",
+            number(metrics["tv_percent"], 2),
+            interval(metrics.get("tv_percent_ci"), 2),
+            number(ref["tv_percent"], 2),
+        ],
+        [
+            "maps violating at least one check (%)",
+            number(metrics["maps_violating_percent"], 1),
+            "",
+            number(ref["maps_violating_percent"], 1),
+        ],
+    ]
+
+
 # A cell that starts like a number, an interval or a missing value ("–").
 _NUMERIC = re.compile(r"^\s*(?:[\[(]?\s*[-−+]?\d|–\s*$)")
 
