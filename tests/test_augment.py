@@ -139,6 +139,10 @@ def test_acceptance_rate_arithmetic():
     assert lo == 0.0 and hi == pytest.approx(1.959964**2 / (10 + 1.959964**2))
     lo, hi = wilson_interval(5, 10)
     assert lo + hi == pytest.approx(1.0) and lo == pytest.approx(0.2366, abs=1e-4)
+    # All accepted: mirror image of none accepted, upper bound exactly 1 (not 1 - 1e-16).
+    for n in (1, 4, 7, 140):
+        lo, hi = wilson_interval(n, n)
+        assert hi == 1.0 and lo == pytest.approx(1 - wilson_interval(0, n)[1])
 
 
 def test_attempts_go_round_robin_over_twins_with_psi_per_round_and_region_per_twin():

@@ -163,8 +163,14 @@ def test_augmentation_table_has_one_row_per_strategy(full_run):
     for c in aug["cohorts"].values():
         assert c["accepted"] == TINY.augment and c["complete"]
         assert 0 < c["acceptance_rate"] <= 1
+        lo, hi = c["acceptance_rate_ci95_wilson"]
+        assert 0 <= lo <= c["acceptance_rate"] <= hi <= 1
     md = (out / "augment" / "tables" / "table4_augmentation.md").read_text()
     assert "Uncond. + filtering" in md and "Local. + filtering" in md
+    # The rate as a percentage with its Wilson interval, e.g. 4 of 8 -> 50.00% [21.52, 78.48].
+    u = aug["cohorts"]["uncond"]
+    lo, hi = u["acceptance_rate_ci95_wilson"]
+    assert f"| {100 * u['acceptance_rate']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] |" in md
 
 
 def test_a_strategy_that_accepts_nothing_is_reported_not_fatal(model, micro, tmp_path, monkeypatch):
@@ -183,8 +189,8 @@ def test_a_strategy_that_accepts_nothing_is_reported_not_fatal(model, micro, tmp
     assert not any(c["complete"] for c in cohorts.values())
     md = (tmp_path / "out" / "augment" / "tables" / "table4_augmentation.md").read_text()
     assert (
-        "| Uncond. + filtering | 0 of 4 (stopped after 40 attempts) | 40 | 0 | – | – | – | – |"
-        in md
+        "| Uncond. + filtering | 0 of 4 (stopped after 40 attempts) | 40 | 0.00% [0.00, 8.76] | – "
+        "| – | – | – |" in md
     )
 
 

@@ -306,7 +306,10 @@ def wilson_interval(accepted: int, attempted: int, z: float = 1.959964) -> tuple
     d = 1 + z * z / attempted
     centre = (p + z * z / (2 * attempted)) / d
     half = z * math.sqrt(p * (1 - p) / attempted + z * z / (4 * attempted * attempted)) / d
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # The bounds are exactly 0 and 1 at p = 0 and p = 1 (rounding would give 1 - 1e-16).
+    lo = 0.0 if accepted == 0 else max(0.0, centre - half)
+    hi = 1.0 if accepted == attempted else min(1.0, centre + half)
+    return (lo, hi)
 
 
 # ---------------------------------------------------------------------------------

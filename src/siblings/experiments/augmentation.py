@@ -44,6 +44,13 @@ def _api():
     return augment, parse_condition
 
 
+def _percent(rate: float, lo: float, hi: float) -> str:
+    """An acceptance rate as a percentage with its Wilson 95% interval."""
+    if not np.isfinite(rate):
+        return "–"
+    return f"{100 * rate:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]"
+
+
 def _rare_mask(ctx: ExperimentContext) -> np.ndarray:
     _, parse_condition = _api()
     return parse_condition(ctx.where).mask(ctx.real.features)
@@ -125,6 +132,8 @@ def make_augmented(
 
 
 def run(ctx: ExperimentContext) -> Section:
+    from ..augment import wilson_interval
+
     rare_idx = np.flatnonzero(_rare_mask(ctx))
     rare = ctx.summarise(
         [m for m in ctx.read_real(rare_idx)], [ctx.real.names[i] for i in rare_idx]
@@ -142,7 +151,10 @@ def run(ctx: ExperimentContext) -> Section:
         else:
             m = {"n": len(res.summary)}
             metric_cells = ["–"] * len(METRIC_KEYS)
-        rate = ex.get("acceptance_rate", float("nan"))
+        attempted = ex.get("attempted") or 0
+        lo, hi = wilson_interval(len(res.summary), attempted) if attempted else (0.0, 1.0)
+        rate = _percent(ex.get("acceptance_rate", float("nan")), lo, hi)
+        ex = {**ex, "acceptance_rate_ci95_wilson": [lo, hi]}
         accepted = f"{len(res.summary)} of {spec.n}"
         if not ex.get("complete", True):
             accepted += f" (stopped after {ex.get('attempted')} attempts)"
@@ -155,7 +167,7 @@ def run(ctx: ExperimentContext) -> Section:
     table = Table(
         "table4_augmentation",
         "Table 4: augmentation strategies against the rare cohort",
-        ["strategy", "accepted", "attempted", "acceptance rate", *METRIC_HEADERS],
+        ["strategy", "accepted", "attempted", "acceptance (%, Wilson 95%)", *METRIC_HEADERS],
         rows,
         caption=(
             f"Rare cohort: {len(rare)} real maps with {ctx.where}. Each strategy's accepted maps "
