@@ -404,3 +404,15 @@ def test_learning_rate_schedule_is_constant_then_cosine_to_the_final_fraction():
     assert all(a >= b for a, b in itertools.pairwise(lrs))
     paper = get_preset("paper")
     assert {learning_rate(2.5e-5, s, 1000, paper) for s in range(1000)} == {2.5e-5}
+
+
+@pytest.mark.parametrize("name", [None, "", "auto", "AUTO"])
+def test_pick_device_none_or_auto_chooses_cuda_if_available(name, monkeypatch):
+    from siblings.train import pick_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device(name) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device(name) == torch.device("cuda")
+    assert pick_device("cpu") == torch.device("cpu")

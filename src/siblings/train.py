@@ -68,11 +68,11 @@ def _set_lr(opt: torch.optim.Optimizer, base: float, step: int, steps: int, pres
 # Devices, precision, distribution.
 # ---------------------------------------------------------------------------------
 def pick_device(name: str | None = None) -> torch.device:
-    """``cuda`` when available unless ``name`` says otherwise.
+    """``cuda`` when available unless ``name`` says otherwise (None or "auto": choose).
 
     Under torchrun, a bare ``cuda`` means this process's GPU, ``cuda:$LOCAL_RANK``.
     """
-    if not name:
+    if not name or name.strip().lower() == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
     if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
