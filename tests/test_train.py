@@ -290,6 +290,13 @@ def test_sample_refuses_a_checkpoint_of_another_preset(micro, tmp_path, capsys):
     assert_clean_failure(code, err, "sample", out, "checkpoint is for preset 'tiny', not 'paper'")
 
 
+def test_demo_refuses_a_checkpoint_of_another_preset_before_writing(micro, tmp_path, capsys):
+    out = tmp_path / "demo_out"
+    args = ["demo", "--checkpoint", micro.checkpoint, "--preset", "paper", "--device", "cpu"]
+    code, err = run_cli([*args, "--out", out], capsys)
+    assert_clean_failure(code, err, "demo", out, "checkpoint is for preset 'tiny', not 'paper'")
+
+
 def test_sample_refuses_weights_that_do_not_fit_their_config(micro, tmp_path, capsys):
     ckpt = copy_checkpoint(micro, tmp_path / "ckpt")
     tensors, meta = load_tensors(ckpt / "ldm.safetensors")

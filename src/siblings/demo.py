@@ -66,13 +66,14 @@ def run_demo(
 
     t0 = time.perf_counter()
     out = Path(out)
+    # The model first: a wrong checkpoint or preset fails before anything is written.
+    model = LatentDiffusionModel.load(checkpoint, device=device, preset=preset, amp=amp)
     rows = generate_cohort(
         out / "phantom", n=n_phantoms, size=64, seed=seed, defect_rate=0.25, progress=progress
     )
     print(summarise_cohort(rows))
     print(f"demo cohort written to {out / 'phantom'}")
 
-    model = LatentDiffusionModel.load(checkpoint, device=device, preset=preset, amp=amp)
     where = "shipped weights" if checkpoint is None else str(checkpoint)
     print(f"\n{n_samples} unconditional samples ({where}, {steps} steps)")
     sample_cohort(model, out / "samples", n_samples, steps=steps, seed=seed, progress=progress)
