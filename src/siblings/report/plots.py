@@ -289,7 +289,8 @@ def occupancy_figure(
         red = more cohort occupancy, blue = more reference occupancy.
     """
     n_rows = len(channels)
-    head_in, foot_in, row_in = 0.55, 0.45, 1.45
+    # The column headings take 0.55 in; a title gets its own 0.3 in above them.
+    head_in, foot_in, row_in = (0.85 if title else 0.55), 0.45, 1.45
     height = row_in * n_rows + head_in + foot_in
     fig = plt.figure(figsize=(15.0, height))
     # Columns: reference ×3, its colour bar, gap, cohort ×3, gap, P_diff ×3, its colour bar.
@@ -391,7 +392,7 @@ def occupancy_figure(
         fontsize=8,
     )
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(title, fontsize=11, y=1.0 - 0.08 / height, va="top")
     return fig
 
 
