@@ -19,6 +19,11 @@ def test_numbers_and_intervals_right_text_left_and_headers_follow_their_column()
     # Text that merely contains digits stays left-aligned; cells are escaped.
     assert "<td>cc_LV, sep_LV_RV</td>" in table(["checks"], [["cc_LV, sep_LV_RV"]])
     assert "<td>a &lt; b</td>" in table(["x"], [["a < b"]])
+    # Numbers with a unit or an interval are numeric; sentences that start with one are not.
+    for v in ["4185", "12.70% [10.87, 14.80]", "9.00 [8.50, 9.45]", "-7.44", "1e-05", "(3)"]:
+        assert f'<td class="num">{v}</td>' in table(["x"], [[v]]), v
+    for v in ["23.9% of samples lie outside", "24 of 140 (stopped)", "3 maps, 2 failed"]:
+        assert f"<td>{v}</td>" in table(["x"], [[v]]), v
 
 
 def test_number_and_interval_formatting():

@@ -232,7 +232,7 @@ class _Perturbational(_Editing):
     pdiff_title = "Fig. 7: P_diff of perturbational siblings (rows ψ, columns seeds)"
     pdiff_caption = (
         "Fig. 7: P_diff = P_siblings − P_seed of the heart channel, coronal slice through the seed's centroid, masked where both are 0 (against one seed map, masking where either is 0 would hide all growth); rows ψ, "
-        "columns seeds. The bias spreads with ψ."
+        "columns seeds."
     )
 
     def values(self, ctx: ExperimentContext) -> list:

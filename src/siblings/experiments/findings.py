@@ -470,7 +470,7 @@ def section(ctx: ExperimentContext) -> Section | None:
     )  # fmt: skip
     table = Table(
         "findings",
-        "The paper's findings, claim by claim",
+        "The paper's findings: verdicts on this run",
         ["#", "paper's finding", "paper's evidence", "this run", "verdict"],
         [[i, f.claim, f.paper, f.measured or "–", f.verdict] for i, f in enumerate(found, 1)],
         caption="Each finding is judged by the rule listed below the table, on this run's numbers.",

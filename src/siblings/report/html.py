@@ -28,7 +28,7 @@ h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top
 .meta { color: #666; font-size: 0.9em; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ddd; padding: 0.3em 0.7em; text-align: left; }
-th { background: #f4f4f4; } td.num, th.num { text-align: right; }
+th { background: #f4f4f4; } td.num, th.num { text-align: right; } td.num { white-space: nowrap; }
 tr.bad td { background: #fff3f0; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.88em; margin-top: 0.3em; }
@@ -79,8 +79,13 @@ def violation_rows(metrics: dict) -> list[list[str]]:
     ]
 
 
-# A cell that starts like a number, an interval or a missing value ("–").
-_NUMERIC = re.compile(r"^\s*(?:[\[(]?\s*[-−+]?\d|–\s*$)")
+# A number or an interval (optionally a number followed by its interval, or with a
+# unit: %, mL, mm, s), or "–" for a missing value. A cell that starts with a number but
+# goes on in words ("23.9% of samples …") is text.
+_NUM = r"[-−+]?\d[\d,]*(?:\.\d*)?(?:e[-+]?\d+)?(?:\s*(?:%|mL|mm|s))?"
+_NUMERIC = re.compile(
+    rf"^\s*(?:–|\(?{_NUM}\)?|\[\s*{_NUM}\s*,\s*{_NUM}\s*\]|{_NUM}\s*\[\s*{_NUM}\s*,\s*{_NUM}\s*\])\s*$"
+)
 
 
 def table(
