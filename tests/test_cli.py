@@ -249,9 +249,29 @@ def test_model_commands_declare_the_shared_options_alike(name):
 @pytest.mark.parametrize(
     ("value", "parsed"), [("auto", None), ("AUTO", None), ("cpu", "cpu"), ("cuda:1", "cuda:1")]
 )
-def test_device_auto_means_the_default_and_devices_pass_through(name, value, parsed):
+def test_device_auto_means_the_default_and_devices_pass_through(name, value, parsed, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
     args = build_parser().parse_args([*MODEL_COMMANDS[name], "--device", value])
     assert args.device == parsed
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_COMMANDS))
+def test_cuda_without_cuda_exits_2_before_writing(name, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main([*MODEL_COMMANDS[name], "--device", "cuda"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        f"siblings {name}: error: argument --device: 'cuda': CUDA is not available on this "
+        "machine; use cpu or auto"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", [*sorted(MODEL_COMMANDS), "train"])

@@ -423,3 +423,11 @@ def test_pick_device_none_or_auto_chooses_cuda_if_available(name, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert pick_device(name) == torch.device("cuda")
     assert pick_device("cpu") == torch.device("cpu")
+
+
+def test_pick_device_refuses_cuda_where_there_is_none(monkeypatch):
+    from siblings.train import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        pick_device("cuda:0")

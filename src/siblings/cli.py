@@ -55,11 +55,15 @@ def _device(value: str) -> str | None:
     import torch
 
     try:
-        torch.device(value)
+        dev = torch.device(value)
     except (RuntimeError, ValueError):
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a device; expected {_DEVICE_HELP}"
         ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: CUDA is not available on this machine; use cpu or auto"
+        )
     return value
 
 

@@ -75,6 +75,12 @@ def pick_device(name: str | None = None) -> torch.device:
     if not name or name.strip().lower() == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r} asked for, but CUDA is not available here (torch "
+            f"{torch.__version__}, built with CUDA: {torch.version.cuda is not None}); "
+            "use --device cpu or leave --device out"
+        )
     if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
         dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return dev
