@@ -18,6 +18,7 @@ import numpy as np
 
 from ..io import read_label_map
 from ..metrics.cohort import CohortSummary
+from ..report.html import interval, number
 from ..report.plots import figure_png
 from .cohorts import DECODE_COST, CohortSpec, heun_calls
 from .figures import augmentation_figure
@@ -48,7 +49,7 @@ def _percent(rate: float, lo: float, hi: float) -> str:
     """An acceptance rate as a percentage with its Wilson 95% interval."""
     if not np.isfinite(rate):
         return "–"
-    return f"{100 * rate:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]"
+    return f"{number(100 * rate, 2)}% {interval((lo, hi), 2, 100.0)}"
 
 
 def _rare_mask(ctx: ExperimentContext) -> np.ndarray:

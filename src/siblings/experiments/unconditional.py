@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import anatomy
+from ..metrics.bootstrap import bootstrap_indices, percentile_interval
 from ..report.plots import figure_png, occupancy_figure, violation_bars, volume_scatter_figure
 from .cohorts import DECODE_COST, ENCODE_COST, CohortSpec, heun_calls
 from .run import ExperimentContext, Section
@@ -60,9 +61,8 @@ def roundtrip_change(
     diff = through_vae - real
     n = len(diff)
     if n_boot > 0 and n > 1:
-        idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-        boot = diff[idx].mean(axis=1)
-        lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+        reps = diff[bootstrap_indices(n, n_boot, seed)].mean(axis=1)
+        lo, hi = (np.asarray(b) for b in percentile_interval(reps))
     else:
         lo = hi = np.full(diff.shape[1], np.nan)
     return [
