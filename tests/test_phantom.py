@@ -11,6 +11,7 @@ import doctest
 import math
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -200,6 +201,66 @@ def test_lv_to_la_centroid_vector_points_along_plus_z(cohort32):
 
 
 # ---------------------------------------------------------------------------------
+# Handedness (situs solitus, SPEC §1), checked on the maps through their affine only.
+# ---------------------------------------------------------------------------------
+def world_centroids(lm) -> dict[str, np.ndarray]:
+    """Centroids of the four chambers in world mm: voxel indices through the affine."""
+    out = {}
+    for name, value in (("LV", 4), ("RV", 3), ("LA", 6), ("RA", 5)):
+        ijk = np.argwhere(np.asarray(lm.data) == value).mean(axis=0)
+        out[name] = lm.affine[:3, :3] @ ijk + lm.affine[:3, 3]
+    return out
+
+
+def handedness(c: dict[str, np.ndarray]) -> float:
+    """((RV−LV) × (LA−LV)) · (RA−LV) over the product of the three lengths: the signed
+    sine-like volume of the chambers' tetrahedron, +1 side for a real (situs solitus)
+    heart, −1 side for its mirror image."""
+    a, b, r = c["RV"] - c["LV"], c["LA"] - c["LV"], c["RA"] - c["LV"]
+    return float(np.cross(a, b) @ r / (np.linalg.norm(a) * np.linalg.norm(b) * np.linalg.norm(r)))
+
+
+def test_handedness_measure_is_plus_for_a_hand_built_real_heart_and_flips_in_a_mirror():
+    # Typical RAS offsets from the LV (mm): RV anterior, LA posterior and above, RA to
+    # the patient's right (+x) at atrial level.
+    real = {
+        "LV": np.zeros(3),
+        "RV": np.array([15.0, 35.0, 0.0]),
+        "LA": np.array([5.0, -30.0, 40.0]),
+        "RA": np.array([45.0, -5.0, 35.0]),
+    }
+    mirror = {k: v * np.array([-1.0, 1.0, 1.0]) for k, v in real.items()}
+    assert handedness(real) > 0.2 and handedness(mirror) == pytest.approx(-handedness(real))
+
+
+@pytest.mark.parametrize(
+    ("size", "seed", "n"), [(32, 13, 60), (32, 1, 60), (64, 0, 20), (128, 5, 3)]
+)
+def test_every_phantom_is_right_handed_with_margin(size, seed, n):
+    signs = []
+    for i in range(n):
+        lm, _ = make_phantom(i, size=size, seed=seed)
+        assert nib.aff2axcodes(lm.affine) == ("R", "A", "S")
+        c = world_centroids(lm)
+        signs.append(handedness(c))
+        # The LV lies to the patient's left (smaller x in RAS) of the RA and the RV.
+        assert c["LV"][0] < c["RA"][0] - 10.0 and c["LV"][0] < c["RV"][0], f"subject {i}"
+    signs = np.array(signs)
+    # Not just on average: every subject, and away from the coplanar (ambiguous) case.
+    assert signs.min() > 0.1, f"min {signs.min():.3f} (subject {int(signs.argmin())})"
+
+
+def test_handedness_survives_the_written_file(tmp_path):
+    from siblings.io import write_label_map
+
+    lm, _ = make_phantom(3, size=32, seed=2)
+    path = write_label_map(tmp_path / "p.nii.gz", lm)
+    img = nib.load(path)
+    back = type(lm)(np.asarray(img.dataobj), img.affine)
+    assert handedness(world_centroids(back)) > 0.1
+
+
+# ---------------------------------------------------------------------------------
 # Anatomy of single subjects at finer grids.
 # ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -248,8 +309,8 @@ def test_rv_is_a_crescent_kept_from_the_lv_by_septal_myocardium():
             t: regionprops((lab == L[t]).astype(np.uint8))[0].solidity for t in ("LV", "RV")
         }
         assert solidity["RV"] < 0.7 < 0.85 < solidity["LV"]
-        # It lies to the patient's right of the LV (RAS+: -x).
-        assert centroid_mm(lab, "RV", v)[0] < centroid_mm(lab, "LV", v)[0] - 10.0
+        # It lies to the patient's right of the LV (RAS+: +x is the patient's right).
+        assert centroid_mm(lab, "RV", v)[0] > centroid_mm(lab, "LV", v)[0] + 10.0
 
 
 def test_atria_touch_their_ventricles_and_keep_a_gap_between_them():

@@ -8,11 +8,19 @@ along +z, ventricles below the valve plane (z < 0), atria above it.
 Anatomy, by construction:
 
 - LV: a prolate ellipsoid cut at the valve plane; myocardium an 8–12 mm shell around it.
+- Handedness: situs solitus in RAS+ (+x the patient's right, +y anterior, +z
+  superior): the LV lies to the patient's left, the RV anterior and to the right of it,
+  the LA posterior, the RA to the patient's right of the LA. Every subject has a
+  positive sign of ((c_RV − c_LV) × (c_LA − c_LV)) · (c_RA − c_LV) (SPEC §1) with a
+  margin: the RV is placed 20–50° anterior of the patient's right in the axial plane,
+  which keeps the RA clearly off the LV–RV–LA plane. (Until this fix the design frame was a
+  mirror image: it called −x the patient's right.)
 - RV: a crescent wrapped around the septum (an ellipsoid offset to the patient's right
   and anterior, minus the LV's outer wall), so septal myocardium always separates it
   from the LV.
-- LA on top of the LV, RA on top of the RV, with a gap between the atria.
-- Aorta: a tube leaving the LV outflow upwards and arching posteriorly.
+- LA on top of the LV (posterior), RA on top of the RV, with a gap between the atria.
+- Aorta: a tube leaving the LV outflow (between the RV in front and the LA behind)
+  upwards and to the right, then arching posteriorly and to the left.
 
 Volumes come from a correlated log-normal model: a shared body-size factor plus
 per-chamber variation, medians near LV 100, RV 85, LA 60, RA 70 mL, and a rare
@@ -247,7 +255,7 @@ def _draw_parameters(rng: np.random.Generator) -> dict:
         "lv_truncation": float(rng.uniform(0.25, 0.45)),
         "wall_mm": float(rng.uniform(8.0, 12.0)),
         "lv_tilt_deg": (float(rng.uniform(-10, 10)), float(rng.uniform(-10, 10))),
-        "rv_angle_deg": float(rng.uniform(-25, 15)),
+        "rv_angle_deg": float(rng.uniform(20, 50)),
         "rv_offset": float(rng.uniform(0.45, 0.7)),
         "rv_wrap": float(rng.uniform(1.2, 1.6)),
         "rv_length": float(rng.uniform(0.7, 0.9)),
@@ -277,7 +285,9 @@ def _build(grid: _Grid, p: dict) -> tuple[np.ndarray, dict]:
     r = (t["LV"] * 1000.0 / (math.pi * e * (h - h**3 / 3 + 2 / 3))) ** (1 / 3)
     r1, r2, length = r * math.sqrt(k), r / math.sqrt(k), r * e
     rot_lv = _rotation(*p["lv_tilt_deg"], 0.0)
-    base_lv = np.array([14.0, 0.0, 0.0]) + p["jitter_mm"]  # centre of the mitral cap
+    # RAS design frame: +x the patient's right, +y anterior, +z superior. The LV sits
+    # to the patient's left (-x) of the heart centre.
+    base_lv = np.array([-14.0, 0.0, 0.0]) + p["jitter_mm"]  # centre of the mitral cap
     axis = rot_lv[:, 2]
     centre_lv = base_lv - h * length * axis
     cap = h * length
@@ -289,16 +299,18 @@ def _build(grid: _Grid, p: dict) -> tuple[np.ndarray, dict]:
     lab[myo] = L["Myo"]
     lab[lv] = L["LV"]
 
-    # Aorta: from the anterior-septal part of the mitral cap, up, then arching back.
+    # Aorta: from the anterior-septal part of the mitral cap (towards the patient's right,
+    # between the RV outflow in front and the LA behind), up and rightwards, then
+    # arching back and to the left.
     rad = p["aorta_radius_mm"]
-    start = base_lv + rot_lv @ np.array([-0.35 * r1, 0.3 * r2, -2.0])
+    start = base_lv + rot_lv @ np.array([0.35 * r1, 0.3 * r2, -2.0])
     tilt = math.radians(p["aorta_tilt_deg"])
-    up = np.array([-0.25 * math.sin(tilt), math.sin(tilt), math.cos(tilt)])
+    up = np.array([0.25 * math.sin(tilt), math.sin(tilt), math.cos(tilt)])
     top = start + p["aorta_height_mm"] * up
     arch_r = 22.0
-    # Semicircular arch in the sagittal plane, drifting a little to the left (+x).
+    # Semicircular arch in the sagittal plane, drifting to the patient's left (-x).
     arch = [
-        top + arch_r * np.array([0.3 * (1 - math.cos(a)), math.cos(a) - 1.0, math.sin(a)])
+        top + arch_r * np.array([-0.3 * (1 - math.cos(a)), math.cos(a) - 1.0, math.sin(a)])
         for a in np.linspace(0, math.pi, 18)
     ]
     ascending = [start + s * (top - start) for s in np.linspace(0, 1, 14)]
@@ -306,11 +318,12 @@ def _build(grid: _Grid, p: dict) -> tuple[np.ndarray, dict]:
     aorta = grid.tube(np.array(ascending + arch + descending), rad) & (lab == 0)
     lab[aorta] = L["Ao"]
 
-    # RV: crescent around the septum, offset to the right (-x) and anterior (+y).
+    # RV: crescent around the septum, offset anterior (+y) and to the patient's right
+    # (+x): rv_angle_deg is measured in the axial plane from +x towards +y.
     phi = math.radians(p["rv_angle_deg"])
-    direction = rot_lv @ np.array([-math.cos(phi), math.sin(phi), 0.0])
+    direction = rot_lv @ np.array([math.cos(phi), math.sin(phi), 0.0])
     r_outer = math.sqrt((r1 + w) * (r2 + w))
-    rot_rv = rot_lv @ _rotation(0.0, 0.0, math.degrees(-phi))
+    rot_rv = rot_lv @ _rotation(0.0, 0.0, math.degrees(phi))
     centre_rv = centre_lv + p["rv_offset"] * r_outer * direction + 0.15 * length * axis
     rv_semi0 = np.array([0.75 * r_outer, p["rv_wrap"] * r_outer, p["rv_length"] * length])
     blocked = lab != 0
@@ -331,7 +344,7 @@ def _build(grid: _Grid, p: dict) -> tuple[np.ndarray, dict]:
         * np.array([p["la_shape"][0], p["la_shape"][1], 1.0])
         / (p["la_shape"][0] * p["la_shape"][1]) ** (1 / 3)
     )
-    centre_la = base_lv + np.array([8.0, -0.45 * la_semi0[1] - 4.0, 0.7 * la_semi0[2]])
+    centre_la = base_lv + np.array([-8.0, -0.45 * la_semi0[1] - 4.0, 0.7 * la_semi0[2]])
 
     def la_fn(s: float) -> np.ndarray:
         return grid.ellipsoid(centre_la, rot_at, s * la_semi0)
@@ -348,7 +361,7 @@ def _build(grid: _Grid, p: dict) -> tuple[np.ndarray, dict]:
     rv_top = centre_rv.copy()
     rv_top[2] = base_lv[2]
     centre_ra = rv_top + np.array(
-        [-0.5 * ra_semi0[0], -0.35 * ra_semi0[1] - 6.0, 0.75 * ra_semi0[2]]
+        [0.5 * ra_semi0[0], -0.35 * ra_semi0[1] - 6.0, 0.75 * ra_semi0[2]]
     )
     # A gap of at least one voxel (and ~3 mm) keeps the atria apart.
     gap = max(1, math.ceil(3.0 / grid.voxel))
