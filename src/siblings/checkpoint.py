@@ -133,3 +133,34 @@ def export_checkpoint(
             with atomic_path(dst / name) as tmp:
                 tmp.write_bytes((src / name).read_bytes())
     return dst
+
+
+def mirror_weights(tensors: dict[str, torch.Tensor], axis: int = 0) -> dict[str, torch.Tensor]:
+    """Convolution weights flipped along spatial ``axis`` (0 = x): a fully convolutional
+    network with these weights maps a mirrored input to (nearly) the mirrored output.
+
+    Exact for stride-1 convolutions with symmetric padding; MONAI's stride-2
+    downsampling pads asymmetrically, so there it holds up to a one-voxel shift, and a
+    short fine-tune finishes the job. Used once, to carry the first shipped weights
+    (trained on a mirror-image phantom) over to right-handed hearts (docs/model.md).
+    Every 5-D tensor is taken as a 3D convolution kernel ``(out, in, kx, ky, kz)``.
+    """
+    return {k: (v.flip(2 + axis) if v.ndim == 5 else v) for k, v in tensors.items()}
+
+
+def mirror_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, axis: int = 0) -> Path:
+    """Copy a checkpoint folder (``vae`` and ``ldm``) with :func:`mirror_weights` applied."""
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for kind in ("vae", "ldm"):
+        t, meta = load_tensors(src / f"{kind}.safetensors")
+        t = {k: v.float() for k, v in mirror_weights(t, axis).items()}
+        meta = {
+            **meta,
+            "mirrored_axis": axis,
+            "mirrored_from": file_hash(src / f"{kind}.safetensors"),
+        }
+        if kind == "ldm":
+            meta["vae_sha256"] = file_hash(dst / "vae.safetensors")
+        save_tensors(dst / f"{kind}.safetensors", t, meta)
+    return dst

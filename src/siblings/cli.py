@@ -251,6 +251,14 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--set", action="append", metavar="FIELD=VALUE", help="override a preset field (repeatable)"
     )
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="shipped|DIR",
+        help="fine-tune: start from these weights (the shipped ones, or a checkpoint folder "
+        "of the same preset) with a fresh optimiser",
+    )
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's)")
     p.set_defaults(func=_run_train)
 
 
@@ -276,7 +284,11 @@ def _run_train(args: argparse.Namespace) -> None:
         amp=not args.fp32,
         state_dir=args.state,
         resume=not args.no_resume,
+        init=args.init,
+        lr=args.lr,
     )
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError(f"--lr must be positive, got {args.lr}")
     if args.stage == "vae":
         path = train_vae(data, args.out, preset, **common)
     else:

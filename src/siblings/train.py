@@ -240,17 +240,102 @@ def _progress(total: int, start: int, desc: str, enabled: bool):
 
 
 # ---------------------------------------------------------------------------------
+# Fine-tuning: start from existing weights.
+# ---------------------------------------------------------------------------------
+_SHAPE_FIELDS = (
+    "size",
+    "vae_channels",
+    "vae_res_blocks",
+    "vae_norm_groups",
+    "latent_channels",
+    "unet_channels",
+    "unet_attention",
+    "unet_res_blocks",
+    "unet_head_channels",
+    "unet_norm_groups",
+)
+
+
+def resolve_init(init: str | os.PathLike, kind: str, preset: Preset) -> Path:
+    """The weights file that ``init`` names for stage ``kind`` ("vae" or "ldm").
+
+    ``init`` is ``"shipped"`` (the weights shipped in the package for ``preset``), a
+    checkpoint folder holding ``<kind>.safetensors``, or that file itself.
+    """
+    if str(init) == "shipped":
+        from importlib import resources
+
+        path = (
+            Path(str(resources.files("siblings") / "weights" / preset.name)) / f"{kind}.safetensors"
+        )
+        if not path.exists():
+            raise CheckpointError(f"no shipped {kind} weights for preset {preset.name!r} ({path})")
+        return path
+    path = Path(init)
+    if path.is_dir():
+        path = path / f"{kind}.safetensors"
+    if not path.exists():
+        raise CheckpointError(f"{path}: initial {kind} weights not found")
+    return path
+
+
+def load_init(path: Path, kind: str, preset: Preset) -> dict[str, torch.Tensor]:
+    """Weights of ``path`` for a fine-tuning run of ``preset``, refused when they were
+    trained with another preset or network shape."""
+    tensors, meta = load_tensors(path)
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"{path}: not a {kind} checkpoint (kind={meta.get('kind')!r})")
+    theirs = preset_from_dict(meta["preset"])
+    if theirs.name != preset.name:
+        raise CheckpointError(
+            f"{path}: weights of preset {theirs.name!r}, this run trains preset {preset.name!r}"
+        )
+    bad = [f for f in _SHAPE_FIELDS if getattr(theirs, f) != getattr(preset, f)]
+    if bad:
+        raise CheckpointError(f"{path}: network shape differs from this run's in {', '.join(bad)}")
+    return {k: v.float() for k, v in tensors.items()}
+
+
+# ---------------------------------------------------------------------------------
 # VAE.
 # ---------------------------------------------------------------------------------
 def vae_loss(
-    model, x: torch.Tensor, kl_weight: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """MSE(one-hot, reconstruction) + kl_weight · KL (summed over latent, mean over batch)."""
-    rec, mu, sigma = model(x)
-    mse = F.mse_loss(rec.float(), x)
+    model,
+    x: torch.Tensor,
+    kl_weight: float,
+    *,
+    kl_norm: str = "sum",
+    ce_weight: float = 0.0,
+    sample: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """VAE objective; returns ``(loss, mse, kl, ce)``.
+
+    ``loss = MSE(one-hot, reconstruction) + kl_weight·KL + ce_weight·CE``. The MSE is the
+    mean over every voxel and channel. ``kl_norm="sum"``: KL summed over the latent and
+    averaged over the batch (the paper, MONAI's tutorials); ``"mean"``: KL averaged over
+    latent elements, the MSE's normalisation (docs/model.md measures both). ``sample``:
+    decode ``μ + σ·ε`` (True, the paper) or the posterior mean ``μ`` (as at inference).
+    ``ce`` is the cross-entropy of the decoder's outputs read as logits (0 when unused).
+    """
+    if kl_norm not in ("sum", "mean"):
+        raise ValueError(f"kl_norm must be 'sum' or 'mean', got {kl_norm!r}")
+    if sample:
+        rec, mu, sigma = model(x)
+    else:
+        net = _unwrap(model)
+        mu, sigma = net.encode(x)
+        rec = net.decode(mu)
+    rec = rec.float()
+    mse = F.mse_loss(rec, x)
     mu, sigma = mu.float(), sigma.float()
-    kl = 0.5 * (mu**2 + sigma**2 - torch.log(sigma**2 + 1e-12) - 1).flatten(1).sum(1).mean()
-    return mse + kl_weight * kl, mse, kl
+    kl_elem = 0.5 * (mu**2 + sigma**2 - torch.log(sigma**2 + 1e-12) - 1)
+    kl = kl_elem.flatten(1).sum(1).mean() if kl_norm == "sum" else kl_elem.mean()
+    loss = mse + kl_weight * kl
+    ce = torch.zeros((), device=x.device)
+    if ce_weight > 0:
+        ce = F.cross_entropy(rec, x.argmax(1))
+        loss = loss + ce_weight * ce
+    return loss, mse, kl, ce
 
 
 def _global_batch_sampling(batch: int, dist: DistInfo):
@@ -281,9 +366,14 @@ def train_vae(
     log_every: int = 10,
     stop_after: int | None = None,
     progress: bool = True,
+    init: str | os.PathLike | None = None,
+    lr: float | None = None,
 ) -> Path:
     """Train the VAE on the label maps in ``data``; returns the path of ``vae.safetensors``.
 
+    ``init`` fine-tunes: the run starts from those weights (``"shipped"``, a checkpoint
+    folder or a ``vae.safetensors``; same preset and network shape) with a fresh
+    optimiser, at learning rate ``lr`` (default: the preset's ``vae_lr``).
     ``stop_after`` ends the process after that many steps of this invocation (used to
     test resumption); the state is saved first.
     """
@@ -302,21 +392,29 @@ def train_vae(
         rotation_deg=preset.aug_rotation_deg,
         translation_vox=preset.aug_translation_vox,
         p=preset.aug_p,
+        elastic_vox=preset.aug_elastic_vox,
     )
+    base_lr = preset.vae_lr if lr is None else float(lr)
+    init_path = resolve_init(init, "vae", preset) if init is not None else None
+    init_t = load_init(init_path, "vae", preset) if init_path is not None else None
     torch.manual_seed(seed)
     model = build_vae(preset).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=preset.vae_lr)
+    if init_t is not None:
+        model.load_state_dict(init_t)
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if preset.vae_ema_decay > 0 else None
+    opt = torch.optim.Adam(model.parameters(), lr=base_lr)
     identity = {
         "kind": "vae_state",
         "preset": preset.name,
         "seed": seed,
         "batch": batch,
         "size": preset.size,
+        "init_sha256": file_hash(init_path) if init_path is not None else "",
     }
     state_path = state_dir / "vae_state.safetensors"
     start = 0
     if resume and state_path.exists():
-        start = _restore(state_path, model, opt, None, identity)
+        start = _restore(state_path, model, opt, ema, identity)
     if dist.world > 1:
         model.sampling = _global_batch_sampling(batch, dist)
         model = torch.nn.parallel.DistributedDataParallel(model)
@@ -331,16 +429,35 @@ def train_vae(
         labels = torch.stack([ds.labels(int(i)) for i in idx])
         # Random transforms and reparameterisation noise are drawn for the global batch
         # and sliced like idx, so DDP over P processes is the one-process run.
-        _set_lr(opt, preset.vae_lr, step, steps, preset)
+        _set_lr(opt, base_lr, step, steps, preset)
         theta = aug.sample_theta(batch, preset.size, generator=step_generator(seed, step, 1))
-        labels = aug(labels, theta=theta[dist.rank :: dist.world])
+        disp = aug.sample_displacement(batch, preset.size, generator=step_generator(seed, step, 2))
+        labels = aug(
+            labels,
+            theta=theta[dist.rank :: dist.world],
+            displacement=None if disp is None else disp[dist.rank :: dist.world],
+        )
         x = one_hot(labels.to(dev))
         torch.manual_seed(int(step_generator(seed, step, 1000).initial_seed()))
+        sample = step < steps * (1.0 - preset.vae_mu_fraction)
         with autocast(dev, amp):
-            loss, mse, kl = vae_loss(model, x, preset.kl_weight)
+            loss, mse, kl, ce = vae_loss(
+                model,
+                x,
+                preset.kl_weight,
+                kl_norm=preset.kl_norm,
+                ce_weight=preset.vae_ce_weight,
+                sample=sample,
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), _unwrap(model).parameters(), strict=True):
+                    pe.lerp_(pm.detach(), 1.0 - preset.vae_ema_decay)
+                for be, bm in zip(ema.buffers(), _unwrap(model).buffers(), strict=True):
+                    be.copy_(bm)
         bar.update()
         bar.set_postfix(loss=f"{loss.item():.4g}", mse=f"{mse.item():.3g}")
         done_here += 1
@@ -351,12 +468,13 @@ def train_vae(
                     "loss": loss.item(),
                     "loss_mse": mse.item(),
                     "kl": kl.item(),
+                    "ce": ce.item(),
                     "seconds": time.time() - t0,
                 }
             )
         last = step + 1 == steps or (stop_after is not None and done_here >= stop_after)
         if dist.main and ((step + 1) % ckpt_every == 0 or last):
-            _save_state(state_path, _unwrap(model), opt, None, step + 1, identity)
+            _save_state(state_path, _unwrap(model), opt, ema, step + 1, identity)
         if stop_after is not None and done_here >= stop_after and step + 1 < steps:
             bar.close()
             return state_path
@@ -365,10 +483,13 @@ def train_vae(
     if dist.main:
         save_tensors(
             final,
-            _unwrap(model).state_dict(),
+            (ema if ema is not None else _unwrap(model)).state_dict(),
             {
                 "kind": "vae",
                 "preset": preset.to_dict(),
+                "init": None if init_path is None else str(init),
+                "init_sha256": identity["init_sha256"] or None,
+                "lr": base_lr,
                 "steps": steps,
                 "batch": batch,
                 "seed": seed,
@@ -431,8 +552,13 @@ def train_ldm(
     log_every: int = 20,
     stop_after: int | None = None,
     progress: bool = True,
+    init: str | os.PathLike | None = None,
+    lr: float | None = None,
 ) -> Path:
     """Train the EDM denoiser on VAE latents of ``data``; returns ``ldm.safetensors``.
+
+    ``init`` fine-tunes from existing denoiser weights (as for :func:`train_vae`): the
+    model and its EMA start from them, the optimiser is fresh, the rate is ``lr``.
 
     The latents are the VAE posterior means, scaled by a factor (stored in ``ldm.json``)
     that gives them standard deviation σ_data (SPEC §3). The saved weights are the EMA.
@@ -476,16 +602,22 @@ def train_ldm(
     latents = (latents * scale).to(dev)
     del vae
 
+    base_lr = preset.ldm_lr if lr is None else float(lr)
+    init_path = resolve_init(init, "ldm", preset) if init is not None else None
+    init_t = load_init(init_path, "ldm", preset) if init_path is not None else None
     torch.manual_seed(seed)
     model = EDMPrecond(build_denoiser_net(preset), sigma_data=preset.sigma_data).to(dev)
+    if init_t is not None:
+        model.load_state_dict(init_t)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=preset.ldm_lr)
+    opt = torch.optim.Adam(model.parameters(), lr=base_lr)
     identity = {
         "kind": "ldm_state",
         "preset": preset.name,
         "seed": seed,
         "batch": batch,
         "vae_sha256": vae_hash,
+        "init_sha256": file_hash(init_path) if init_path is not None else "",
     }
     state_path = state_dir / "ldm_state.safetensors"
     start = 0
@@ -509,7 +641,7 @@ def train_ldm(
         sigma = (rnd * preset.p_std + preset.p_mean).exp()
         noise = torch.randn((batch, *latents.shape[1:]), generator=gen, dtype=latents.dtype)
         share = slice(dist.rank, None, dist.world)
-        _set_lr(opt, preset.ldm_lr, step, steps, preset)
+        _set_lr(opt, base_lr, step, steps, preset)
         with autocast(dev, amp):
             loss = edm_loss(
                 model, z, sigma[share].to(dev), noise[share].to(dev), preset.sigma_data
@@ -540,6 +672,9 @@ def train_ldm(
             {
                 "kind": "ldm",
                 "preset": preset.to_dict(),
+                "init": None if init_path is None else str(init),
+                "init_sha256": identity["init_sha256"] or None,
+                "lr": base_lr,
                 "scale_factor": scale,
                 "steps": steps,
                 "batch": batch,

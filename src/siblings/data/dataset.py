@@ -112,6 +112,8 @@ class RandomAffineLabels:
     translation_vox: float = 20.0
     mode: str = "onehot"
     p: float = 1.0
+    elastic_vox: float = 0.0
+    elastic_points: int = 5
 
     def sample_theta(
         self, batch: int, size: int, generator: torch.Generator | None = None
@@ -131,24 +133,51 @@ class RandomAffineLabels:
         t = torch.where(apply[:, None], shift, torch.zeros_like(shift))
         return torch.cat([a, t[:, :, None]], dim=2)
 
+    def sample_displacement(
+        self, batch: int, size: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor | None:
+        """A smooth random displacement ``(B, size, size, size, 3)`` in normalised grid
+        units, or None when ``elastic_vox`` is 0.
+
+        Gaussian control-point displacements (standard deviation ``elastic_vox``
+        voxels) on an ``elastic_points``³ lattice, interpolated trilinearly to the grid. With a lattice spacing of ~16 voxels and a few
+        voxels of displacement the map stays one-to-one (its Jacobian stays positive),
+        so it moves interfaces without creating islands or new contacts.
+        """
+        if self.elastic_vox <= 0:
+            return None
+        k = self.elastic_points
+        ctrl = torch.randn(batch, 3, k, k, k, generator=generator, dtype=torch.float64)
+        ctrl = ctrl * self.elastic_vox * 2.0 / size
+        field = F.interpolate(ctrl, size=(size,) * 3, mode="trilinear", align_corners=True)
+        return field.permute(0, 2, 3, 4, 1).contiguous()
+
     def __call__(
         self,
         labels: torch.Tensor,
         generator: torch.Generator | None = None,
         theta: torch.Tensor | None = None,
+        displacement: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Transform integer labels ``(B, D, H, W)``; returns integer labels.
 
         ``theta`` (``(B, 3, 4)`` from :meth:`sample_theta`) replaces the random draw, so
-        a distributed run can draw the transforms of its global batch and apply a share.
+        a distributed run can draw the transforms of its global batch and apply a share;
+        ``displacement`` (from :meth:`sample_displacement`) likewise for the elastic part.
         """
         if labels.ndim != 4:
             raise ValueError(f"expected labels (B, D, H, W), got {tuple(labels.shape)}")
         b, d, h, w = labels.shape
         if theta is None:
             theta = self.sample_theta(b, max(d, h, w), generator)
+            if displacement is None:
+                displacement = self.sample_displacement(b, max(d, h, w), generator)
         theta = theta.to(torch.float32).to(labels.device)
         grid = F.affine_grid(theta, [b, 1, d, h, w], align_corners=False)
+        if displacement is not None:
+            # Maps left untransformed by ``p`` keep their identity affine; the elastic
+            # part applies to every map.
+            grid = grid + displacement.to(grid.dtype).to(grid.device)
         if self.mode == "nearest":
             out = F.grid_sample(
                 labels[:, None].float(),
