@@ -193,6 +193,102 @@ def test_unprepare_puts_the_map_back_on_the_scan_grid_at_the_paper_resolution():
         assert dice(back.data, scan.data, L[t]) >= 0.95, t
 
 
+def full_grid_labels(
+    lm: LabelMap, matrix: np.ndarray, shape: tuple, affine: np.ndarray, interpolation: str
+) -> np.ndarray:
+    """Label-safe resampling the plain way: every channel over the whole output grid."""
+    from scipy import ndimage
+
+    m = np.linalg.inv(lm.affine) @ np.linalg.inv(matrix) @ affine
+    kw = dict(matrix=m[:3, :3], offset=m[:3, 3], output_shape=shape, mode="constant")
+    if interpolation == "nearest":
+        return ndimage.affine_transform(lm.data, order=0, cval=0, prefilter=False, **kw)
+    best = np.full(shape, -1.0, np.float32)
+    labels = np.zeros(shape, np.uint8)
+    for k in range(anatomy.NUM_LABELS):
+        channel = (lm.data == k).astype(np.float32)
+        value = ndimage.affine_transform(
+            channel, order=1, cval=float(k == 0), prefilter=False, **kw
+        )
+        better = value > best
+        best[better], labels[better] = value[better], k
+    return labels
+
+
+@pytest.fixture(scope="module")
+def oblique_twin() -> LabelMap:
+    """A phantom on a CT-like grid: anisotropic LAS voxels, tilted 9° (oblique)."""
+    phantom, _ = make_phantom(2, size=64)
+    shape, spacing = (150, 140, 96), (0.98, 0.98, 1.26)
+    las = scanner_affine(shape, spacing, "RAS", tilt=axis_angle([1.0, 0.4, 0.2], 9.0))
+    las[:3, 0] *= -1.0  # i runs to the patient's left
+    las[:3, 3] -= las[:3, 0] * (shape[0] - 1)
+    pose = g.rigid(axis_angle([0.3, 1.0, -0.4], 25.0), [6.0, -4.0, 10.0])
+    return place_in_scanner(phantom, pose, shape, las)
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "nearest"])
+def test_unprepare_equals_resampling_the_whole_scan_grid(oblique_twin, interpolation):
+    # unprepare interpolates only where the sibling's foreground can reach; everywhere
+    # else full-grid resampling gives background too, so the two agree voxel for voxel.
+    prepared, transform = g.prepare_label_map(oblique_twin, size=32)
+    sibling = prepared.data.copy()
+    sibling[2, 2, 2] = L["Ao"]  # a stray voxel far from the heart must come back as well
+    sibling[29, 30, 3:6] = L["RA"]
+    sib = LabelMap(sibling, prepared.affine)
+    back = g.unprepare(sib, transform, interpolation)
+    inverse = np.linalg.inv(transform.matrix)
+    want = full_grid_labels(sib, inverse, oblique_twin.shape, oblique_twin.affine, interpolation)
+    assert back.data.shape == want.shape
+    assert np.array_equal(back.data, want)
+    assert set(np.unique(want)) == set(range(7))  # every label reached the scan grid
+    # and the other direction (scan -> model grid, preparation) as well
+    forward = g.resample_labels(oblique_twin, transform.matrix, (32,) * 3, prepared.affine)
+    assert np.array_equal(
+        forward.data,
+        full_grid_labels(oblique_twin, transform.matrix, (32,) * 3, prepared.affine, "linear"),
+    )
+
+
+def test_a_single_voxel_at_the_source_corner_is_resampled_as_on_the_whole_grid():
+    data = np.zeros((12, 12, 12), np.uint8)
+    data[0, 11, 0] = L["LV"]
+    lm = LabelMap(data, np.diag([3.0, 3.0, 3.0, 1.0]))
+    move = g.rigid(axis_angle([1, 2, 3], 31.0), [2.0, 14.0, -3.0])
+    affine = scanner_affine((70, 60, 50), (0.7, 0.8, 0.9), "LPS")
+    out = g.resample_labels(lm, move, (70, 60, 50), affine)
+    assert np.array_equal(out.data, full_grid_labels(lm, move, (70, 60, 50), affine, "linear"))
+
+
+@pytest.mark.parametrize("codes", [(1, 0), (2, 2), (0, 1)])
+def test_scan_grid_outputs_keep_the_scans_qform_and_sform_codes(tmp_path, codes):
+    import nibabel as nib
+
+    from siblings.io import read_label_map, write_label_map
+
+    phantom, _ = make_phantom(4, size=32)
+    shape = (90, 80, 50)
+    affine = scanner_affine(shape, (2.0, 2.0, 3.0), "LPS")
+    scan = place_in_scanner(phantom, g.rigid(axis_angle([1, 0, 1], 15.0)), shape, affine)
+    img = nib.Nifti1Image(scan.data, affine)
+    img.set_qform(affine, code=codes[0])
+    img.set_sform(affine, code=codes[1])
+    nib.save(img, tmp_path / "scan.nii.gz")
+    twin = read_label_map(tmp_path / "scan.nii.gz")
+    assert twin.xform_codes == codes
+    prepared, transform = g.prepare_label_map(twin, size=32)
+    again = g.PreparedTransform.load(transform.save(tmp_path / "scan.xfm.json"))
+    assert again.source_codes == codes
+    write_label_map(tmp_path / "back.nii.gz", g.unprepare(prepared, again))
+    hdr = nib.load(tmp_path / "back.nii.gz").header
+    assert (int(hdr["qform_code"]), int(hdr["sform_code"])) == codes
+    assert np.allclose(nib.load(tmp_path / "back.nii.gz").affine, affine, atol=1e-4)
+    # A model-space map has no scanner behind it: aligned (2/2) as before.
+    write_label_map(tmp_path / "model.nii.gz", prepared)
+    hdr = nib.load(tmp_path / "model.nii.gz").header
+    assert (int(hdr["qform_code"]), int(hdr["sform_code"])) == (2, 2)
+
+
 def test_unprepare_refuses_a_map_that_is_not_on_the_prepared_grid(tmp_path):
     phantom, _ = make_phantom(0, size=32)
     _, transform = g.prepare_label_map(phantom, size=32)

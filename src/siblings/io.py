@@ -49,11 +49,18 @@ class LabelMapError(ValueError):
 
 @dataclass
 class LabelMap:
-    """A 3D integer label map (values 0–6, SPEC §1) with its voxel-to-world affine (mm)."""
+    """A 3D integer label map (values 0–6, SPEC §1) with its voxel-to-world affine (mm).
+
+    ``xform_codes`` are the NIfTI ``(qform_code, sform_code)`` of the file it was read
+    from (None: not from a file); :func:`write_label_map` writes them back, so a map put
+    back on a scan's grid says what the scan's header said (1 = scanner anatomical,
+    2 = aligned, …). Without codes a map is written with 2/2.
+    """
 
     data: np.ndarray
     affine: np.ndarray
     path: Path | None = field(default=None, compare=False)
+    xform_codes: tuple[int, int] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         self.affine = np.asarray(self.affine, dtype=np.float64)
@@ -260,19 +267,24 @@ def read_label_map(
         array = array[..., 0]
     if array.ndim != 3:
         raise LabelMapError(path, f"is {array.ndim}D with shape {array.shape}; a label map is 3D")
-    lm = LabelMap(_as_labels(path, array), img.affine, path=path)
+    codes = (int(img.header["qform_code"]), int(img.header["sform_code"]))
+    lm = LabelMap(_as_labels(path, array), img.affine, path=path, xform_codes=codes)
     validate_grid(lm, shape, spacing)
     return lm
 
 
 def to_nifti(lm: LabelMap) -> nib.Nifti1Image:
-    """A Nifti1Image (uint8, label intent, mm units, sform and qform set) of ``lm``."""
+    """A Nifti1Image (uint8, label intent, mm units, sform and qform set) of ``lm``.
+
+    Both forms hold the affine; their codes are ``lm.xform_codes`` (default 2/2, aligned).
+    """
     img = nib.Nifti1Image(np.asarray(lm.data, dtype=np.uint8), lm.affine)
     hdr = img.header
     hdr.set_xyzt_units("mm")
     hdr.set_intent("label")
-    img.set_sform(lm.affine, code=2)
-    img.set_qform(lm.affine, code=2)
+    qform_code, sform_code = lm.xform_codes if lm.xform_codes is not None else (2, 2)
+    img.set_sform(lm.affine, code=int(sform_code))
+    img.set_qform(lm.affine, code=int(qform_code))
     return img
 
 
@@ -280,7 +292,7 @@ def write_label_map(path: PathLike, lm: LabelMap) -> Path:
     """Write ``lm`` to ``path`` atomically; ``.nii.gz`` output is byte-reproducible."""
     path = Path(path)
     data = _as_labels(path, np.asarray(lm.data))
-    raw = to_nifti(LabelMap(data, lm.affine)).to_bytes()
+    raw = to_nifti(LabelMap(data, lm.affine, xform_codes=lm.xform_codes)).to_bytes()
     if path.name.endswith(".gz"):
         raw = gzip.compress(raw, compresslevel=6, mtime=0)
     return write_bytes(path, raw)

@@ -219,28 +219,18 @@ def _box_image(
     return mapped.min(axis=0), mapped.max(axis=0)
 
 
-def _resample_core(
-    source: LabelMap,
-    matrix: np.ndarray,
-    shape: Sequence[int],
-    affine: np.ndarray,
-    interpolation: str,
-    soft: bool,
+def _resample_soft(
+    source: LabelMap, matrix: np.ndarray, shape: Sequence[int], affine: np.ndarray
 ) -> np.ndarray:
-    """Resample ``source`` through world map ``matrix`` onto grid (shape, affine).
-
-    Returns uint8 labels (``soft=False``) or float32 one-hot channels ``(7, *shape)``
-    (``soft=True``, linear only). Output voxel q samples source index
-    ``M q`` with ``M = A_src⁻¹ · matrix⁻¹ · A_out``.
+    """Linearly interpolated one-hot channels ``(7, *shape)`` of ``source`` through world
+    map ``matrix`` on grid (shape, affine): output voxel q samples source index ``M q``
+    with ``M = A_src⁻¹ · matrix⁻¹ · A_out``.
     """
     shape = tuple(int(s) for s in shape)
     data = np.asarray(source.data)
     m = np.linalg.inv(source.affine) @ np.linalg.inv(matrix) @ np.asarray(affine, float)
-    if soft:
-        out = np.zeros((anatomy.NUM_LABELS, *shape), np.float32)
-        out[0] = 1.0
-    else:
-        out = np.zeros(shape, np.uint8)
+    out = np.zeros((anatomy.NUM_LABELS, *shape), np.float32)
+    out[0] = 1.0
     box = _foreground_box(data)
     if box is None:
         return out
@@ -258,29 +248,148 @@ def _resample_core(
     sub_shape = tuple(int(v) for v in o_hi - o_lo)
     region = tuple(slice(int(a), int(b)) for a, b in zip(o_lo, o_hi, strict=True))
     kw = dict(matrix=sub[:3, :3], offset=sub[:3, 3], output_shape=sub_shape, mode="constant")
-
-    if interpolation == "nearest" and not soft:
-        out[region] = ndimage.affine_transform(crop, order=0, cval=0, prefilter=False, **kw)
-        return out
-    if interpolation not in ("linear", "nearest"):
-        raise ValueError(f"unknown interpolation {interpolation!r}; use 'linear' or 'nearest'")
-
     present = np.flatnonzero(np.bincount(crop.ravel(), minlength=anatomy.NUM_LABELS))
-    best = np.full(sub_shape, -1.0, np.float32)
-    labels = np.zeros(sub_shape, np.uint8)
     for k in sorted(set(present.tolist()) | {0}):
         channel = (crop == k).astype(np.float32)
-        value = ndimage.affine_transform(
+        out[(k, *region)] = ndimage.affine_transform(
             channel, order=1, cval=1.0 if k == 0 else 0.0, prefilter=False, **kw
         )
-        if soft:
-            out[(k, *region)] = value
-        else:
-            better = value > best  # ties keep the lower label (deterministic)
-            best[better] = value[better]
-            labels[better] = k
-    if not soft:
-        out[region] = labels
+    return out
+
+
+# Output voxels are visited in blocks of _BLOCK voxels per axis, found coarse to fine; a
+# block is skipped when no foreground lies under its image, so a 512 x 512 x 248 scanner
+# grid costs about what the voxels near the heart cost (its box around the heart holds
+# 5-7 times more).
+_BLOCK_LEVELS = (16, 4)
+_BLOCK = _BLOCK_LEVELS[-1]
+_CHUNK = 1 << 21  # output voxels interpolated per call (memory: ~100 MB of coordinates)
+
+
+def _cell_labels(data: np.ndarray) -> np.ndarray:
+    """Bit ``k`` of ``bits[f + 1]``: label ``k`` is among the 8 voxels ``f + {0, 1}³`` of
+    the linear-interpolation cell with lower corner ``f`` (``f`` from −1 to n − 1)."""
+    padded = np.pad(np.left_shift(1, data.astype(np.uint8)), 1)  # outside: no label
+    n = tuple(s + 1 for s in data.shape)
+    bits = np.zeros(n, np.uint8)
+    for d in np.ndindex(2, 2, 2):
+        bits |= padded[d[0] : d[0] + n[0], d[1] : d[1] + n[1], d[2] : d[2] + n[2]]
+    return bits
+
+
+def _blocks_meeting(
+    integral: np.ndarray, m: np.ndarray, lower: np.ndarray, size: int, shape: tuple[int, ...]
+) -> np.ndarray:
+    """The output blocks (lower corners ``lower``, N×3, edge ``size``) whose image under
+    ``m`` can meet a true cell of the touch array whose summed-area table is ``integral``."""
+    top = np.minimum(lower + size - 1, np.array(shape) - 1)
+    corners = np.stack([np.where(bits, top, lower) for bits in np.ndindex(2, 2, 2)], axis=1)
+    mapped = corners.astype(float) @ m[:3, :3].T + m[:3, 3]  # (N, 8, 3) source indices
+    # The image of a box lies in the box of its corners' images, so every voxel's cell
+    # corner lies in [floor(min), floor(max)]; one more cell each way absorbs rounding.
+    limit = np.array(integral.shape) - 1
+    lo = np.clip(np.floor(mapped.min(axis=1)).astype(int), 0, limit)
+    hi = np.clip(np.floor(mapped.max(axis=1)).astype(int) + 3, 0, limit)
+    total = np.zeros(len(lower), np.int64)
+    for bits in np.ndindex(2, 2, 2):
+        idx = tuple(np.where(bits[a], hi[:, a], lo[:, a]) for a in range(3))
+        total += (-1) ** (3 - sum(bits)) * integral[idx]
+    return lower[(total > 0) & np.all(hi > lo, axis=1)]
+
+
+def _needed_blocks(touch: np.ndarray, m: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Lower corners (N×3) of the ``_BLOCK``-sized output blocks whose image under ``m``
+    can meet a cell where ``touch`` (indexed as :func:`_cell_labels`) is true."""
+    integral = np.zeros(tuple(s + 1 for s in touch.shape), np.int64)
+    integral[1:, 1:, 1:] = touch.cumsum(0).cumsum(1).cumsum(2)
+    size = _BLOCK_LEVELS[0]
+    lower = np.indices(tuple(-(-s // size) for s in shape)).reshape(3, -1).T * size
+    lower = _blocks_meeting(integral, m, lower, size, shape)
+    for finer in _BLOCK_LEVELS[1:]:
+        split = np.indices((size // finer,) * 3).reshape(3, -1).T * finer
+        lower = (lower[:, None, :] + split[None]).reshape(-1, 3)
+        lower = lower[np.all(lower < np.array(shape), axis=1)]
+        size = finer
+        lower = _blocks_meeting(integral, m, lower, size, shape)
+    return lower
+
+
+def _block_voxels(corners: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Indices (3×N, int64) of the output voxels of the blocks at ``corners``."""
+    offsets = np.indices((_BLOCK,) * 3).reshape(3, -1)
+    idx = (corners.T[:, :, None] + offsets[:, None, :]).reshape(3, -1)
+    return idx[:, np.all(idx < np.array(shape)[:, None], axis=0)]
+
+
+def _resample_hard(
+    data: np.ndarray, m: np.ndarray, shape: tuple[int, ...], interpolation: str
+) -> np.ndarray:
+    """uint8 labels on an output grid of ``shape``; output voxel q samples source index m q.
+
+    Equal, voxel for voxel, to interpolating every one-hot channel over the whole output
+    grid (``ndimage.affine_transform``, constant mode; nearest: the labels themselves)
+    and taking the argmax (ties: the lower label). A voxel whose interpolation cell holds
+    no foreground is background, so only the others are interpolated, at coordinates
+    computed as ``affine_transform`` computes them (shift first, then axis by axis), and
+    each channel only where its label is in the cell (elsewhere it is exactly 0).
+    """
+    if interpolation not in ("linear", "nearest"):
+        raise ValueError(f"unknown interpolation {interpolation!r}; use 'linear' or 'nearest'")
+    out = np.zeros(shape, np.uint8)
+    box = _foreground_box(data)
+    if box is None:
+        return out
+    # Only the source's foreground box (with a background margin) is read: inside the
+    # grid, constant mode's cval equals the background it replaces.
+    s_lo = np.maximum(box[0] - 2, 0)
+    s_hi = np.minimum(box[1] + 2, np.array(data.shape) - 1)
+    crop = data[s_lo[0] : s_hi[0] + 1, s_lo[1] : s_hi[1] + 1, s_lo[2] : s_hi[2] + 1]
+    bits = _cell_labels(crop)
+    touch = bits > 1  # some foreground label in the cell
+    blocks = _needed_blocks(touch, rigid(translation=-s_lo) @ m, shape)
+    present = np.flatnonzero(np.bincount(crop.ravel(), minlength=anatomy.NUM_LABELS))
+    labels = [k for k in present.tolist() if k > 0]
+    # A small source (a model-space sibling going back to a scanner grid) keeps its
+    # channels; a large one (a scan being prepared) has a small output: one chunk.
+    small = crop.size <= 1 << 22
+    cache: dict[int, np.ndarray] = {}
+
+    def channel(k: int) -> np.ndarray:
+        value = cache.get(k)
+        if value is None:
+            value = (crop == k).astype(np.float32)
+            if small:
+                cache[k] = value
+        return value
+
+    cells = np.array(bits.shape)
+    flat_bits = bits.ravel()
+    flat_out = out.reshape(-1)
+    kw = dict(mode="constant", prefilter=False)
+    per_chunk = max(1, _CHUNK // _BLOCK**3)
+    for b in range(0, len(blocks), per_chunk):
+        q = _block_voxels(blocks[b : b + per_chunk], shape)
+        c = np.stack([m[h, 3] + m[h, 0] * q[0] + m[h, 1] * q[1] + m[h, 2] * q[2] for h in range(3)])
+        c -= s_lo[:, None]  # exact: an integer shift of a coordinate of at least its size
+        cell = np.floor(c).astype(np.int64) + 1
+        ok = np.all((cell >= 0) & (cell < cells[:, None]), axis=0)
+        code = np.zeros(ok.shape, np.uint8)
+        code[ok] = flat_bits[np.ravel_multi_index(tuple(cell[:, ok]), bits.shape)]
+        keep = np.flatnonzero(code > 1)
+        c, code = c[:, keep], code[keep]
+        where = np.ravel_multi_index(tuple(q[:, keep]), shape)
+        if interpolation == "nearest":
+            flat_out[where] = ndimage.map_coordinates(crop, c, order=0, cval=0, **kw)
+            continue
+        best = ndimage.map_coordinates(channel(0), c, order=1, cval=1.0, **kw)
+        lab = np.zeros(best.shape, np.uint8)
+        for k in labels:  # ascending, so ties keep the lower label (deterministic)
+            sel = np.flatnonzero(code & (1 << k))
+            value = ndimage.map_coordinates(channel(k), c[:, sel], order=1, cval=0.0, **kw)
+            better = value > best[sel]
+            best[sel[better]] = value[better]
+            lab[sel[better]] = k
+        flat_out[where] = lab
     return out
 
 
@@ -313,15 +422,18 @@ def resample_labels(
     >>> int(out.data.sum())
     8
     """
-    out = _resample_core(lm, np.asarray(matrix, float), shape, affine, interpolation, soft=False)
-    return LabelMap(out, np.asarray(affine, float))
+    matrix = np.asarray(matrix, float)
+    affine = np.asarray(affine, float)
+    m = np.linalg.inv(lm.affine) @ np.linalg.inv(matrix) @ affine
+    out = _resample_hard(np.asarray(lm.data), m, tuple(int(v) for v in shape), interpolation)
+    return LabelMap(out, affine)
 
 
 def soft_channels(
     lm: LabelMap, matrix: np.ndarray, shape: Sequence[int], affine: np.ndarray
 ) -> np.ndarray:
     """Linearly interpolated one-hot channels ``(7, *shape)`` of ``lm`` on a target grid."""
-    return _resample_core(lm, np.asarray(matrix, float), shape, affine, "linear", soft=True)
+    return _resample_soft(lm, np.asarray(matrix, float), shape, affine)
 
 
 # ---------------------------------------------------------------------------------
@@ -335,7 +447,8 @@ class PreparedTransform:
     prepared world coordinates (RAS+ mm; the prepared grid is ``target_affine``), in
     homogeneous form: ``x_prepared = matrix @ [x_scan, 1]``. ``source_shape`` and
     ``source_affine`` are the original scan grid, so :func:`unprepare` can put any
-    prepared-space map back onto it. ``steps`` records how the matrix was composed.
+    prepared-space map back onto it, with the scan's NIfTI ``source_codes`` (qform and
+    sform codes, None if unknown). ``steps`` records how the matrix was composed.
 
     Example
     -------
@@ -349,6 +462,7 @@ class PreparedTransform:
     target_shape: tuple[int, int, int]
     target_affine: np.ndarray
     steps: dict[str, Any] = field(default_factory=dict, compare=False)
+    source_codes: tuple[int, int] | None = field(default=None, compare=False)
 
     def to_prepared(self, points_mm: np.ndarray) -> np.ndarray:
         """Scanner world points (N×3, RAS mm) → prepared world points."""
@@ -372,7 +486,11 @@ class PreparedTransform:
             "format": TRANSFORM_FORMAT,
             "convention": "x_prepared = matrix @ [x_scan, 1]; RAS+ world millimetres (nibabel)",
             "matrix": np.round(self.matrix, 12).tolist(),
-            "source": {"shape": list(self.source_shape), "affine": self.source_affine.tolist()},
+            "source": {
+                "shape": list(self.source_shape),
+                "affine": self.source_affine.tolist(),
+                **({"xform_codes": list(self.source_codes)} if self.source_codes else {}),
+            },
             "target": {"shape": list(self.target_shape), "affine": self.target_affine.tolist()},
             "itk_prepared_to_scan_lps": np.round(self.itk_matrix(), 12).tolist(),
             "steps": self.steps,
@@ -393,7 +511,9 @@ class PreparedTransform:
             src_affine = np.asarray(d["source"]["affine"], float)
             tgt_shape = tuple(int(v) for v in d["target"]["shape"])
             tgt_affine = np.asarray(d["target"]["affine"], float)
-        except (KeyError, TypeError, ValueError) as exc:
+            codes = d["source"].get("xform_codes")
+            src_codes = None if codes is None else (int(codes[0]), int(codes[1]))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"{where}malformed transform ({exc})") from None
         for name, m in (
             ("matrix", matrix),
@@ -407,7 +527,15 @@ class PreparedTransform:
         r = matrix[:3, :3]
         if not np.allclose(r.T @ r, np.eye(3), atol=1e-6) or np.linalg.det(r) < 0:
             raise ValueError(f"{where}matrix is not a rigid transform (rotation + translation)")
-        return cls(matrix, src_shape, src_affine, tgt_shape, tgt_affine, d.get("steps", {}))  # type: ignore[arg-type]
+        return cls(
+            matrix,
+            src_shape,  # type: ignore[arg-type]
+            src_affine,
+            tgt_shape,  # type: ignore[arg-type]
+            tgt_affine,
+            d.get("steps", {}),
+            src_codes,
+        )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write as JSON (atomically)."""
@@ -896,6 +1024,7 @@ def prepare_label_map(
         target_shape=target_shape,
         target_affine=target_affine,
         steps=steps,
+        source_codes=lm.xform_codes,
     )
     return out, transform
 
@@ -906,8 +1035,11 @@ def unprepare(
     """Map a label map in prepared space back onto the original scan grid (SPEC §2 step 6).
 
     ``label_map`` is any map on the prepared grid (the prepared twin itself, or a
-    sibling made from it); the result has the scan's shape and affine, so it overlays
-    the original CT. Resampling is label-safe (one-hot linear + argmax by default).
+    sibling made from it); the result has the scan's shape, affine and NIfTI qform/sform
+    codes, so it overlays the original CT. Resampling is label-safe (one-hot linear +
+    argmax by default) and touches only the voxels whose interpolation cell holds some
+    of the map's foreground: the same labels as resampling the whole grid, in a fraction
+    of the time on a CT grid (512 × 512 × 248: about 2 s instead of 8–11 s).
 
     Raises :class:`~siblings.io.LabelMapError` naming the file if ``label_map`` is not
     on the transform's prepared grid.
@@ -931,13 +1063,16 @@ def unprepare(
             "affine differs from the transform's prepared grid (is this map in prepared space?)",
         )
     # The map's world is the prepared world; take it to scanner world with the inverse.
-    return resample_labels(
+    back = resample_labels(
         label_map,
         np.linalg.inv(transform.matrix),
         transform.source_shape,
         transform.source_affine,
         interpolation,
     )
+    # Only the voxels near the heart are interpolated (see _resample_hard); the rest of
+    # the scan's grid is background, as full-grid resampling would make it.
+    return LabelMap(back.data, back.affine, xform_codes=transform.source_codes)
 
 
 def unprepare_files(
