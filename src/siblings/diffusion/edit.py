@@ -11,6 +11,9 @@ scaled) and run the same Heun sampler as unconditional generation:
   current noise level before every denoiser call, ``z_σ ← (z + σ·ε)·m + (1 − m)·z_σ``,
   with a keep mask ``m`` on the latent grid (a latent voxel is kept if any of its voxels
   is kept, then dilated with 6-connectivity). At σ = 0 the kept region equals ``z``.
+  With ``keep="exact"`` (the default; "Beyond the paper") each decoded sibling is then
+  composed in label space with the twin (:func:`siblings.diffusion.keep.compose_exact`),
+  so its kept tissues are the twin's voxels exactly; ``keep="latent"`` is eq. 5 alone.
 
 Sibling ``i`` depends only on (twin, method parameters, seed, i): batch size does not
 change it. ψ = 1 uses the same starting noise as unconditional sample ``i``.
@@ -42,6 +45,7 @@ from .. import anatomy
 from ..io import LabelMap
 from ..models.ldm import LatentDiffusionModel, noise_for
 from .edm import heun_sample
+from .keep import KEEP_MODES, KeepMode, compose_exact
 
 # Noise streams: 0 = starting noise (shared with unconditional sampling), 1 = the
 # fixed ε of the pasted seed latent (inpainting), 2+ = fresh ε per paste.
@@ -59,6 +63,11 @@ class EditResult:
     kept: tuple[str, ...] = ()
     keep_mask: np.ndarray | None = None  # latent-grid keep mask (inpainting)
     kept_dice: list[dict[str, float]] = field(default_factory=list)
+    # Exact keep (inpainting): the decoded maps before composition, their kept-tissue
+    # Dice (what eq. 5 alone kept) and what the seam rule changed, per sibling.
+    decoded: np.ndarray | None = None
+    decoded_kept_dice: list[dict[str, float]] = field(default_factory=list)
+    seams: list[dict[str, int]] = field(default_factory=list)
 
 
 def start_step(psi: float, steps: int) -> int:
@@ -203,12 +212,18 @@ def inpaint(
     seed: int = 0,
     batch: int = 8,
     progress: bool = False,
+    keep: KeepMode = "exact",
 ) -> EditResult:
     """``n`` localized siblings of ``twin`` with the ``regenerate`` tissues made anew (eq. 5).
 
     ``dilate`` defaults to the preset's number of latent dilations (≈ 11 mm).
     ``fresh_noise`` draws a new ε at every paste instead of one fixed ε per sibling.
+    ``keep``: ``"exact"`` composes each decoded sibling with the twin in label space
+    (:func:`~siblings.diffusion.keep.compose_exact`: kept-tissue Dice 1.0);
+    ``"latent"`` returns the decoded maps as they are (the paper's method).
     """
+    if keep not in KEEP_MODES:
+        raise ValueError(f"unknown keep mode {keep!r}; use 'exact' or 'latent'")
     regen = regenerated_tissues(regenerate, with_myocardium)
     kept = tuple(t for t in anatomy.TISSUES if t not in regen)
     kept_labels = [anatomy.LABELS[t] for t in kept] + ([0] if keep_background else [])
@@ -216,9 +231,9 @@ def inpaint(
     if dilate < 0:
         raise ValueError(f"dilate must be >= 0, got {dilate}")
     arr = _twin_array(model, twin)
-    keep = latent_keep_mask(arr, kept_labels, model.preset.latent_size, dilate)
+    mask = latent_keep_mask(arr, kept_labels, model.preset.latent_size, dilate)
     z = model.encode(arr[None]).to(torch.float64).to(model.device)
-    m = torch.from_numpy(keep).to(model.device, torch.float64)[None, None]
+    m = torch.from_numpy(mask).to(model.device, torch.float64)[None, None]
     sig = model.sigmas(steps)
     out = []
     from tqdm.auto import tqdm
@@ -244,7 +259,12 @@ def inpaint(
             ) * float(sig[0])
             out.append(model.decode(heun_sample(model.denoise, start, sig, paste=paste)))
             bar.update(len(idx))
-    labels = np.concatenate(out)
+    decoded = np.concatenate(out)
+    labels, seams = decoded, []
+    if keep == "exact":
+        composed = [compose_exact(arr, lab, kept_labels) for lab in decoded]
+        labels = np.stack([c.labels for c in composed])
+        seams = [c.record() for c in composed]
     return EditResult(
         labels=labels,
         method="localized",
@@ -255,10 +275,16 @@ def inpaint(
             "fresh_noise": fresh_noise,
             "steps": steps,
             "seed": seed,
-            "kept_latent_fraction": float(keep.mean()),
+            "kept_latent_fraction": float(mask.mean()),
+            "keep": keep,
         },
         indices=list(range(n)),
         kept=kept,
-        keep_mask=keep,
+        keep_mask=mask,
         kept_dice=[kept_tissue_dice(arr, lab, kept) for lab in labels],
+        decoded=decoded if keep == "exact" else None,
+        decoded_kept_dice=(
+            [kept_tissue_dice(arr, lab, kept) for lab in decoded] if keep == "exact" else []
+        ),
+        seams=seams,
     )
