@@ -21,7 +21,7 @@ from siblings.data.phantom import make_phantom
 from siblings.data.phantom_scans import place_in_scanner, scanner_affine, write_totalseg_subject
 from siblings.diffusion.edit import inpaint, perturb, start_step
 from siblings.diffusion.edm import karras_sigmas
-from siblings.editing import run_edit
+from siblings.editing import check_settings, run_edit
 from siblings.io import LabelMap, centred_affine, read_label_map, sha256_file, write_label_map
 from siblings.metrics import morphology, topology_checks
 from siblings.metrics.cohort import HEADLINE_KEYS
@@ -333,6 +333,80 @@ def test_twin_in_scanner_space_is_prepared_and_siblings_come_back_on_its_grid(
     run = json.loads((out / "run.json").read_text())
     assert run["twin"]["space"] == "prepared"
     assert run["outputs"]["scanner"] == [f"scanner/sibling_{i:05d}.nii.gz" for i in range(2)]
+
+
+def write_with_codes(path: Path, lm: LabelMap, qform: int, sform: int) -> Path:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(lm.data, np.uint8), lm.affine)
+    img.set_qform(lm.affine, code=qform)
+    img.set_sform(lm.affine, code=sform)
+    nib.save(img, path)
+    return path
+
+
+def test_exact_keep_keeps_the_twins_voxels_on_both_grids(micro, scan_twin, tmp_path):
+    import nibabel as nib
+
+    from siblings.metrics.topology import contact_matrix
+
+    # A scanner-space twin whose header has a qform only (codes 1/0), as a CT export.
+    src = write_with_codes(tmp_path / "scan_twin.nii.gz", scan_twin, 1, 0)
+    out = tmp_path / "exact"
+    assert edit_cli("local", src, "--regenerate", "LV", *common(micro, out, n=2, steps=2)) == 0
+    model_twin = read_label_map(out / "twin" / "twin.nii.gz").data
+    kept = ("Ao", "RV", "RA", "LA")
+    for i in range(2):
+        name = f"sibling_{i:05d}"
+        sib = read_label_map(out / f"{name}.nii.gz").data
+        on_scan = read_label_map(out / "scanner" / f"{name}.nii.gz")
+        for t in kept:  # the twin's own voxels, in model space and on the scan's grid
+            assert np.array_equal(sib == L[t], model_twin == L[t]), t
+            assert np.array_equal(on_scan.data == L[t], scan_twin.data == L[t]), t
+        for grid, twin_map in ((sib, model_twin), (on_scan.data, scan_twin.data)):
+            assert (
+                contact_matrix(grid)[L["LV"], L["RV"]] <= contact_matrix(twin_map)[L["LV"], L["RV"]]
+            )
+        m = json.loads((out / f"{name}.json").read_text())
+        assert m["keep"] == "exact"
+        assert m["kept_dice"] == {t: 1.0 for t in kept}
+        assert set(m["kept_dice_decoded"]) == set(kept)  # what eq. 5 alone kept
+        assert set(m["seam"]) == {"claims", "separators", "detached", "rounds"}
+        ms = json.loads((out / "scanner" / f"{name}.json").read_text())
+        assert ms["keep"] == "exact" and ms["kept_dice"] == {t: 1.0 for t in kept}
+        assert ms["grid"]["xform_codes"] == [1, 0]
+        hdr = nib.load(out / "scanner" / f"{name}.nii.gz").header
+        assert (int(hdr["qform_code"]), int(hdr["sform_code"])) == (1, 0)
+    run = json.loads((out / "run.json").read_text())
+    assert run["parameters"]["keep"] == "exact"
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert metrics["keep"] == "exact"
+    assert all(v["min"] == 1.0 for v in metrics["kept_dice_scanner"].values())
+
+    # --keep latent: the paper's method; the scanner map is the sibling resampled back.
+    out = tmp_path / "latent"
+    args = common(micro, out, n=2, steps=2)
+    assert edit_cli("local", src, "--regenerate", "LV", "--keep", "latent", *args) == 0
+    xfm = geometry.PreparedTransform.load(out / "twin" / "twin.xfm.json")
+    for i in range(2):
+        name = f"sibling_{i:05d}"
+        sib = read_label_map(out / f"{name}.nii.gz")
+        on_scan = read_label_map(out / "scanner" / f"{name}.nii.gz").data
+        assert np.array_equal(on_scan, geometry.unprepare(sib, xfm).data)
+        m = json.loads((out / f"{name}.json").read_text())
+        assert m["keep"] == "latent" and "seam" not in m
+        ms = json.loads((out / "scanner" / f"{name}.json").read_text())
+        assert ms["keep"] == "latent" and set(ms["kept_dice"]) == set(kept)
+    assert json.loads((out / "run.json").read_text())["parameters"]["keep"] == "latent"
+
+
+def test_an_unknown_keep_mode_is_refused(micro, twin_file, tmp_path, capsys):
+    out = tmp_path / "x"
+    with pytest.raises(SystemExit):
+        edit_cli("local", twin_file, "--regenerate", "LV", "--keep", "voxels", *common(micro, out))
+    assert "invalid choice: 'voxels'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--keep must be 'exact' or 'latent'"):
+        check_settings("local", n=1, regenerate="LV", keep="voxels")
 
 
 def test_totalsegmentator_subject_folder_is_a_twin(micro, scan_twin, tmp_path):

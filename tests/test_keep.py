@@ -219,3 +219,32 @@ def test_kept_tissues_are_exact_and_the_seam_adds_no_contact_or_island(regenerat
     for t in regenerate:
         k = L[t]
         assert components(lab == k) <= components(decoded == k), t
+
+
+def test_the_papers_localized_experiment_asks_for_latent_keep(monkeypatch, tmp_path):
+    # The experiments measure the method as published (SPEC "Beyond the paper").
+    from types import SimpleNamespace
+
+    import siblings.diffusion.edit as edit
+    from siblings.experiments import run
+
+    asked = {}
+
+    class Asked(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        asked.update(kwargs)
+        raise Asked
+
+    monkeypatch.setattr(edit, "inpaint", spy)
+    seed = SimpleNamespace(key="large", index=0)
+    ctx = SimpleNamespace(
+        seeds=lambda: [seed], seed_map=lambda s: np.zeros((8, 8, 8), np.uint8), model=None, batch=2
+    )
+    spec = SimpleNamespace(
+        n=2, params={"seed_kind": "large", "regenerate": ["LV"], "steps": 3, "seed": 0}
+    )
+    with pytest.raises(Asked):
+        run._make_inpaint(ctx, spec, tmp_path)
+    assert asked["keep"] == "latent"

@@ -475,8 +475,12 @@ def _add_edit(sub) -> None:
         the current noise level before every denoiser call, so only the --regenerate
         tissues (plus the myocardium when a ventricle is regenerated, as in the paper)
         are made anew. The keep mask is taken to the latent grid and dilated --dilate
-        times (default: the preset's, about 11 mm). Each sibling's manifest holds the Dice
-        of every kept tissue against the twin.
+        times (default: the preset's, about 11 mm). With --keep exact (the default) each
+        decoded sibling is then composed with the twin in label space, on the model grid
+        and again on the twin's own grid: every voxel of a kept tissue is the twin's, kept
+        tissues appear nowhere else, and a seam rule adds no island or forbidden contact.
+        --keep latent is the paper's method alone. Each sibling's manifest holds the keep
+        mode and the Dice of every kept tissue against the twin.
         """
         )
         + "\n"
@@ -485,6 +489,7 @@ def _add_edit(sub) -> None:
             "siblings edit local twin.nii.gz --regenerate LV --n 60 --seed 0 --out sibs_lv",
             "siblings edit local twin.nii.gz --regenerate LV --regenerate RV --out sibs_lv_rv",
             "siblings edit local twin.nii.gz --regenerate LV,RV --dilate 0 --keep-background --out x",
+            "siblings edit local twin.nii.gz --regenerate RV --keep latent --out sibs_paper",
         ),
         formatter_class=_formatter,
     )
@@ -501,6 +506,13 @@ def _add_edit(sub) -> None:
         type=int,
         default=None,
         help="latent dilations of the keep mask (default: the preset's, about 11 mm)",
+    )
+    pl.add_argument(
+        "--keep",
+        choices=("exact", "latent"),
+        default="exact",
+        help="exact (default): kept tissues are the twin's voxels, composed in label space "
+        "on both grids; latent: the paper's latent pasting alone (eq. 5)",
     )
     pl.add_argument("--keep-background", action="store_true", help="keep the twin's background too")
     pl.add_argument(
@@ -539,6 +551,7 @@ def _run_edit(args: argparse.Namespace) -> None:
         regenerate=args.regenerate if local else None,
         dilate=args.dilate if local else None,
         with_myocardium=not args.no_myocardium if local else True,
+        keep=args.keep if local else "exact",
     )
     if args.n_boot < 0:
         raise UsageError(f"--n-boot must be 0 or more, got {args.n_boot}")
@@ -568,6 +581,7 @@ def _run_edit(args: argparse.Namespace) -> None:
             keep_background=args.keep_background if local else False,
             with_myocardium=not args.no_myocardium if local else True,
             fresh_noise=args.fresh_noise if local else False,
+            keep=args.keep if local else "exact",
             register_to=args.register_to,
             reference=args.reference,
             n_boot=args.n_boot,

@@ -49,7 +49,15 @@ import numpy as np
 
 from . import anatomy
 from .data import geometry
-from .diffusion.edit import EditResult, inpaint, perturb, regenerated_tissues, start_step
+from .diffusion.edit import (
+    EditResult,
+    inpaint,
+    kept_tissue_dice,
+    perturb,
+    regenerated_tissues,
+    start_step,
+)
+from .diffusion.keep import KEEP_MODES, KeepMode, compose_exact
 from .io import (
     LabelMap,
     LabelMapError,
@@ -179,6 +187,7 @@ def resolve_twin(
     *,
     register_to: PathLike | Literal["phantom", "none"] | None = "phantom",
     interpolation: geometry.Interpolation = "linear",
+    progress: bool = False,
 ) -> Twin:
     """Bring the twin at ``path`` onto the model's ``size``³ grid.
 
@@ -190,6 +199,8 @@ def resolve_twin(
     register_to : registration target for twins prepared here (see
         :func:`registration_reference`).
     interpolation : label resampling, one-hot ``"linear"`` + argmax or ``"nearest"``.
+    progress : a progress line while a twin from another space is prepared (it can take
+        tens of seconds for a CT-sized grid).
 
     A map whose grid and affine are those of the model (``centred_affine(size)``) is
     used unchanged. A map on the centred grid of another size (a twin prepared for
@@ -212,6 +223,15 @@ def resolve_twin(
         if lm.shape == target_shape and np.allclose(lm.affine, target_affine, atol=1e-3):
             return Twin(LabelMap(lm.data, target_affine, path), path, digest, kind, "model")
     record: dict[str, Any] = {"load": load_record} if load_record else {}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=2,
+        desc=f"prepare twin {path.name} ({'x'.join(map(str, lm.shape))})",
+        unit="step",
+        disable=not progress,
+    )
+    bar.set_postfix_str("reorient, register, resample")
     s = lm.shape[0]
     if (
         not path.is_dir()
@@ -233,10 +253,14 @@ def resolve_twin(
             lm, reference=reference, size=size, interpolation=interpolation
         )
         record["register_to"] = str(register_to)
+    bar.update(1)
+    bar.set_postfix_str("round trip to its grid")
     back = geometry.unprepare(model_lm, transform, interpolation)
     record["roundtrip_dice"] = {
         t: round(v, 4) for t, v in geometry.dice(back.data, np.asarray(lm.data)).items()
     }
+    bar.update(1)
+    bar.close()
     return Twin(
         LabelMap(model_lm.data, target_affine),
         path,
@@ -244,7 +268,7 @@ def resolve_twin(
         kind,
         space,
         transform=transform,
-        original=LabelMap(np.asarray(lm.data, np.uint8), lm.affine),
+        original=LabelMap(np.asarray(lm.data, np.uint8), lm.affine, xform_codes=lm.xform_codes),
         record=record,
     )
 
@@ -267,6 +291,12 @@ class EditSettings:
     keep_background: bool = False
     with_myocardium: bool = True
     fresh_noise: bool = False
+    keep: KeepMode | None = None  # localized editing: "exact" or "latent"
+
+    def kept_labels(self) -> list[int]:
+        """Labels a localized edit keeps (the background too with ``keep_background``)."""
+        kept = [anatomy.LABELS[t] for t in anatomy.TISSUES if t not in self.regenerate]
+        return kept + ([0] if self.keep_background else [])
 
 
 def check_settings(
@@ -282,12 +312,13 @@ def check_settings(
     keep_background: bool = False,
     with_myocardium: bool = True,
     fresh_noise: bool = False,
+    keep: str = "exact",
 ) -> EditSettings:
     """Validate a run's parameters; ``ValueError`` with a clear message otherwise.
 
     Catches: an unknown method or tissue name, ψ outside (0, 1], a localized edit that
     regenerates every tissue (that is unconditional sampling), counts below 1, a
-    negative dilation.
+    negative dilation, an unknown keep mode.
     """
     if method not in METHOD_NAMES:
         raise ValueError(f"unknown editing method {method!r}; use 'perturb' or 'local'")
@@ -311,6 +342,8 @@ def check_settings(
         regen = tuple(sorted(regenerated_tissues(names, with_myocardium)))
         if dilate is not None and int(dilate) < 0:
             raise ValueError(f"--dilate must be 0 or more, got {dilate}")
+        if keep not in KEEP_MODES:
+            raise ValueError(f"--keep must be 'exact' or 'latent', got {keep!r}")
     return EditSettings(
         method=method,  # type: ignore[arg-type]
         n=int(n),
@@ -323,6 +356,7 @@ def check_settings(
         keep_background=bool(keep_background),
         with_myocardium=bool(with_myocardium),
         fresh_noise=bool(fresh_noise),
+        keep=keep if method == "local" else None,  # type: ignore[arg-type]
     )
 
 
@@ -392,6 +426,7 @@ def _method_fields(settings: EditSettings, result: EditResult) -> dict[str, Any]
     return {
         "regenerate": p["regenerate"],
         "kept": list(result.kept),
+        "keep": settings.keep,
         "keep_background": p["keep_background"],
         "myocardium_with_ventricles": settings.with_myocardium,
         "dilate": p["dilate"],
@@ -420,6 +455,7 @@ def run_edit(
     keep_background: bool = False,
     with_myocardium: bool = True,
     fresh_noise: bool = False,
+    keep: KeepMode = "exact",
     register_to: PathLike | Literal["phantom", "none"] | None = "phantom",
     interpolation: geometry.Interpolation = "linear",
     reference: PathLike | None = None,
@@ -442,6 +478,10 @@ def run_edit(
     psi : sampling ratio ψ ∈ (0, 1] of perturbational editing.
     regenerate, dilate, keep_background, with_myocardium, fresh_noise : localized
         editing (:func:`siblings.diffusion.edit.inpaint`).
+    keep : localized editing: ``"exact"`` (default) composes every sibling with the twin
+        in label space (:func:`siblings.diffusion.keep.compose_exact`), on the model grid
+        and again on the twin's own grid with its original voxels, so kept tissues are
+        the twin's exactly in both; ``"latent"`` is the paper's eq. 5 alone.
     register_to, interpolation : preparation of a twin from another space.
     reference : optional folder of real maps on the model grid: the siblings are also
         evaluated against it (FD, precision, recall), in ``out/report/reference/``.
@@ -467,13 +507,16 @@ def run_edit(
         keep_background=keep_background,
         with_myocardium=with_myocardium,
         fresh_noise=fresh_noise,
+        keep=keep,
     )
     if n_boot < 0:
         raise ValueError(f"--n-boot must be 0 or more, got {n_boot}")
     out = check_output(out, overwrite)
     size = model.preset.size
     if not isinstance(twin, Twin):
-        twin = resolve_twin(twin, size, register_to=register_to, interpolation=interpolation)
+        twin = resolve_twin(
+            twin, size, register_to=register_to, interpolation=interpolation, progress=progress
+        )
     if twin.label_map.shape != (size,) * 3:
         raise LabelMapError(twin.source, f"twin is not on the model's {size}³ grid")
     ref_summary = None
@@ -523,6 +566,7 @@ def run_edit(
                 seed=settings.seed,
                 batch=settings.batch,
                 progress=progress,
+                keep=settings.keep or "exact",
             )
     reconstruction = model.decode(model.encode(arr[None]))[0]
     run = _write_run(
@@ -583,6 +627,7 @@ def _write_run(
     method_fields = _method_fields(settings, result)
     sib_paths: list[Path] = []
     scan_paths: list[Path] = []
+    scanner_kept_dice: list[dict[str, float]] = []
     with staging(out) as stage:
         # Model-space siblings and their manifests.
         bar = tqdm(
@@ -608,6 +653,14 @@ def _write_run(
                 topology_violations=[c for c, v in checks.items() if v],
                 dice_vs_twin=dice[k],
                 **({"kept_dice": result.kept_dice[k]} if result.kept_dice else {}),
+                **(
+                    {
+                        "kept_dice_decoded": result.decoded_kept_dice[k],
+                        "seam": result.seams[k],
+                    }
+                    if result.seams
+                    else {}
+                ),
                 files={
                     "model_space": f"{name}.nii.gz",
                     "scanner": f"scanner/{name}.nii.gz" if twin.in_other_space else None,
@@ -621,8 +674,10 @@ def _write_run(
             assert twin.transform is not None
             xfm = twin.transform.to_dict()
             for name, lab in zip(names, result.labels, strict=True):
-                back = geometry.unprepare(LabelMap(lab, affine), twin.transform)
+                back, record = scanner_sibling(lab, twin, settings, kept=result.kept)
                 write_label_map(stage / "scanner" / f"{name}.nii.gz", back)
+                if "kept_dice" in record:
+                    scanner_kept_dice.append(record["kept_dice"])
                 write_json(
                     stage / "scanner" / f"{name}.json",
                     {
@@ -632,7 +687,12 @@ def _write_run(
                         "twin": twin_entry,
                         "transform": "../twin/twin.xfm.json",
                         "interpolation": "linear",
-                        "grid": {"shape": list(back.shape), "affine": back.affine.tolist()},
+                        **record,
+                        "grid": {
+                            "shape": list(back.shape),
+                            "affine": back.affine.tolist(),
+                            "xform_codes": list(back.xform_codes or (2, 2)),
+                        },
                         "transform_matrix": xfm["matrix"],
                     },
                 )
@@ -674,6 +734,12 @@ def _write_run(
             n_boot=n_boot,
             seed=settings.seed,
         )
+        if settings.method == "local":
+            metrics["keep"] = settings.keep
+            if result.decoded_kept_dice:  # what eq. 5 alone kept, before composition
+                metrics["kept_dice_decoded"] = _dice_summary(result.decoded_kept_dice)
+            if scanner_kept_dice:
+                metrics["kept_dice_scanner"] = _dice_summary(scanner_kept_dice)
         if ref_summary is not None:
             ev = evaluate_maps(sib_summary, ref_summary, n_boot=n_boot, seed=settings.seed)
             ev.metrics["cohort_dir"] = f"{out} (siblings)"
@@ -741,6 +807,62 @@ def _write_run(
     )
 
 
+def scanner_sibling(
+    sibling: np.ndarray, twin: Twin, settings: EditSettings, kept: Iterable[str] = ()
+) -> tuple[LabelMap, dict[str, Any]]:
+    """A model-space sibling on the twin's original grid, and its record.
+
+    The sibling is resampled back (:func:`siblings.data.geometry.unprepare`, with the
+    twin's qform/sform codes). For a localized edit with exact keep it is then composed
+    again (:func:`siblings.diffusion.keep.compose_exact`) with the twin's *original*
+    map on that grid, so its kept tissues are the twin's own scanner voxels, not a
+    resampled copy of them. The record holds the keep mode, the seam counts and the
+    kept-tissue Dice against the original twin.
+    """
+    assert twin.transform is not None and twin.original is not None
+    back = geometry.unprepare(LabelMap(sibling, twin.label_map.affine), twin.transform)
+    if settings.method != "local":
+        return back, {}
+    record: dict[str, Any] = {"keep": settings.keep}
+    original = np.asarray(twin.original.data)
+    if settings.keep == "exact":
+        composed = compose_exact(original, back.data, settings.kept_labels())
+        back = LabelMap(composed.labels, back.affine, xform_codes=back.xform_codes)
+        record["seam"] = composed.record()
+    box = _union_box(original, back.data)
+    record["kept_dice"] = (
+        {t: 1.0 for t in kept}  # both maps are all background (an empty twin)
+        if box is None
+        else kept_tissue_dice(original[box], np.asarray(back.data)[box], kept)
+    )
+    return back, record
+
+
+def _union_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...] | None:
+    """The box around the foreground of two maps on one grid (Dice needs nothing else)."""
+    xs = a.any(axis=(1, 2)) | b.any(axis=(1, 2))
+    if not xs.any():
+        return None
+    yz = a.any(axis=0) | b.any(axis=0)
+    box = []
+    for hit in (xs, yz.any(axis=1), yz.any(axis=0)):
+        idx = np.flatnonzero(hit)
+        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    return tuple(box)
+
+
+def _dice_summary(per_sibling: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean, min and max over the siblings of each tissue's Dice."""
+    return {
+        t: {
+            "mean": float(np.mean([d[t] for d in per_sibling])),
+            "min": float(np.min([d[t] for d in per_sibling])),
+            "max": float(np.max([d[t] for d in per_sibling])),
+        }
+        for t in per_sibling[0]
+    }
+
+
 def format_run(run: EditRun) -> str:
     """A few lines for the terminal: where things are, TV%, Dice of kept tissues."""
     m = run.metrics
@@ -754,7 +876,13 @@ def format_run(run: EditRun) -> str:
     lines.append(f"  TV% siblings {m['tv_percent']:.2f} (twin {m['reference']['tv_percent']:.2f})")
     if m.get("kept_dice"):
         kd = ", ".join(f"{t} {s['mean']:.3f}" for t, s in m["kept_dice"].items())
-        lines.append(f"  kept-tissue Dice vs twin (mean): {kd}")
+        lines.append(f"  kept-tissue Dice vs twin (mean, keep {m.get('keep', 'latent')}): {kd}")
+        if m.get("kept_dice_scanner"):
+            kd = ", ".join(f"{t} {s['mean']:.3f}" for t, s in m["kept_dice_scanner"].items())
+            lines.append(f"  the same on the twin's original grid: {kd}")
+        if m.get("kept_dice_decoded"):
+            kd = ", ".join(f"{t} {s['mean']:.3f}" for t, s in m["kept_dice_decoded"].items())
+            lines.append(f"  before composition (the decoded maps, eq. 5 alone): {kd}")
         rd = m.get("vae_reconstruction_dice", {})
         lines.append(
             "  twin's own VAE reconstruction Dice: "
