@@ -30,6 +30,7 @@ from siblings.io import LabelMap, read_label_map, write_label_map
 from siblings.metrics.cohort import HEADLINE_KEYS, measure_map
 from siblings.models.ldm import LatentDiffusionModel
 
+L = anatomy.LABELS
 STEPS = 2  # sampler steps in these tests: the micro model's maps are noise anyway
 
 
@@ -379,6 +380,30 @@ def test_local_regenerates_lv_for_half_the_twins_and_rv_for_the_others(
     assert meta["kept"] == list(want.kept) == ["Ao", "LV", "RA", "LA"]
     assert meta["keep_mask"]["kept_latent_fraction"] == want.params["kept_latent_fraction"]
     assert meta["dilate"] == want.params["dilate"]
+
+
+def test_local_keep_exact_keeps_the_twins_tissues_and_latent_is_the_decoded_map(
+    model, micro, tmp_path
+):
+    where = "RV_volume_ml >= 0"  # every twin and every map: the keep mode is what is tested
+    for keep in ("exact", "latent"):
+        out = tmp_path / keep
+        kw = dict(seed=4, batch=2, max_attempts=2, keep=keep)
+        run_augment(model, micro, out, where, "local", n=2, **kw)
+        for f in sorted(out.glob("local_*.nii.gz")):
+            meta = json.loads(f.with_name(f.name.replace(".nii.gz", ".json")).read_text())
+            assert meta["keep"] == keep and meta["augment"]["run"]["keep"] == keep
+            assert ("seam" in meta) == (keep == "exact")
+            # Attempt a is sibling a of inpaint() with the same seed and keep mode.
+            a, twin = meta["augment"]["attempt"], read_label_map(meta["twin"]["file"])
+            want = inpaint(model, twin, meta["region"], n=a + 1, steps=STEPS, seed=4, keep=keep)
+            got = read_label_map(f).data
+            np.testing.assert_array_equal(got, want.labels[a])
+            if keep == "exact":
+                for t in meta["kept"]:
+                    assert np.array_equal(got == L[t], twin.data == L[t]), t
+    with pytest.raises(ValueError, match="unknown keep mode"):
+        run_augment(model, micro, tmp_path / "bad", where, "local", n=1, keep="voxels")
 
 
 def test_max_attempts_stops_with_a_clear_message(

@@ -11,7 +11,11 @@ made with one of three strategies and kept only if they meet the same condition:
     ψ = 0.5 and half at ψ = 0.35 by default, filtered;
 ``local``
     localized siblings (inpainting, SPEC §4): the LV is regenerated for half the twins
-    and the RV for the other half, filtered.
+    and the RV for the other half, filtered. With ``keep="exact"`` (the default) each
+    decoded map is composed with its twin in label space
+    (:func:`siblings.diffusion.keep.compose_exact`) before it is judged, so the twin's
+    kept tissues are in it exactly; ``keep="latent"`` is eq. 5 alone (the paper's
+    augmentation experiment uses it).
 
 Attempts go round-robin over the rare twins in batches until ``n`` maps are accepted
 (or ``max_attempts`` is reached). Attempt ``a`` is fully determined by ``(seed, a)``:
@@ -75,6 +79,7 @@ import torch
 from . import anatomy
 from .diffusion.edit import latent_keep_mask, regenerated_tissues, start_step
 from .diffusion.edm import heun_sample
+from .diffusion.keep import KEEP_MODES, KeepMode, compose_exact
 from .io import (
     LabelMap,
     LabelMapError,
@@ -538,6 +543,7 @@ def augment(
     n_boot: int = 1000,
     figures: bool = True,
     progress: bool = False,
+    keep: KeepMode = "exact",
 ) -> AugmentResult:
     """Grow the rare cohort of ``data`` (maps meeting ``where``) by ``n`` accepted maps.
 
@@ -559,6 +565,8 @@ def augment(
         may name several tissues, ``"LV,RV"``); a ventricle also regenerates the
         myocardium (SPEC §4).
     dilate : local's latent keep-mask dilations (default: the preset's).
+    keep : local's keep mode: ``"exact"`` (default) composes each decoded map with its
+        twin in label space before judging it; ``"latent"``: eq. 5 alone (the paper).
     prefix : file name prefix (default: the strategy).
     resume : continue an interrupted run in ``out`` (same data, condition, strategy,
         seed, steps and model; ``n`` and ``max_attempts`` may grow). The result is the
@@ -616,6 +624,8 @@ def augment(
     dilate_n = model.preset.inpaint_dilations if dilate is None else int(dilate)
     if dilate_n < 0:
         raise ValueError(f"dilate must be >= 0, got {dilate_n}")
+    if keep not in KEEP_MODES:
+        raise ValueError(f"unknown keep mode {keep!r}; use 'exact' or 'latent'")
     prefix = prefix or strategy
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prefix):
         raise ValueError(f"prefix {prefix!r}: use letters, digits, '_', '-' or '.'")
@@ -631,6 +641,7 @@ def augment(
         "psis": list(psis) if strategy == "perturb" else None,
         "regions": list(regions) if strategy == "local" else None,
         "dilate": dilate_n if strategy == "local" else None,
+        **({"keep": keep} if strategy == "local" else {}),
         "rare_twins_sha256": [t.sha256 for t in twins],
         "checkpoint_sha256": model.checkpoint_sha256,
     }
@@ -685,8 +696,14 @@ def augment(
                 if len(files) >= n:
                     break
                 attempted = att.index + 1
+                lab, seam = labels[att.index], None
+                if strategy == "local" and keep == "exact":
+                    regen = regen_sets[str(att.param)]
+                    kept = [anatomy.LABELS[x] for x in anatomy.TISSUES if x not in regen]
+                    composed = compose_exact(twins[att.twin].labels.data, lab, kept)  # type: ignore[index]
+                    lab, seam = composed.labels, composed.record()
                 # Judge the file itself: written, read back, measured as `evaluate` does.
-                write_label_map(staging, LabelMap(labels[att.index], model.affine))
+                write_label_map(staging, LabelMap(lab, model.affine))
                 feats, violated = measure_map(read_label_map(staging))
                 morph = dict(zip(anatomy.MORPHOLOGY_COLUMNS, feats.tolist(), strict=True))
                 if not condition(morph):
@@ -697,6 +714,8 @@ def augment(
                 manifest = _manifest(
                     model, signature, att, twins, regen_sets, masks, len(files), morph, violated
                 )
+                if seam is not None:
+                    manifest["seam"] = seam
                 write_json(out / f"{name}.json", manifest)  # last: marks the map complete
                 files.append(final)
                 attempts.append(att.index)
@@ -912,6 +931,7 @@ def _manifest(
         fields["region"] = att.param
         fields["regenerate"] = sorted(regen)
         fields["kept"] = [x for x in anatomy.TISSUES if x not in regen]
+        fields["keep"] = signature.get("keep", "latent")
         fields["keep_background"] = False
         fields["dilate"] = signature["dilate"]
         fields["fresh_noise"] = False

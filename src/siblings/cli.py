@@ -904,6 +904,13 @@ def _add_augment(sub) -> None:
     p.add_argument(
         "--dilate", type=int, default=None, help="local: keep-mask dilations (default: preset's)"
     )
+    p.add_argument(
+        "--keep",
+        choices=("exact", "latent"),
+        default="exact",
+        help="local: exact (default) keeps the twin's kept tissues voxel for voxel (composed "
+        "in label space); latent: the paper's latent pasting alone",
+    )
     _add_model_options(p)
     p.add_argument("--k", type=int, default=3, help="k of precision/recall (default 3)")
     p.add_argument(
@@ -957,6 +964,7 @@ def _run_augment(args: argparse.Namespace) -> None:
             psis=psis,
             regions=regions,
             dilate=args.dilate,
+            keep=args.keep,
             resume=args.resume,
             evaluate=not args.no_evaluate,
             k=args.k,

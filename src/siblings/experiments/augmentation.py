@@ -91,6 +91,8 @@ def make_augmented(
 
     p = spec.params
     kwargs = dict(steps=p["steps"], batch=ctx.batch, evaluate=False, progress=ctx.progress)
+    if p["strategy"] == "local":
+        kwargs["keep"] = "latent"  # the paper's method as published, not exact keep
     if p["max_attempts"] is not None:
         kwargs["max_attempts"] = p["max_attempts"]
     if folder.exists():
