@@ -31,6 +31,22 @@ MICRO_OVERRIDES: dict = {
     "unet_attention": (False, False, True),
 }
 
+@pytest.fixture(autouse=True)
+def _cpu_without_native_bf16(monkeypatch):
+    """Commands run in-process choose their precision as on a CPU without native bf16
+    (fp32 by default, the Python API's default too), whatever CPU runs the tests, so no
+    result depends on it. Detection from an injected cpuinfo text is left as it is, and
+    tests of the bf16 default patch ``siblings.runtime.native_bf16`` themselves."""
+    import siblings.runtime
+
+    real = siblings.runtime.native_bf16
+
+    def native_bf16(device, cpuinfo=None):
+        return real(device, cpuinfo) if cpuinfo is not None else False
+
+    monkeypatch.setattr(siblings.runtime, "native_bf16", native_bf16)
+
+
 MICRO_VAE_STEPS = 6
 MICRO_LDM_STEPS = 6
 

@@ -201,7 +201,8 @@ SHARED_DEFAULTS = {
     "--checkpoint": None,
     "--preset": None,
     "--device": None,  # cuda if available, else cpu
-    "--bf16": False,
+    "--bf16": False,  # neither: bf16 where the hardware has it (test_runtime.py)
+    "--fp32": False,
     "--threads": None,
 }
 
@@ -221,7 +222,7 @@ def option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action
 @pytest.mark.parametrize("name", sorted(MODEL_COMMANDS))
 def test_model_commands_declare_the_shared_options_alike(name):
     """sample, edit perturb/local, augment, experiment and demo: same flags, defaults,
-    types and help texts for --checkpoint, --preset, --device, --bf16, --threads."""
+    types and help texts for --checkpoint, --preset, --device, --bf16, --fp32, --threads."""
     actions = option_actions(model_command_parser(name))
     reference = option_actions(model_command_parser("sample"))
     for flag, default in SHARED_DEFAULTS.items():

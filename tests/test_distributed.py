@@ -112,6 +112,7 @@ def sample_cmd(ckpt: Path, out: Path) -> list[str]:
         "2",
         "--device",
         "cpu",
+        "--fp32",
         "--checkpoint",
         str(ckpt),
         "--out",

@@ -146,7 +146,7 @@ from siblings.models.presets import preset_from_dict
 from siblings.train import train_vae
 preset = preset_from_dict(json.loads(sys.argv[3]))
 train_vae(sys.argv[1], sys.argv[2], preset, steps=8, batch=2, seed=0, device="cpu",
-          ckpt_every=2, log_every=1, progress=False)
+          amp=False, ckpt_every=2, log_every=1, progress=False)
 """
 
 
@@ -172,6 +172,7 @@ def cli_train_vae(data: Path, out: Path) -> list[str]:
         "0",
         "--device",
         "cpu",
+        "--fp32",  # as the killed run: the default would depend on the CPU
     ]
 
 

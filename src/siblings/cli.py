@@ -71,8 +71,42 @@ def _add_device_option(p) -> None:
     p.add_argument("--device", type=_device, default=None, help=_DEVICE_HELP)
 
 
+_BF16_DEFAULT = (
+    "default: bf16 where the hardware runs it natively (CPUs with AMX or AVX512-BF16, "
+    "CUDA GPUs with bf16), else fp32"
+)
+
+
+def _add_precision_options(p, default: str = _BF16_DEFAULT) -> None:
+    """--bf16 and --fp32 (either, not both); resolved by :func:`_bf16`."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--bf16",
+        action="store_true",
+        help=f"run the networks under bf16 autocast ({default})",
+    )
+    group.add_argument("--fp32", action="store_true", help="full precision, no autocast")
+
+
+def _precision(args: argparse.Namespace, training: bool = False) -> tuple[bool, str | None]:
+    """bf16 autocast or not, as --bf16/--fp32 and the hardware say, and a warning or None
+    (:func:`siblings.runtime.choose_bf16`)."""
+    from .runtime import choose_bf16, pick_device
+
+    requested = True if args.bf16 else False if args.fp32 else None
+    return choose_bf16(pick_device(args.device), requested, training=training)
+
+
+def _bf16(args: argparse.Namespace) -> bool:
+    """:func:`_precision` for the model commands, its warning printed as one line."""
+    bf16, warning = _precision(args)
+    if warning:
+        print(f"siblings {args.command}: warning: {warning}", file=sys.stderr)
+    return bf16
+
+
 def _add_model_options(p) -> None:
-    """--checkpoint, --preset, --device, --bf16 and --threads, with one default and one
+    """--checkpoint, --preset, --device, --bf16/--fp32 and --threads, with one default and one
     help text each, for every command that loads the latent diffusion model (sample,
     edit perturb/local, augment, experiment, demo); see :func:`_load_model`."""
     p.add_argument(
@@ -87,11 +121,7 @@ def _add_model_options(p) -> None:
         help="refuse a checkpoint of another preset (default: accept the checkpoint's)",
     )
     _add_device_option(p)
-    p.add_argument(
-        "--bf16",
-        action="store_true",
-        help="run the networks under bf16 autocast (about 2x faster on CPU; default fp32)",
-    )
+    _add_precision_options(p)
     p.add_argument(
         "--threads",
         type=int,
@@ -106,7 +136,7 @@ def _load_model(args: argparse.Namespace):
 
     _cpu_threads(args.threads)
     return LatentDiffusionModel.load(
-        args.checkpoint, device=args.device, preset=args.preset, amp=args.bf16
+        args.checkpoint, device=args.device, preset=args.preset, amp=_bf16(args)
     )
 
 
@@ -202,7 +232,7 @@ def _run_demo(args: argparse.Namespace) -> None:
         checkpoint=args.checkpoint,
         preset=args.preset,
         device=args.device,
-        amp=args.bf16,
+        amp=_bf16(args),
         steps=args.steps,
     )
 
@@ -241,7 +271,11 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     _add_device_option(p)
-    p.add_argument("--fp32", action="store_true", help="disable bf16 autocast")
+    _add_precision_options(
+        p,
+        "default: bf16, except on a CPU without AMX or AVX512-BF16 (there it would be "
+        "emulated: fp32, with a warning)",
+    )
     p.add_argument(
         "--state", type=Path, default=None, help="resumable state folder (default OUT/state)"
     )
@@ -264,11 +298,16 @@ def _add_train(sub) -> None:
 
 def _run_train(args: argparse.Namespace) -> None:
     from .models.presets import get_preset, parse_overrides
-    from .train import train_ldm, train_vae
+    from .train import load_init, resolve_init, train_ldm, train_vae
 
     preset = get_preset(args.preset, **parse_overrides(args.set))
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError(f"--lr must be positive, got {args.lr}")
+    if args.init is not None:  # refused (other preset or shape) before anything is written
+        load_init(resolve_init(args.init, args.stage, preset), args.stage, preset)
+    vae = args.vae or args.out / "vae.safetensors"
     data = args.data
     if data is None:
         from .data.phantom import generate_cohort
@@ -276,25 +315,41 @@ def _run_train(args: argparse.Namespace) -> None:
         data = args.out / "data"
         if not (data / "parameters.csv").exists():
             generate_cohort(data, n=512, size=preset.size, seed=0, defect_rate=0.25)
+    amp, warning = _precision(args, training=True)
+    if warning:  # bad input is still reported as its one error line
+        _check_train_inputs(args.stage, data, vae, preset)
+        print(f"siblings train: warning: {warning}", file=sys.stderr)
     common = dict(
         steps=args.steps,
         batch=args.batch,
         seed=args.seed,
         device=args.device,
-        amp=not args.fp32,
+        amp=amp,
         state_dir=args.state,
         resume=not args.no_resume,
         init=args.init,
         lr=args.lr,
     )
-    if args.lr is not None and not args.lr > 0:
-        raise UsageError(f"--lr must be positive, got {args.lr}")
     if args.stage == "vae":
         path = train_vae(data, args.out, preset, **common)
     else:
-        vae = args.vae or args.out / "vae.safetensors"
         path = train_ldm(data, args.out, vae, preset=preset, **common)
     print(f"wrote {path}")
+
+
+def _check_train_inputs(stage: str, data: Path, vae: Path, preset) -> None:
+    """The input checks the training functions start with, run ahead of a warning."""
+    from .checkpoint import CheckpointError
+    from .data.dataset import LabelMapDataset
+    from .train import load_vae
+
+    if stage == "ldm":
+        _, theirs, _ = load_vae(vae)
+        if theirs.size != preset.size or tuple(theirs.vae_channels) != tuple(preset.vae_channels):
+            raise CheckpointError(
+                f"{vae}: VAE of preset {theirs.name!r} does not fit preset {preset.name!r}"
+            )
+    LabelMapDataset(data, size=preset.size)
 
 
 # ---------------------------------------------------------------------------------
@@ -1089,7 +1144,7 @@ def _run_experiment(args: argparse.Namespace) -> None:
         checkpoint=args.checkpoint,
         preset=args.preset,
         device=args.device,
-        bf16=args.bf16,
+        bf16=_bf16(args),
         scale=args.scale,
         seed=args.seed,
         batch=args.batch,

@@ -47,6 +47,7 @@ def provenance(model: Any, method: str, **fields: Any) -> dict[str, Any]:
             "sigma_max": p.sigma_max,
             "rho": p.rho,
             "bf16": bool(model.amp),
+            "precision": "bf16" if model.amp else "fp32",
         },
         "software": software_versions(),
     }

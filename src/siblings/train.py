@@ -16,7 +16,6 @@ Files written into ``out``: ``vae.safetensors``/``vae.json`` or ``ldm.safetensor
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -43,6 +42,7 @@ from .diffusion.edm import EDMPrecond, edm_loss
 from .io import one_hot, write_text
 from .models.networks import build_denoiser_net, build_vae
 from .models.presets import Preset, preset_from_dict
+from .runtime import autocast, pick_device
 
 
 # ---------------------------------------------------------------------------------
@@ -67,32 +67,6 @@ def _set_lr(opt: torch.optim.Optimizer, base: float, step: int, steps: int, pres
 # ---------------------------------------------------------------------------------
 # Devices, precision, distribution.
 # ---------------------------------------------------------------------------------
-def pick_device(name: str | None = None) -> torch.device:
-    """``cuda`` when available unless ``name`` says otherwise (None or "auto": choose).
-
-    Under torchrun, a bare ``cuda`` means this process's GPU, ``cuda:$LOCAL_RANK``.
-    """
-    if not name or name.strip().lower() == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {name!r} asked for, but CUDA is not available here (torch "
-            f"{torch.__version__}, built with CUDA: {torch.version.cuda is not None}); "
-            "use --device cpu or leave --device out"
-        )
-    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
-        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return dev
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CPU and CUDA (about 2× faster for the tiny networks here)."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 @dataclass
 class DistInfo:
     rank: int = 0
