@@ -72,8 +72,8 @@ def _add_device_option(p) -> None:
 
 
 _BF16_DEFAULT = (
-    "default: bf16 where the hardware runs it natively (CPUs with AMX or AVX512-BF16, "
-    "CUDA GPUs with bf16), else fp32"
+    "the default where the hardware runs bf16 natively: CPUs with AMX or AVX512-BF16, "
+    "CUDA GPUs with bf16; elsewhere the default is fp32"
 )
 
 
@@ -273,8 +273,8 @@ def _add_train(sub) -> None:
     _add_device_option(p)
     _add_precision_options(
         p,
-        "default: bf16, except on a CPU without AMX or AVX512-BF16 (there it would be "
-        "emulated: fp32, with a warning)",
+        "the default, except on a CPU without AMX or AVX512-BF16, where bf16 would be "
+        "emulated: there fp32, with a warning",
     )
     p.add_argument(
         "--state", type=Path, default=None, help="resumable state folder (default OUT/state)"
