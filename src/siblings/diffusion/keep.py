@@ -155,30 +155,33 @@ def compose_exact(
         s[left] = t[left]
     background_free = not kept_lut[_BG]
     regenerated = [k for k in ONE_COMPONENT if not kept_lut[k]]
-    decoded_parts = {k: _components(d == k) for k in regenerated}
-    near_kept: dict[int, np.ndarray] = {}  # the 26-neighbourhood of each kept chamber
     n_sep = n_det = 0
     rounds = 0
     while rounds < max_rounds:
         rounds += 1
-        # 3. Forbidden contacts, all from one snapshot.
+        # 3. Forbidden contacts, all from one snapshot, each in the box around the
+        # chamber's free voxels (its hits and their neighbours lie there).
         relabelled = free & (s != d)
         sep = np.zeros(s.shape, np.uint8)
         todo = np.zeros(s.shape, bool)
         for a, b in FORBIDDEN_PAIRS:
             for x, y in ((a, b), (b, a)):
                 chamber = free & (s == x)
-                if not chamber.any():
+                near_box = _mask_box(chamber, pad=1)
+                if near_box is None:
                     continue
-                if y not in near_kept:
-                    near_kept[y] = _dilate(kept & (t == y))
-                near = near_kept[y] | (relabelled & _dilate(s == y))
-                near |= _dilate(relabelled & (s == y))
-                hit = chamber & near
+                c, sb, rb = chamber[near_box], s[near_box], relabelled[near_box]
+                if kept_lut[y]:
+                    # After step 2 a kept label is only on the twin's own voxels, so
+                    # every y there is kept, and no relabelled voxel is y.
+                    near = _dilate(sb == y)
+                else:
+                    near = (rb & _dilate(sb == y)) | _dilate(rb & (sb == y))
+                hit = c & near
                 if hit.any():
                     options = [k for k in _SEPARATORS[frozenset((x, y))] if not kept_lut[k]]
-                    sep[hit] = options[0] if options else _OUT
-                    todo |= hit
+                    sep[near_box][hit] = options[0] if options else _OUT
+                    todo[near_box] |= hit
         if todo.any():
             fallback = todo & (sep == _OUT)
             sep[fallback] = t[fallback]
@@ -187,7 +190,12 @@ def compose_exact(
         # 4. Detached pieces of regenerated one-component tissues.
         dropped_any = False
         for k in regenerated:
-            drop = _detached(s == k, d == k, decoded_parts[k])
+            mask, decoded_mask = s == k, d == k
+            tissue_box = _mask_box(mask | decoded_mask, pad=0)
+            if tissue_box is None:
+                continue
+            drop = np.zeros(s.shape, bool)
+            drop[tissue_box] = _detached(mask[tissue_box], decoded_mask[tissue_box])
             if not drop.any():
                 continue
             dropped_any = True
@@ -208,14 +216,28 @@ def compose_exact(
 def _box(twin: np.ndarray, decoded: np.ndarray, pad: int = 2) -> tuple[slice, ...] | None:
     """Slices of the box around the foreground of both maps, padded, or None if empty."""
     # Projections first (reducing over the first axis and over the last two is fast).
-    xs = twin.any(axis=(1, 2)) | decoded.any(axis=(1, 2))
+    return _slices(
+        twin.any(axis=(1, 2)) | decoded.any(axis=(1, 2)),
+        twin.any(axis=0) | decoded.any(axis=0),
+        twin.shape,
+        pad,
+    )
+
+
+def _mask_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:
+    """Slices of the box around a mask's voxels, padded, or None if it has none."""
+    return _slices(mask.any(axis=(1, 2)), mask.any(axis=0), mask.shape, pad)
+
+
+def _slices(
+    xs: np.ndarray, yz: np.ndarray, shape: tuple[int, ...], pad: int
+) -> tuple[slice, ...] | None:
     if not xs.any():
         return None
-    yz = twin.any(axis=0) | decoded.any(axis=0)
     box = []
     for axis, hit in enumerate((xs, yz.any(axis=1), yz.any(axis=0))):
         idx = np.flatnonzero(hit)
-        box.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + pad + 1, twin.shape[axis])))
+        box.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + pad + 1, shape[axis])))
     return tuple(box)
 
 
@@ -232,17 +254,16 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return cc3d.connected_components(mask, connectivity=26, return_N=True)
 
 
-def _detached(
-    mask: np.ndarray, decoded_mask: np.ndarray, decoded_parts: tuple[np.ndarray, int]
-) -> np.ndarray:
-    """Voxels of the components of ``mask`` that hold the most of no decoded component."""
+def _detached(mask: np.ndarray, decoded_mask: np.ndarray) -> np.ndarray:
+    """Voxels of the components of ``mask`` that hold the most of no component of
+    ``decoded_mask`` (both on one grid, holding all of the tissue's voxels)."""
     if not mask.any():
         return mask
-    parts, n = _components(mask)
-    ref, n_ref = decoded_parts
-    if n <= 1 and n_ref >= 1 and (mask & decoded_mask).any():
-        return np.zeros(mask.shape, bool)
     both = mask & decoded_mask
+    parts, n = _components(mask)
+    if n == 1 and both.any():  # the one piece holds the most of what it overlaps
+        return np.zeros(mask.shape, bool)
+    ref, n_ref = _components(decoded_mask)
     pairs = np.bincount(
         ref[both].astype(np.int64) * (n + 1) + parts[both], minlength=(n_ref + 1) * (n + 1)
     ).reshape(n_ref + 1, n + 1)
