@@ -50,10 +50,11 @@ import io as _io
 import math
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cc3d
 import numpy as np
@@ -315,7 +316,10 @@ def _build(grid: _Grid, p: dict) -> tuple[np.ndarray, dict]:
     ]
     ascending = [start + s * (top - start) for s in np.linspace(0, 1, 14)]
     descending = [arch[-1] - np.array([0, 0, d]) for d in np.linspace(0, 70, 16)]
-    aorta = grid.tube(np.array(ascending + arch + descending), rad) & (lab == 0)
+    path = ascending + arch + descending
+    if not p.get("aorta_arch", True):  # a stress case: straight up, no arch (data/stress.py)
+        path = [start + s * (top - start) for s in np.linspace(0, 2.5, 36)]
+    aorta = grid.tube(np.array(path), rad) & (lab == 0)
     lab[aorta] = L["Ao"]
 
     # RV: crescent around the septum, offset anterior (+y) and to the patient's right
@@ -507,7 +511,11 @@ _DEFECTS = {
 # Public API.
 # ---------------------------------------------------------------------------------
 def make_phantom(
-    index: int, size: int = 128, seed: int = 0, defect_rate: float = 0.0
+    index: int,
+    size: int = 128,
+    seed: int = 0,
+    defect_rate: float = 0.0,
+    overrides: Mapping[str, Any] | None = None,
 ) -> tuple[LabelMap, dict]:
     """One phantom subject on a ``size``³ grid (179.2 mm field of view).
 
@@ -517,6 +525,12 @@ def make_phantom(
     size : grid size in voxels per axis (voxel size 179.2 / size mm).
     seed : cohort seed; the subject depends only on ``(seed, index)``.
     defect_rate : probability that the subject carries segmentation-like defects.
+    overrides : replace drawn parameters after the draw (so everything else about the
+        subject stays as drawn), for shapes outside the cohort's ranges (the stress set
+        of :mod:`siblings.data.stress`): any key of the drawn parameters (e.g.
+        ``wall_mm``), ``target`` as a partial dict of chamber volumes in mL (not clipped
+        to :data:`VOLUME_BOUNDS_ML`), and ``aorta_arch`` (False: a straight ascending
+        aorta, no arch). The cohort never uses them.
 
     Returns
     -------
@@ -530,6 +544,8 @@ def make_phantom(
         raise ValueError(f"grid size must be at least 16 voxels, got {size}")
     rng = np.random.default_rng([int(seed), int(index)])
     p = _draw_parameters(rng)
+    if overrides:
+        p = _override(p, overrides)
     grid = _Grid(size, frame=_reorientation(p))
     lab, facts = _build(grid, p)
     lab = _centre(_clean(lab))
@@ -566,7 +582,26 @@ def make_phantom(
         "lv_long_axis_mm": facts["lv_long_axis_mm"],
         "defects": ";".join(defects),
     }
+    if overrides:
+        row["overrides"] = repr(dict(overrides))
     return LabelMap(lab, centred_affine(size)), row
+
+
+def _override(p: dict, overrides: Mapping[str, Any]) -> dict:
+    """The drawn parameters ``p`` with ``overrides`` (see :func:`make_phantom`)."""
+    allowed = set(p) | {"aorta_arch"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown phantom parameter(s) {', '.join(unknown)}; use {', '.join(sorted(allowed))}"
+        )
+    out = {**p, **overrides}
+    if "target" in overrides:
+        bad = sorted(set(overrides["target"]) - set(MEDIAN_VOLUME_ML))
+        if bad:
+            raise ValueError(f"unknown chamber(s) {', '.join(bad)} in target; use LV, RV, LA, RA")
+        out["target"] = {**p["target"], **{k: float(v) for k, v in overrides["target"].items()}}
+    return out
 
 
 def _write_one(args: tuple[int, int, int, float, str]) -> dict:
