@@ -10,10 +10,10 @@ process, on a cohort of 8 phantoms at the row's grid, for 1 + ``--steps`` steps.
 first step is the warm-up (allocation, oneDNN kernel choice) and is left out; the
 figures are the median over the other steps of the wall time and of the process's CPU
 time (user + system: on cores shared with other work the wall time grows, the CPU time
-much less). Memory is the child's peak resident set: ``ru_maxrss`` of the whole process
-(data, weights and, for the denoiser, encoding the cohort with the VAE) and the peak
-during the measured steps alone (``VmHWM`` after resetting it at the end of the warm-up
-step through ``/proc/self/clear_refs``; Linux only).
+much less). Memory is the child's peak resident set (``ru_maxrss``): over the whole
+process (data, weights, the warm-up step and, for the denoiser, encoding the cohort
+with the VAE), and over the measured steps alone (``VmHWM`` after resetting both peaks
+at the end of the warm-up step through ``/proc/self/clear_refs``; Linux only).
 
 ``tiny`` fine-tunes the shipped weights (``--init shipped``) at the preset's batch (VAE
 2, denoiser 16). No ``paper`` weights are shipped, so the ``paper`` rows train the
@@ -56,12 +56,14 @@ def child(spec: dict) -> dict:
     from siblings.models.presets import get_preset
 
     marks: list[tuple[float, float]] = []
+    setup_peak_kb = []
     write = T._Log.write
 
     def timed_write(self, record):  # called once per step (log_every=1), after the step
         marks.append((time.perf_counter(), time.process_time()))
         if len(marks) == 1:  # end of the warm-up step: measure the peak from here on
-            try:
+            setup_peak_kb.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+            try:  # resets VmHWM and ru_maxrss alike
                 Path("/proc/self/clear_refs").write_text("5")
             except OSError:
                 pass
@@ -89,12 +91,13 @@ def child(spec: dict) -> dict:
     wall = [b[0] - a[0] for a, b in itertools.pairwise(marks)]
     cpu = [b[1] - a[1] for a, b in itertools.pairwise(marks)]
     hwm = _vm_kb("VmHWM")
+    peak_kb = max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, *setup_peak_kb])
     return {
         **{k: spec[k] for k in ("preset", "stage", "grid", "batch", "threads", "bf16", "init")},
         "step_wall_s": statistics.median(wall),
         "step_cpu_s": statistics.median(cpu),
         "steps_measured": len(wall),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gb": peak_kb / 2**20,
         "steps_peak_rss_gb": None if hwm is None else hwm / 2**20,
     }
 
