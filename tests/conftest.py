@@ -31,6 +31,7 @@ MICRO_OVERRIDES: dict = {
     "unet_attention": (False, False, True),
 }
 
+
 @pytest.fixture(autouse=True)
 def _cpu_without_native_bf16(monkeypatch):
     """Commands run in-process choose their precision as on a CPU without native bf16
