@@ -17,6 +17,10 @@ made with one of three strategies and kept only if they meet the same condition:
     kept tissues are in it exactly; ``keep="latent"`` is eq. 5 alone (the paper's
     augmentation experiment uses it).
 
+``perturb`` and ``local`` start from each rare twin's latent encoded once by inversion
+(``invert_steps``, :func:`siblings.diffusion.edit.encode_twin`; 0 = the paper's
+posterior mean); twins out of the model's distribution are named in one warning.
+
 Attempts go round-robin over the rare twins in batches until ``n`` maps are accepted
 (or ``max_attempts`` is reached). Attempt ``a`` is fully determined by ``(seed, a)``:
 
@@ -68,6 +72,7 @@ import math
 import operator
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,8 +82,16 @@ import numpy as np
 import torch
 
 from . import anatomy
-from .diffusion.edit import latent_keep_mask, regenerated_tissues, start_step
+from .diffusion.edit import (
+    TwinEncoding,
+    encode_twin,
+    latent_keep_mask,
+    ood_warning,
+    regenerated_tissues,
+    start_step,
+)
 from .diffusion.edm import heun_sample
+from .diffusion.inversion import DEFAULT_INVERT_STEPS
 from .diffusion.keep import KEEP_MODES, KeepMode, compose_exact
 from .io import (
     LabelMap,
@@ -544,6 +557,7 @@ def augment(
     figures: bool = True,
     progress: bool = False,
     keep: KeepMode = "exact",
+    invert_steps: int = DEFAULT_INVERT_STEPS,
 ) -> AugmentResult:
     """Grow the rare cohort of ``data`` (maps meeting ``where``) by ``n`` accepted maps.
 
@@ -567,6 +581,12 @@ def augment(
     dilate : local's latent keep-mask dilations (default: the preset's).
     keep : local's keep mode: ``"exact"`` (default) composes each decoded map with its
         twin in label space before judging it; ``"latent"``: eq. 5 alone (the paper).
+    invert_steps : perturb and local: each rare twin's latent is its posterior mean
+        refined by this many steps of inversion
+        (:func:`siblings.diffusion.edit.encode_twin`; 0 = the paper's posterior mean).
+        Its round-trip Dice before and after is in ``augment.json`` and every manifest;
+        twins below :data:`~siblings.diffusion.edit.OOD_DICE_THRESHOLD` for a tissue get
+        one ``UserWarning`` line (also in ``augment.json``'s ``warnings``).
     prefix : file name prefix (default: the strategy).
     resume : continue an interrupted run in ``out`` (same data, condition, strategy,
         seed, steps and model; ``n`` and ``max_attempts`` may grow). The result is the
@@ -626,6 +646,9 @@ def augment(
         raise ValueError(f"dilate must be >= 0, got {dilate_n}")
     if keep not in KEEP_MODES:
         raise ValueError(f"unknown keep mode {keep!r}; use 'exact' or 'latent'")
+    if int(invert_steps) != invert_steps or invert_steps < 0:
+        raise ValueError(f"invert_steps must be a whole number, 0 or more, got {invert_steps}")
+    invert_steps = int(invert_steps)
     prefix = prefix or strategy
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prefix):
         raise ValueError(f"prefix {prefix!r}: use letters, digits, '_', '-' or '.'")
@@ -642,6 +665,7 @@ def augment(
         "regions": list(regions) if strategy == "local" else None,
         "dilate": dilate_n if strategy == "local" else None,
         **({"keep": keep} if strategy == "local" else {}),
+        **({"invert_steps": invert_steps} if strategy != "uncond" else {}),
         "rare_twins_sha256": [t.sha256 for t in twins],
         "checkpoint_sha256": model.checkpoint_sha256,
     }
@@ -660,18 +684,27 @@ def augment(
                 return _result_from(out, summary, condition, twins, files, attempts)
     attempted = attempts[-1] + 1 if attempts else 0
 
-    # -- Per-twin latents (posterior means) and keep masks, once. ---------------------
+    # -- Per-twin latents (posterior means, inverted) and keep masks, once. ----------
     latents: dict[int, torch.Tensor] = {}
     masks: dict[int, np.ndarray] = {}
+    encodings: dict[int, TwinEncoding] = {}
+    run_warnings: list[str] = []
     if strategy != "uncond" and len(files) < n:
-        for j, t in enumerate(twins):
-            latents[j] = model.encode(t.labels.data[None]).to(torch.float64)
+        for j, t in enumerate(
+            tqdm(twins, desc="encode twins", unit="twin", disable=not progress or not invert_steps)
+        ):
+            encodings[j] = encode_twin(model, t.labels.data, invert_steps)
+            latents[j] = encodings[j].latent.to(torch.float64)
             if strategy == "local":
                 regen = regen_sets[regions[j % len(regions)]]
                 kept = [anatomy.LABELS[x] for x in anatomy.TISSUES if x not in regen]
                 masks[j] = latent_keep_mask(
                     t.labels.data, kept, model.preset.latent_size, dilate_n
                 ).astype(np.float64)
+        msg = ood_warning({twins[j].path.name: e for j, e in encodings.items()})
+        if msg:
+            run_warnings.append(msg)
+            warnings.warn(msg, UserWarning, stacklevel=2)
 
     # -- Attempt, judge on the written file, keep or drop. ---------------------------
     out.mkdir(parents=True, exist_ok=True)
@@ -716,6 +749,8 @@ def augment(
                 )
                 if seam is not None:
                     manifest["seam"] = seam
+                if att.twin is not None:
+                    manifest["encoding"] = encodings[att.twin].to_dict()
                 write_json(out / f"{name}.json", manifest)  # last: marks the map complete
                 files.append(final)
                 attempts.append(att.index)
@@ -772,6 +807,13 @@ def augment(
     summary = _summary(
         result, model, signature, twins, data, where, evaluation, batch, max_attempts, prefix
     )
+    summary["warnings"] = run_warnings
+    if encodings:
+        for j, entry in enumerate(summary["rare_twins"]):
+            enc = encodings[j].to_dict()
+            entry["roundtrip_dice_posterior_mean"] = enc["roundtrip_dice_posterior_mean"]
+            entry["roundtrip_dice"] = enc["roundtrip_dice"]
+            entry["out_of_distribution"] = enc["out_of_distribution"]
     result.summary = summary
     write_json(out / "augment.json", summary)
     if not complete:
@@ -851,6 +893,7 @@ def _summary(
             "psis": signature["psis"],
             "regions": signature["regions"],
             "dilate": signature["dilate"],
+            "invert_steps": signature.get("invert_steps"),
             "prefix": prefix,
         },
         "data": str(data),

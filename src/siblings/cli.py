@@ -418,6 +418,21 @@ _EDIT_OUTPUTS = """\
         unless the whole run succeeds."""
 
 
+def _add_invert_option(p) -> None:
+    """--invert-steps, for every command that edits a twin (edit perturb/local, augment)."""
+    from .diffusion.inversion import DEFAULT_INVERT_STEPS
+
+    p.add_argument(
+        "--invert-steps",
+        type=int,
+        default=DEFAULT_INVERT_STEPS,
+        metavar="N",
+        help="encode the twin by inversion: refine its posterior mean by up to N gradient "
+        "steps so that it decodes back to the twin (default "
+        f"{DEFAULT_INVERT_STEPS}; 0 = the paper's posterior mean)",
+    )
+
+
 def _edit_common(p) -> None:
     p.add_argument(
         "twin",
@@ -430,6 +445,7 @@ def _edit_common(p) -> None:
     p.add_argument("--steps", type=int, default=20, help="sampler steps N (default 20)")
     p.add_argument("--batch", type=int, default=8, help="siblings per batch (default 8)")
     p.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
+    _add_invert_option(p)
     _add_model_options(p)
     p.add_argument(
         "--register-to",
@@ -607,6 +623,7 @@ def _run_edit(args: argparse.Namespace) -> None:
         dilate=args.dilate if local else None,
         with_myocardium=not args.no_myocardium if local else True,
         keep=args.keep if local else "exact",
+        invert_steps=args.invert_steps,
     )
     if args.n_boot < 0:
         raise UsageError(f"--n-boot must be 0 or more, got {args.n_boot}")
@@ -637,6 +654,7 @@ def _run_edit(args: argparse.Namespace) -> None:
             with_myocardium=not args.no_myocardium if local else True,
             fresh_noise=args.fresh_noise if local else False,
             keep=args.keep if local else "exact",
+            invert_steps=args.invert_steps,
             register_to=args.register_to,
             reference=args.reference,
             n_boot=args.n_boot,
@@ -966,6 +984,7 @@ def _add_augment(sub) -> None:
         help="local: exact (default) keeps the twin's kept tissues voxel for voxel (composed "
         "in label space); latent: the paper's latent pasting alone",
     )
+    _add_invert_option(p)
     _add_model_options(p)
     p.add_argument("--k", type=int, default=3, help="k of precision/recall (default 3)")
     p.add_argument(
@@ -983,6 +1002,8 @@ def _add_augment(sub) -> None:
 
 
 def _run_augment(args: argparse.Namespace) -> None:
+    import warnings
+
     from .augment import AugmentStopped, augment, parse_condition
 
     parse_condition(args.where)  # a bad condition fails before the model loads
@@ -998,35 +1019,45 @@ def _run_augment(args: argparse.Namespace) -> None:
         raise UsageError(f"--k must be at least 1, got {args.k}")
     if args.n_boot < 0:
         raise UsageError(f"--n-boot must be 0 or more, got {args.n_boot}")
+    if args.invert_steps < 0:
+        raise UsageError(f"--invert-steps must be 0 or more, got {args.invert_steps}")
     try:
         psis = [float(v) for v in args.psi.split(",") if v.strip()]
     except ValueError:
         raise UsageError(f"--psi: expected numbers separated by commas, got {args.psi!r}") from None
     regions = [r.strip().replace("+", ",") for r in args.regions.split(",") if r.strip()]
     model = _load_model(args)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"siblings augment: warning: {message}", file=sys.stderr)
+
     try:
-        res = augment(
-            model,
-            args.data,
-            args.where,
-            args.strategy,
-            args.n,
-            args.seed,
-            args.out,
-            steps=args.steps,
-            batch=args.batch,
-            max_attempts=args.max_attempts,
-            psis=psis,
-            regions=regions,
-            dilate=args.dilate,
-            keep=args.keep,
-            resume=args.resume,
-            evaluate=not args.no_evaluate,
-            k=args.k,
-            n_boot=args.n_boot,
-            figures=not args.no_figures,
-            progress=not args.quiet,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", UserWarning)
+            warnings.showwarning = show
+            res = augment(
+                model,
+                args.data,
+                args.where,
+                args.strategy,
+                args.n,
+                args.seed,
+                args.out,
+                steps=args.steps,
+                batch=args.batch,
+                max_attempts=args.max_attempts,
+                psis=psis,
+                regions=regions,
+                dilate=args.dilate,
+                keep=args.keep,
+                invert_steps=args.invert_steps,
+                resume=args.resume,
+                evaluate=not args.no_evaluate,
+                k=args.k,
+                n_boot=args.n_boot,
+                figures=not args.no_figures,
+                progress=not args.quiet,
+            )
     except AugmentStopped as exc:
         print(f"siblings augment: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -9,16 +9,20 @@ This is what ``siblings edit perturb`` and ``siblings edit local`` do; the maths
    TotalSegmentator subject folder is read (v1 or v2 layout) and prepared the same way;
 2. checks every input before anything is computed or written (unknown tissue, ψ
    outside (0, 1], regenerating every tissue, bad counts, an output folder in use);
-3. makes the siblings in batches (progress bar), measures each (morphology, the 12
+3. encodes the twin: its posterior mean refined by ``invert_steps`` of inversion (0 =
+   the paper), with its round-trip Dice per tissue before and after, and a warning when
+   that Dice is below :data:`~siblings.diffusion.edit.OOD_DICE_THRESHOLD` for a tissue
+   (out of the model's distribution);
+4. makes the siblings in batches (progress bar), measures each (morphology, the 12
    topology checks, Dice against the twin, and kept-tissue Dice for localized edits);
-4. writes, into a staging folder renamed onto ``out`` at the end (a failed run leaves
+5. writes, into a staging folder renamed onto ``out`` at the end (a failed run leaves
    nothing behind)::
 
        out/sibling_00000.nii.gz, sibling_00000.json, …   model space + manifest
        out/scanner/sibling_00000.nii.gz, ….json          twin's original grid (if it had one)
        out/twin/twin.nii.gz, twin.json                   the twin in model space, its record
        out/twin/twin.xfm.json                            its transform (if prepared here)
-       out/twin/twin_vae_reconstruction.nii.gz           the twin through the VAE
+       out/twin/twin_vae_reconstruction.nii.gz           decode(the latent edits start from)
        out/report/report.html, siblings.png, metrics.json, per_map.csv, …
        out/run.json                                      the run: inputs, warnings, time
 
@@ -51,12 +55,15 @@ from . import anatomy
 from .data import geometry
 from .diffusion.edit import (
     EditResult,
+    encode_twin,
     inpaint,
     kept_tissue_dice,
+    ood_warning,
     perturb,
     regenerated_tissues,
     start_step,
 )
+from .diffusion.inversion import DEFAULT_INVERT_STEPS
 from .diffusion.keep import KEEP_MODES, KeepMode, compose_exact
 from .io import (
     LabelMap,
@@ -292,6 +299,7 @@ class EditSettings:
     with_myocardium: bool = True
     fresh_noise: bool = False
     keep: KeepMode | None = None  # localized editing: "exact" or "latent"
+    invert_steps: int = DEFAULT_INVERT_STEPS  # 0 = the paper's posterior mean
 
     def kept_labels(self) -> list[int]:
         """Labels a localized edit keeps (the background too with ``keep_background``)."""
@@ -313,15 +321,18 @@ def check_settings(
     with_myocardium: bool = True,
     fresh_noise: bool = False,
     keep: str = "exact",
+    invert_steps: int = DEFAULT_INVERT_STEPS,
 ) -> EditSettings:
     """Validate a run's parameters; ``ValueError`` with a clear message otherwise.
 
     Catches: an unknown method or tissue name, ψ outside (0, 1], a localized edit that
     regenerates every tissue (that is unconditional sampling), counts below 1, a
-    negative dilation, an unknown keep mode.
+    negative dilation or number of inversion steps, an unknown keep mode.
     """
     if method not in METHOD_NAMES:
         raise ValueError(f"unknown editing method {method!r}; use 'perturb' or 'local'")
+    if int(invert_steps) < 0:
+        raise ValueError(f"--invert-steps must be 0 or more, got {invert_steps}")
     for name, value in (("n", n), ("steps", steps), ("batch", batch)):
         if int(value) < 1:
             raise ValueError(f"--{name} must be at least 1, got {value}")
@@ -357,6 +368,7 @@ def check_settings(
         with_myocardium=bool(with_myocardium),
         fresh_noise=bool(fresh_noise),
         keep=keep if method == "local" else None,  # type: ignore[arg-type]
+        invert_steps=int(invert_steps),
     )
 
 
@@ -456,6 +468,7 @@ def run_edit(
     with_myocardium: bool = True,
     fresh_noise: bool = False,
     keep: KeepMode = "exact",
+    invert_steps: int = DEFAULT_INVERT_STEPS,
     register_to: PathLike | Literal["phantom", "none"] | None = "phantom",
     interpolation: geometry.Interpolation = "linear",
     reference: PathLike | None = None,
@@ -482,6 +495,12 @@ def run_edit(
         in label space (:func:`siblings.diffusion.keep.compose_exact`), on the model grid
         and again on the twin's own grid with its original voxels, so kept tissues are
         the twin's exactly in both; ``"latent"`` is the paper's eq. 5 alone.
+    invert_steps : the twin's latent is its posterior mean refined by this many steps of
+        inversion (:func:`siblings.diffusion.edit.encode_twin`; 0 = the paper's posterior
+        mean). Its round-trip Dice per tissue before and after is in ``run.json``, every
+        manifest and the report; below
+        :data:`~siblings.diffusion.edit.OOD_DICE_THRESHOLD` for any tissue, the run warns
+        that the twin is out of the model's distribution.
     register_to, interpolation : preparation of a twin from another space.
     reference : optional folder of real maps on the model grid: the siblings are also
         evaluated against it (FD, precision, recall), in ``out/report/reference/``.
@@ -490,7 +509,9 @@ def run_edit(
     overwrite : replace an existing non-empty ``out``.
     progress : progress bar.
 
-    Warnings (``UserWarning``) name the tissues a twin lacks. Every input is checked
+    Warnings (``UserWarning``, also in ``run.json``'s ``warnings``) name the tissues a
+    twin lacks, and the tissues its round trip does not reconstruct (out of the model's
+    distribution), one line each. Every input is checked
     before the first sibling is computed; files appear in ``out`` only when the whole
     run has succeeded.
     """
@@ -508,6 +529,7 @@ def run_edit(
         with_myocardium=with_myocardium,
         fresh_noise=fresh_noise,
         keep=keep,
+        invert_steps=invert_steps,
     )
     if n_boot < 0:
         raise ValueError(f"--n-boot must be 0 or more, got {n_boot}")
@@ -536,8 +558,17 @@ def run_edit(
         run_warnings.append(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)
 
-    # Siblings, in memory (the model-space maps are small: 60 × 64³ bytes = 16 MB).
+    # The latent the edits start from, and whether the model reconstructs this twin.
     arr = twin.label_map.data
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="twin has no")  # reported above
+        encoding = encode_twin(model, arr, settings.invert_steps)
+    msg = ood_warning({str(twin.source): encoding})
+    if msg:
+        run_warnings.append(msg)
+        warnings.warn(msg, UserWarning, stacklevel=2)
+
+    # Siblings, in memory (the model-space maps are small: 60 × 64³ bytes = 16 MB).
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="twin has no")  # reported above
         if settings.method == "perturb":
@@ -551,6 +582,7 @@ def run_edit(
                 settings.seed,
                 batch=settings.batch,
                 progress=progress,
+                encoding=encoding,
             )
         else:
             result = inpaint(
@@ -567,8 +599,9 @@ def run_edit(
                 batch=settings.batch,
                 progress=progress,
                 keep=settings.keep or "exact",
+                encoding=encoding,
             )
-    reconstruction = model.decode(model.encode(arr[None]))[0]
+    reconstruction = encoding.reconstruction
     run = _write_run(
         model,
         twin,
@@ -623,6 +656,8 @@ def _write_run(
     names = [f"{SIBLING_PREFIX}_{i:05d}" for i in result.indices]
     dice = dice_table(arr, result.labels)
     recon_dice = dice_table(arr, [reconstruction])[0]
+    assert result.encoding is not None
+    encoding = result.encoding.to_dict()
     twin_entry = twin.describe()
     method_fields = _method_fields(settings, result)
     sib_paths: list[Path] = []
@@ -648,6 +683,7 @@ def _write_run(
                 index=result.indices[k],
                 steps=settings.steps,
                 **method_fields,
+                encoding=encoding,
                 morphology=morphology(lm),
                 topology=checks,
                 topology_violations=[c for c, v in checks.items() if v],
@@ -716,6 +752,7 @@ def _write_run(
                 "topology": twin_checks,
                 "topology_violations": [c for c, v in twin_checks.items() if v],
                 "vae_reconstruction_dice": recon_dice,
+                "encoding": encoding,
                 **twin.record,
             },
         )
@@ -734,6 +771,7 @@ def _write_run(
             n_boot=n_boot,
             seed=settings.seed,
         )
+        metrics["encoding"] = encoding
         if settings.method == "local":
             metrics["keep"] = settings.keep
             if result.decoded_kept_dice:  # what eq. 5 alone kept, before composition
@@ -773,10 +811,12 @@ def _write_run(
                 "steps": settings.steps,
                 "seed": settings.seed,
                 "batch": settings.batch,
+                "invert_steps": settings.invert_steps,
                 **method_fields,
                 **({"kept": list(result.kept)} if settings.method == "local" else {}),
             },
             "twin": {**twin_entry, **twin.record},
+            "encoding": encoding,
             "model": provenance(model, method)["model"],
             "outputs": {
                 "siblings": [f"{m}.nii.gz" for m in names],

@@ -1,7 +1,12 @@
 """Digital siblings: perturbational (SDEdit) and localized (inpainting) editing (SPEC §4).
 
-Both methods start from the seed twin's latent ``z`` (the encoder's posterior mean,
-scaled) and run the same Heun sampler as unconditional generation:
+Both methods start from the seed twin's latent ``z`` and run the same Heun sampler as
+unconditional generation. ``z`` is the encoder's posterior mean (scaled; the paper)
+refined by ``invert_steps`` gradient steps that make its decoding reconstruct the twin
+(:func:`encode_twin`, :mod:`siblings.diffusion.inversion`; "Beyond the paper", the
+product's default; ``invert_steps=0`` is the paper). :class:`TwinEncoding` holds the
+twin's round-trip Dice before and after, and :func:`ood_warning` says when a twin is
+out of the model's distribution (Dice below :data:`OOD_DICE_THRESHOLD`).
 
 - :func:`perturb` (paper §3.3): for sampling ratio ψ ∈ (0, 1], recompute the last
   ``k = max(1, round(ψ·N))`` of N steps, starting at ``σ_s = σ_{N−k}`` from
@@ -45,11 +50,21 @@ from .. import anatomy
 from ..io import LabelMap
 from ..models.ldm import LatentDiffusionModel, noise_for
 from .edm import heun_sample
+from .inversion import DEFAULT_INVERT_LR, DEFAULT_INVERT_STEPS, InversionRecord
 from .keep import KEEP_MODES, KeepMode, compose_exact
 
 # Noise streams: 0 = starting noise (shared with unconditional sampling), 1 = the
 # fixed ε of the pasted seed latent (inpainting), 2+ = fresh ε per paste.
 _START, _PASTE = 0, 1
+
+OOD_DICE_THRESHOLD = 0.85
+"""A twin whose round-trip Dice (after inversion) is below this for any tissue is out of
+the model's distribution (SPEC §4, "Beyond the paper"): say so wherever it is edited."""
+
+FINE_TUNE_HINT = (
+    "fine-tune on your cohort: siblings train vae|ldm --init shipped --data PREPARED --out DIR "
+    "(vae first, then ldm into the same DIR), then edit with --checkpoint DIR"
+)
 
 
 @dataclass
@@ -68,6 +83,8 @@ class EditResult:
     decoded: np.ndarray | None = None
     decoded_kept_dice: list[dict[str, float]] = field(default_factory=list)
     seams: list[dict[str, int]] = field(default_factory=list)
+    # The twin's latent the edit started from, and its round-trip Dice.
+    encoding: TwinEncoding | None = None
 
 
 def start_step(psi: float, steps: int) -> int:
@@ -112,6 +129,102 @@ def kept_tissue_dice(
     return {t: dice(twin == anatomy.LABELS[t], sibling == anatomy.LABELS[t]) for t in tissues}
 
 
+@dataclass
+class TwinEncoding:
+    """The latent an edit starts from, and how well it reconstructs the twin.
+
+    Attributes
+    ----------
+    latent : scaled latent ``(1, C, n, n, n)``, float32 on the CPU.
+    invert_steps : the inversion's step budget (0: the posterior mean, the paper).
+    record : what the inversion did (None for 0 steps).
+    reconstruction : ``decode(latent)``, the twin's round trip ``(S, S, S)`` uint8.
+    dice_posterior_mean : round-trip Dice per tissue of the posterior mean.
+    dice : round-trip Dice per tissue of ``latent`` (after inversion).
+
+    Dice is :func:`dice` per tissue: 1.0 when the twin and its round trip both lack the
+    tissue, 0.0 when only one has it.
+    """
+
+    latent: torch.Tensor
+    invert_steps: int
+    record: InversionRecord | None
+    reconstruction: np.ndarray
+    dice_posterior_mean: dict[str, float]
+    dice: dict[str, float]
+
+    def out_of_distribution(self, threshold: float | None = None) -> dict[str, float]:
+        """The tissues whose round-trip Dice (after inversion) is below ``threshold``
+        (default :data:`OOD_DICE_THRESHOLD`)."""
+        limit = OOD_DICE_THRESHOLD if threshold is None else threshold
+        return {t: d for t, d in self.dice.items() if d < limit}
+
+    def to_dict(self) -> dict:
+        """The encoding's entry in run.json and manifests (no arrays)."""
+        return {
+            "method": "inversion" if self.invert_steps else "posterior mean",
+            "invert_steps": self.invert_steps,
+            "inversion": None if self.record is None else self.record.to_dict(),
+            "roundtrip_dice_posterior_mean": {
+                t: round(d, 4) for t, d in self.dice_posterior_mean.items()
+            },
+            "roundtrip_dice": {t: round(d, 4) for t, d in self.dice.items()},
+            "ood_threshold": OOD_DICE_THRESHOLD,
+            "out_of_distribution": {t: round(d, 4) for t, d in self.out_of_distribution().items()},
+        }
+
+
+def encode_twin(
+    model: LatentDiffusionModel,
+    twin: LabelMap | np.ndarray,
+    invert_steps: int = DEFAULT_INVERT_STEPS,
+    invert_lr: float = DEFAULT_INVERT_LR,
+) -> TwinEncoding:
+    """Encode a twin on the model grid: the posterior mean, refined by ``invert_steps``
+    of inversion (:meth:`LatentDiffusionModel.invert`: soft Dice loss, the step with the
+    best mean round-trip Dice kept), with its round-trip Dice per tissue before and
+    after (:func:`kept_tissue_dice`)."""
+    if int(invert_steps) < 0:
+        raise ValueError(f"invert steps must be 0 or more, got {invert_steps}")
+    arr = _twin_array(model, twin)
+    mu = model.encode(arr[None])
+    recon_mu = model.decode(mu)[0]
+    dice_mu = kept_tissue_dice(arr, recon_mu, anatomy.TISSUES)
+    if not invert_steps:
+        return TwinEncoding(mu, 0, None, recon_mu, dice_mu, dict(dice_mu))
+    z, (record,) = model.invert(arr[None], int(invert_steps), invert_lr)
+    recon = model.decode(z)[0]
+    dice_z = kept_tissue_dice(arr, recon, anatomy.TISSUES)
+    return TwinEncoding(z, int(invert_steps), record, recon, dice_mu, dice_z)
+
+
+def ood_warning(encodings: dict[str, TwinEncoding], threshold: float | None = None) -> str | None:
+    """One line for the twins (by name) out of the model's distribution, or None.
+
+    Names each twin's tissues with round-trip Dice below ``threshold`` (default
+    :data:`OOD_DICE_THRESHOLD`) and their figures, says what it means and what to do.
+    """
+    threshold = OOD_DICE_THRESHOLD if threshold is None else threshold
+    bad = {name: e.out_of_distribution(threshold) for name, e in encodings.items()}
+    bad = {name: d for name, d in bad.items() if d}
+    if not bad:
+        return None
+    inverted = any(e.invert_steps for e in encodings.values())
+    how = "after inversion" if inverted else "of the posterior mean"
+    low = {name: ", ".join(f"{t} {v:.2f}" for t, v in d.items()) for name, d in bad.items()}
+    if len(encodings) == 1:
+        ((name, figures),) = low.items()
+        who, these, them = f"twin {name} is", "this one", "its siblings"
+    else:
+        figures = "; ".join(f"{name}: {f}" for name, f in low.items())
+        who, these, them = f"{len(bad)} of {len(encodings)} twins are", "these", "their siblings"
+    return (
+        f"{who} out of the model's distribution: round-trip Dice {how} below {threshold:g} "
+        f"({figures}); the model has not learned hearts like {these} and {them} may not be "
+        f"faithful; {FINE_TUNE_HINT}"
+    )
+
+
 def _batches(n: int, batch: int) -> list[list[int]]:
     if n < 1:
         raise ValueError(f"number of siblings must be at least 1, got {n}")
@@ -129,11 +242,19 @@ def perturb(
     seed: int = 0,
     batch: int = 8,
     progress: bool = False,
+    invert_steps: int = DEFAULT_INVERT_STEPS,
+    encoding: TwinEncoding | None = None,
 ) -> EditResult:
-    """``n`` perturbational siblings of ``twin`` at sampling ratio ``psi`` (SPEC §4)."""
+    """``n`` perturbational siblings of ``twin`` at sampling ratio ``psi`` (SPEC §4).
+
+    The twin's latent ``z`` is its posterior mean refined by ``invert_steps`` steps of
+    inversion (:func:`encode_twin`; 0 = the paper's posterior mean), or ``encoding``'s
+    latent when one is given (from :func:`encode_twin` of this twin).
+    """
     i0 = start_step(psi, steps)
     arr = _twin_array(model, twin)
-    z = model.encode(arr[None]).to(torch.float64)
+    encoding = encoding or encode_twin(model, arr, invert_steps)
+    z = encoding.latent.to(torch.float64)
     sig = model.sigmas(steps)[i0:]
     out = []
     from tqdm.auto import tqdm
@@ -154,8 +275,10 @@ def perturb(
             "recomputed_steps": steps - i0,
             "sigma_start": float(sig[0]),
             "seed": seed,
+            "invert_steps": encoding.invert_steps,
         },
         indices=list(range(n)),
+        encoding=encoding,
     )
 
 
@@ -213,6 +336,8 @@ def inpaint(
     batch: int = 8,
     progress: bool = False,
     keep: KeepMode = "exact",
+    invert_steps: int = DEFAULT_INVERT_STEPS,
+    encoding: TwinEncoding | None = None,
 ) -> EditResult:
     """``n`` localized siblings of ``twin`` with the ``regenerate`` tissues made anew (eq. 5).
 
@@ -221,6 +346,8 @@ def inpaint(
     ``keep``: ``"exact"`` composes each decoded sibling with the twin in label space
     (:func:`~siblings.diffusion.keep.compose_exact`: kept-tissue Dice 1.0);
     ``"latent"`` returns the decoded maps as they are (the paper's method).
+    The seed latent ``z`` is the twin's posterior mean refined by ``invert_steps`` steps
+    of inversion (:func:`encode_twin`; 0 = the paper), or ``encoding``'s latent.
     """
     if keep not in KEEP_MODES:
         raise ValueError(f"unknown keep mode {keep!r}; use 'exact' or 'latent'")
@@ -232,7 +359,8 @@ def inpaint(
         raise ValueError(f"dilate must be >= 0, got {dilate}")
     arr = _twin_array(model, twin)
     mask = latent_keep_mask(arr, kept_labels, model.preset.latent_size, dilate)
-    z = model.encode(arr[None]).to(torch.float64).to(model.device)
+    encoding = encoding or encode_twin(model, arr, invert_steps)
+    z = encoding.latent.to(torch.float64).to(model.device)
     m = torch.from_numpy(mask).to(model.device, torch.float64)[None, None]
     sig = model.sigmas(steps)
     out = []
@@ -277,6 +405,7 @@ def inpaint(
             "seed": seed,
             "kept_latent_fraction": float(mask.mean()),
             "keep": keep,
+            "invert_steps": encoding.invert_steps,
         },
         indices=list(range(n)),
         kept=kept,
@@ -287,4 +416,5 @@ def inpaint(
             [kept_tissue_dice(arr, lab, kept) for lab in decoded] if keep == "exact" else []
         ),
         seams=seams,
+        encoding=encoding,
     )

@@ -91,6 +91,8 @@ def make_augmented(
 
     p = spec.params
     kwargs = dict(steps=p["steps"], batch=ctx.batch, evaluate=False, progress=ctx.progress)
+    if p["strategy"] != "uncond":
+        kwargs["invert_steps"] = 0  # the paper's posterior mean, not the product's inversion
     if p["strategy"] == "local":
         kwargs["keep"] = "latent"  # the paper's method as published, not exact keep
     if p["max_attempts"] is not None:

@@ -339,13 +339,15 @@ def _make_perturb(ctx: ExperimentContext, spec: CohortSpec, folder: Path):
 
     seed = _seed_of(ctx, spec)
     p = spec.params
+    # The paper's encoding: the posterior mean (invert_steps=0), not the product's inversion.
     res = perturb(
         ctx.model, ctx.seed_map(seed), psi=p["psi"], n=spec.n, steps=p["steps"],
-        seed=p["seed"], batch=ctx.batch,
+        seed=p["seed"], batch=ctx.batch, invert_steps=0,
     )  # fmt: skip
     names = [f"sibling_{i:05d}" for i in range(spec.n)]
     _write_maps(ctx, folder, names, res.labels,
-                _edit_manifests(ctx, spec, seed, "perturbational", spec.n, psi=p["psi"]))  # fmt: skip
+                _edit_manifests(ctx, spec, seed, "perturbational", spec.n, psi=p["psi"],
+                                invert_steps=0))  # fmt: skip
     ctx.tick(spec.n * spec.cost, spec.key)
     return ctx.summarise(res.labels, [f"{n}.nii.gz" for n in names]), {"params": res.params}
 
@@ -355,17 +357,18 @@ def _make_inpaint(ctx: ExperimentContext, spec: CohortSpec, folder: Path):
 
     seed = _seed_of(ctx, spec)
     p = spec.params
-    # The paper's method as published: eq. 5 alone (keep="latent"), not the product's
-    # exact keep, so Table 3 and Figs. 8-9 measure what the paper measured.
+    # The paper's method as published: the posterior mean (invert_steps=0) and eq. 5
+    # alone (keep="latent"), not the product's inversion and exact keep, so Table 3 and
+    # Figs. 8-9 measure what the paper measured.
     res = inpaint(
         ctx.model, ctx.seed_map(seed), regenerate=p["regenerate"], n=spec.n, steps=p["steps"],
-        seed=p["seed"], batch=ctx.batch, keep="latent",
+        seed=p["seed"], batch=ctx.batch, keep="latent", invert_steps=0,
     )  # fmt: skip
     names = [f"sibling_{i:05d}" for i in range(spec.n)]
     _write_maps(ctx, folder, names, res.labels,
                 _edit_manifests(ctx, spec, seed, "localized", spec.n,
                                 regenerate=res.params["regenerate"], kept=list(res.kept),
-                                keep="latent"))  # fmt: skip
+                                keep="latent", invert_steps=0))  # fmt: skip
     ctx.tick(spec.n * spec.cost, spec.key)
     dice = {t: float(np.mean([d[t] for d in res.kept_dice])) for t in res.kept}
     return ctx.summarise(res.labels, [f"{n}.nii.gz" for n in names]), {

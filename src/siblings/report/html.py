@@ -30,6 +30,7 @@ table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ddd; padding: 0.3em 0.7em; text-align: left; }
 th { background: #f4f4f4; } td.num, th.num { text-align: right; } td.num { white-space: nowrap; }
 tr.bad td { background: #fff3f0; }
+p.warning { background: #fff3f0; border-left: 4px solid #c0392b; padding: 0.4em 0.8em; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.88em; margin-top: 0.3em; }
 code { background: #f4f4f4; padding: 0 0.2em; }
