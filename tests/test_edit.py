@@ -19,7 +19,7 @@ from siblings.cli import main
 from siblings.data import geometry
 from siblings.data.phantom import make_phantom
 from siblings.data.phantom_scans import place_in_scanner, scanner_affine, write_totalseg_subject
-from siblings.diffusion.edit import inpaint, perturb, start_step
+from siblings.diffusion.edit import encode_twin, inpaint, perturb, start_step
 from siblings.diffusion.edm import karras_sigmas
 from siblings.editing import check_settings, run_edit
 from siblings.io import LabelMap, centred_affine, read_label_map, sha256_file, write_label_map
@@ -139,9 +139,12 @@ def test_psi_one_is_unconditional_sampling_from_the_same_noise(model, twin):
 
         return spy
 
+    enc = encode_twin(model, twin)  # outside the spies: the twin's latent z
     model.denoise = record("perturb")
     try:
-        sib, z_sib = latents_of(model, lambda: perturb(model, twin, 1.0, n=2, steps=3, seed=4))
+        sib, z_sib = latents_of(
+            model, lambda: perturb(model, twin, 1.0, n=2, steps=3, seed=4, encoding=enc)
+        )
     finally:
         del model.denoise
     model.denoise = record("uncond")
@@ -149,7 +152,7 @@ def test_psi_one_is_unconditional_sampling_from_the_same_noise(model, twin):
         z_unc = model.sample_latents([0, 1], steps=3, seed=4)
     finally:
         del model.denoise
-    z = model.encode(twin[None]).to(torch.float64)
+    z = enc.latent.to(torch.float64)
     torch.testing.assert_close(first["perturb"] - first["uncond"], z.expand(2, -1, -1, -1, -1))
     scale = z_unc.abs().max().item()
     assert (z_sib - z_unc).abs().max().item() < 0.02 * scale
@@ -158,12 +161,16 @@ def test_psi_one_is_unconditional_sampling_from_the_same_noise(model, twin):
 
 
 def test_a_tiny_psi_gives_back_the_vae_reconstruction(model, twin):
-    """ψ → 0: one step from σmin = 0.002 to 0, so the sibling is decode(encode(twin))."""
-    res, z_sib = latents_of(model, lambda: perturb(model, twin, 0.01, n=2, steps=20, seed=1))
+    """ψ → 0: one step from σmin = 0.002 to 0, so the sibling is decode(z) of the twin's
+    latent z (its posterior mean refined by inversion: the edit's encoding)."""
+    enc = encode_twin(model, twin)
+    res, z_sib = latents_of(
+        model, lambda: perturb(model, twin, 0.01, n=2, steps=20, seed=1, encoding=enc)
+    )
     assert res.params["recomputed_steps"] == 1
-    z = model.encode(twin[None]).to(torch.float64)
+    z = enc.latent.to(torch.float64)
     assert (z_sib - z).abs().max().item() < 0.01
-    recon = model.decode(model.encode(twin[None]))[0]
+    recon = enc.reconstruction
     for lab in res.labels:
         assert np.mean(lab == recon) > 0.995  # ψ = 0.5 agrees on ~30% only
 
@@ -172,12 +179,14 @@ def test_a_tiny_psi_gives_back_the_vae_reconstruction(model, twin):
 # Localized editing.
 # ---------------------------------------------------------------------------------
 def test_localized_editing_ends_with_the_twins_latent_in_the_kept_region(model, twin):
+    enc = encode_twin(model, twin)  # the posterior mean, refined by inversion
     res, z_end = latents_of(
-        model, lambda: inpaint(model, twin, regenerate="LV", n=2, steps=3, seed=2, dilate=0)
+        model,
+        lambda: inpaint(model, twin, regenerate="LV", n=2, steps=3, seed=2, dilate=0, encoding=enc),
     )
     keep = torch.from_numpy(res.keep_mask)
     assert 0 < keep.float().mean() < 1
-    z = model.encode(twin[None]).to(torch.float64)[0]
+    z = enc.latent.to(torch.float64)[0]
     for zi in z_end:
         assert torch.equal(zi[:, keep], z[:, keep])  # exactly: pasted at σ = 0
         assert not torch.equal(zi[:, ~keep], z[:, ~keep])
