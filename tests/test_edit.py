@@ -277,7 +277,10 @@ def test_edit_perturb_writes_siblings_manifests_twin_and_report(micro, model, tw
     assert "single twin" in metrics["undefined"]["fd, precision, recall"]
     assert "undefined against one map" in html
     run = json.loads((out / "run.json").read_text())
-    assert run["twin"]["space"] == "model" and run["warnings"] == []
+    assert run["twin"]["space"] == "model"
+    # The micro model reconstructs no twin: the only warning is that it is out of its
+    # distribution (tests/test_inversion.py checks when it appears).
+    assert [w for w in run["warnings"] if "out of the model's distribution" not in w] == []
 
 
 def test_edit_local_manifests_hold_the_kept_tissue_dice(micro, twin_file, tmp_path):
