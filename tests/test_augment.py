@@ -233,6 +233,10 @@ def filtering_condition(twin_rv, sample_rv) -> str:
 
 def run_augment(model, micro, out, where, strategy="uncond", n=4, seed=3, **kw):
     kw.setdefault("steps", STEPS)
+    # The posterior mean (the paper's encoding): these tests check augment's sampling
+    # and bookkeeping, tests/test_inversion.py the inversion; 50 inversion steps per
+    # twin made each run minutes long.
+    kw.setdefault("invert_steps", 0)
     kw.setdefault("n_boot", 20)
     kw.setdefault("figures", False)
     return augment(model, micro.data, where, strategy, n, seed, out, **kw)
@@ -366,7 +370,9 @@ def test_perturb_attempts_are_the_editing_api_siblings(model, micro, twin_rv, tm
         assert meta["method"] == "perturbational" and meta["psi"] == psi
         assert meta["recomputed_steps"] == max(1, round(psi * STEPS))
         assert meta["twin"]["file"] == str(rare[1])
-        want = perturb(model, read_label_map(rare[1]), psi, n=a + 1, steps=STEPS, seed=2)
+        want = perturb(
+            model, read_label_map(rare[1]), psi, n=a + 1, steps=STEPS, seed=2, invert_steps=0
+        )
         got = read_label_map(tmp_path / "out" / f"perturb_{a:05d}.nii.gz").data
         np.testing.assert_array_equal(got, want.labels[a])
     by_psi = res.summary["acceptance_by_parameter"]
@@ -388,7 +394,7 @@ def test_local_regenerates_lv_for_half_the_twins_and_rv_for_the_others(
     assert regen == [["LV", "Myo"], ["Myo", "RV"], ["LV", "Myo"], ["Myo", "RV"]]
     assert res.summary["acceptance_by_parameter"]["LV"]["attempted"] == 2
     # Attempt 1 (twin 1, RV) equals sibling 1 of inpaint() with the same seed.
-    want = inpaint(model, read_label_map(rare[1]), "RV", n=2, steps=STEPS, seed=4)
+    want = inpaint(model, read_label_map(rare[1]), "RV", n=2, steps=STEPS, seed=4, invert_steps=0)
     got = read_label_map(tmp_path / "out" / "local_00001.nii.gz").data
     np.testing.assert_array_equal(got, want.labels[1])
     meta = json.loads((tmp_path / "out" / "local_00001.json").read_text())
@@ -412,7 +418,9 @@ def test_local_keep_exact_keeps_the_twins_tissues_and_latent_is_the_decoded_map(
             assert ("seam" in meta) == (keep == "exact")
             # Attempt a is sibling a of inpaint() with the same seed and keep mode.
             a, twin = meta["augment"]["attempt"], read_label_map(meta["twin"]["file"])
-            want = inpaint(model, twin, meta["region"], n=a + 1, steps=STEPS, seed=4, keep=keep)
+            want = inpaint(
+                model, twin, meta["region"], n=a + 1, steps=STEPS, seed=4, keep=keep, invert_steps=0
+            )
             got = read_label_map(f).data
             np.testing.assert_array_equal(got, want.labels[a])
             if keep == "exact":
