@@ -133,8 +133,6 @@ def micro(tmp_path_factory, micro_data) -> Micro:
         batch=4,
         seed=0,
         device="cpu",
-        # fp32: on a CPU with AVX512-BF16 the micro denoiser went NaN after one bf16 step
-        amp=False,
         ckpt_every=3,
         log_every=1,
         progress=False,

@@ -158,10 +158,14 @@ def test_chamber_volumes_are_kept_within_3_percent(prepared):
 
 
 def test_lv_to_la_axis_points_along_z(prepared):
+    posed = 0
     for r in kept_rows(prepared):
-        assert axis_angle_to_z_deg(r["label_map"].data, r["label_map"].affine) > 3.0  # posed
+        # The random pose (up to 40° about a random axis) may happen to leave the axis
+        # near z; every subject must end near z, and most must have started away from it.
+        posed += axis_angle_to_z_deg(r["label_map"].data, r["label_map"].affine) > 10.0
         lm = read_label_map(prepared["out"] / f"{r['subject']}.nii.gz")
         assert axis_angle_to_z_deg(lm.data, lm.affine) < 5.0, r["subject"]
+    assert posed >= len(kept_rows(prepared)) // 2
 
 
 def test_unprepare_cli_maps_back_onto_the_original_scan(prepared, tmp_path):

@@ -485,7 +485,9 @@ class PreparedTransform:
         return {
             "format": TRANSFORM_FORMAT,
             "convention": "x_prepared = matrix @ [x_scan, 1]; RAS+ world millimetres (nibabel)",
-            "matrix": np.round(self.matrix, 12).tolist(),
+            # Unrounded: a map resampled with the loaded transform must equal one resampled
+            # with this one (a label tie at one voxel flipped with 12 decimals).
+            "matrix": self.matrix.tolist(),
             "source": {
                 "shape": list(self.source_shape),
                 "affine": self.source_affine.tolist(),
@@ -1063,8 +1065,10 @@ def unprepare(
             "affine differs from the transform's prepared grid (is this map in prepared space?)",
         )
     # The map's world is the prepared world; take it to scanner world with the inverse.
+    # The grid is the transform's exact one: a map read from NIfTI holds its affine in
+    # float32, which can flip a label tie against the same map kept in memory.
     back = resample_labels(
-        label_map,
+        LabelMap(label_map.data, transform.target_affine),
         np.linalg.inv(transform.matrix),
         transform.source_shape,
         transform.source_affine,
