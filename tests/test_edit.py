@@ -87,6 +87,7 @@ def common(micro, out, n=2, steps=2, seed=0) -> list:
     return [
         "--n", n, "--steps", steps, "--seed", seed, "--batch", 2, "--n-boot", 50,
         "--checkpoint", micro.checkpoint, "--device", "cpu", "--quiet", "--out", out,
+        "--invert-steps", 0,  # the posterior mean: test_inversion.py tests the inversion
     ]  # fmt: skip
 
 
@@ -110,7 +111,7 @@ def test_psi_maps_to_the_start_of_the_last_round_psi_n_steps(psi, steps, start):
 
 
 def test_perturb_starts_at_sigma_of_the_start_step(model, twin):
-    res = perturb(model, twin, psi=0.5, n=1, steps=4, seed=0)
+    res = perturb(model, twin, psi=0.5, n=1, steps=4, seed=0, invert_steps=0)
     sig = karras_sigmas(4, 2e-3, 80.0, 3.0)
     assert res.params["start_step"] == 2 and res.params["recomputed_steps"] == 2
     assert res.params["sigma_start"] == pytest.approx(float(sig[2]))
@@ -139,7 +140,7 @@ def test_psi_one_is_unconditional_sampling_from_the_same_noise(model, twin):
 
         return spy
 
-    enc = encode_twin(model, twin)  # outside the spies: the twin's latent z
+    enc = encode_twin(model, twin, invert_steps=0)  # outside the spies: the twin's latent z
     model.denoise = record("perturb")
     try:
         sib, z_sib = latents_of(
@@ -163,7 +164,7 @@ def test_psi_one_is_unconditional_sampling_from_the_same_noise(model, twin):
 def test_a_tiny_psi_gives_back_the_vae_reconstruction(model, twin):
     """ψ → 0: one step from σmin = 0.002 to 0, so the sibling is decode(z) of the twin's
     latent z (its posterior mean refined by inversion: the edit's encoding)."""
-    enc = encode_twin(model, twin)
+    enc = encode_twin(model, twin, invert_steps=0)
     res, z_sib = latents_of(
         model, lambda: perturb(model, twin, 0.01, n=2, steps=20, seed=1, encoding=enc)
     )
@@ -179,7 +180,7 @@ def test_a_tiny_psi_gives_back_the_vae_reconstruction(model, twin):
 # Localized editing.
 # ---------------------------------------------------------------------------------
 def test_localized_editing_ends_with_the_twins_latent_in_the_kept_region(model, twin):
-    enc = encode_twin(model, twin)  # the posterior mean, refined by inversion
+    enc = encode_twin(model, twin, invert_steps=5)  # the posterior mean, refined by inversion
     res, z_end = latents_of(
         model,
         lambda: inpaint(model, twin, regenerate="LV", n=2, steps=3, seed=2, dilate=0, encoding=enc),
@@ -199,7 +200,7 @@ def test_localized_editing_ends_with_the_twins_latent_in_the_kept_region(model, 
 
 def test_regenerating_every_tissue_is_refused_as_unconditional_sampling(model, twin):
     with pytest.raises(ValueError, match="unconditional sampling"):
-        inpaint(model, twin, regenerate="Ao,RV,LV,RA,LA", n=1, steps=2)
+        inpaint(model, twin, regenerate="Ao,RV,LV,RA,LA", n=1, steps=2, invert_steps=0)
 
 
 # ---------------------------------------------------------------------------------
@@ -209,8 +210,8 @@ def test_regenerating_every_tissue_is_refused_as_unconditional_sampling(model, t
 def test_same_seed_same_siblings_other_seed_other_siblings(model, twin, method):
     def make(seed):
         if method == "perturb":
-            return perturb(model, twin, 0.8, n=2, steps=3, seed=seed).labels
-        return inpaint(model, twin, regenerate="LV", n=2, steps=3, seed=seed).labels
+            return perturb(model, twin, 0.8, n=2, steps=3, seed=seed, invert_steps=0).labels
+        return inpaint(model, twin, regenerate="LV", n=2, steps=3, seed=seed, invert_steps=0).labels
 
     a, b, c = make(7), make(7), make(8)
     assert np.array_equal(a, b)
@@ -537,7 +538,18 @@ def test_a_failure_while_writing_leaves_nothing_behind(model, twin_file, tmp_pat
     monkeypatch.setattr(report, "edit_report_html", broken)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="disk full"):
-        run_edit(model, twin_file, out, "perturb", psi=0.5, n=1, steps=2, n_boot=0, progress=False)
+        run_edit(
+            model,
+            twin_file,
+            out,
+            "perturb",
+            psi=0.5,
+            n=1,
+            steps=2,
+            n_boot=0,
+            progress=False,
+            invert_steps=0,
+        )
     assert nothing_written(out)
 
 
