@@ -22,12 +22,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .errors import SiblingsError
 from .io import _json_default, atomic_path, read_json, sha256_file, write_json
 
 META_KEY = "siblings"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SiblingsError, ValueError):
     """A checkpoint file is missing, corrupt or does not match what was asked for."""
 
 

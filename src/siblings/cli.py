@@ -1,8 +1,10 @@
 """The ``siblings`` command line: a thin layer that parses arguments and calls the API.
 
 Each subcommand is registered by one ``_add_<name>`` function below; the work itself is
-done by library functions that a Python user can call directly. Errors in user input
-(bad files, bad options) are reported as one line on stderr with exit code 2.
+done by library functions that a Python user can call directly. The project's own errors
+(:class:`siblings.errors.SiblingsError`: bad files, bad options) and the file errors of the
+paths the user gave are reported as one line on stderr with exit code 2, the arguments they
+name worded as this command line's flags; any other exception keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,10 +16,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
+from .errors import SiblingsError
 
 
-class UsageError(Exception):
+class UsageError(SiblingsError):
     """Bad input from the user: printed without a traceback, exit code 2."""
+
+
+# Library arguments whose flag is not ``--`` + the name with ``-`` for ``_``.
+_FLAGS = {
+    "overrides": "--set",
+    "psis": "--psi",
+    "with_myocardium": "--no-myocardium",
+    "dry_run": "--plan",
+    "interpolation": "--interpolation",
+    "keep_axis": "--no-keep-axis",
+}
+
+
+def flag(argument: str) -> str:
+    """The command-line flag of a library argument (``n_boot`` -> ``--n-boot``)."""
+    return _FLAGS.get(argument, "--" + argument.replace("_", "-"))
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -880,6 +899,7 @@ def _add_evaluate(sub) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> None:
     from .metrics.cohort import evaluate
+    from .report.evaluation import write_evaluation
 
     if args.k < 1:
         raise UsageError(f"--k must be at least 1, got {args.k}")
@@ -894,7 +914,6 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     ev = evaluate(
         args.cohort,
         args.reference,
-        args.out,
         k=args.k,
         n_boot=args.n_boot,
         seed=args.seed,
@@ -902,8 +921,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         min_component_voxels=args.min_component_voxels,
         contact_connectivity=args.contact_connectivity,
-        figures=not args.no_figures,
     )
+    write_evaluation(ev, args.out, figures=not args.no_figures)
     m = ev.metrics
 
     def ci(key: str, fmt: str) -> str:
@@ -1059,7 +1078,7 @@ def _run_augment(args: argparse.Namespace) -> None:
                 progress=not args.quiet,
             )
     except AugmentStopped as exc:
-        print(f"siblings augment: {exc}", file=sys.stderr)
+        print(f"siblings augment: {exc.worded(flag)}", file=sys.stderr)
         raise SystemExit(1) from None
     s = res.summary
     lo, hi = s["acceptance_rate_ci95_wilson"]
@@ -1251,7 +1270,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         args.func(args)
-    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, FileExistsError) as exc:
+    except SiblingsError as exc:
+        print(f"siblings {args.command}: error: {exc.worded(flag)}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, NotADirectoryError, FileExistsError) as exc:
+        # A path the user gave is missing, or in the way of an output.
         print(f"siblings {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -33,11 +33,12 @@ import nibabel as nib
 import numpy as np
 
 from . import anatomy
+from .errors import SiblingsError
 
 PathLike = str | os.PathLike
 
 
-class LabelMapError(ValueError):
+class LabelMapError(SiblingsError, ValueError):
     """A label-map file is unusable. The message names the file and what is wrong."""
 
     def __init__(self, path: PathLike | None, reason: str):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import anatomy
+from ..errors import InputError
 from ..io import read_json, write_bytes, write_json
 from ..metrics.cohort import CohortSummary
 from ..metrics.heatmaps import Occupancy, OccupancyPartial
@@ -146,9 +147,10 @@ def check_identity(folder: Path, identity: dict) -> None:
         return
     diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
     shown = ", ".join(f"{k}: {old.get(k)!r} → {identity.get(k)!r}" for k in diff[:4])
-    raise ValueError(
+    raise InputError(
         f"{folder}: this cohort was made with other settings ({shown}); "
-        "use another --out, or delete the folder to make it again"
+        "use another {out}, or delete the folder to make it again",
+        arguments=("out",),
     )
 
 

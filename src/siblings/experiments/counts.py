@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..errors import InputError
+
 # Precision/recall with k = 3 need k + 1 maps per cohort.
 MIN_COHORT = 4
 
@@ -17,7 +19,7 @@ MIN_COHORT = 4
 def scale_count(n: int, scale: float, minimum: int = MIN_COHORT) -> int:
     """``max(minimum, round(n · scale))``; ``scale`` must be > 0."""
     if not scale > 0:
-        raise ValueError(f"--scale must be greater than 0, got {scale}")
+        raise InputError(f"{{scale}} must be greater than 0, got {scale}", arguments=("scale",))
     return max(int(minimum), round(n * scale))
 
 

@@ -20,8 +20,8 @@ import numpy as np
 from ..metrics.heatmaps import Occupancy
 from ..report.plots import figure_png
 from .cohorts import DECODE_COST, CohortSpec, derived_seed, heun_calls
+from .context import ExperimentContext, Section
 from .figures import change_grid, edited_volume_figure, pdiff_grid, seed_scatter_figure
-from .run import ExperimentContext, Section
 from .seeds import Seed
 from .tables import Estimate, Table
 

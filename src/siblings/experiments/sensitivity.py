@@ -16,8 +16,8 @@ intervals.
 from __future__ import annotations
 
 from .cohorts import DECODE_COST, CohortSpec, heun_calls, prefix
+from .context import ExperimentContext, Section
 from .figures import sweep_figure
-from .run import ExperimentContext, Section
 from .tables import METRIC_HEADERS, METRIC_KEYS, Table, estimates
 from .unconditional import synthetic_spec
 

@@ -14,7 +14,7 @@ from .. import anatomy
 from ..metrics.bootstrap import bootstrap_indices, percentile_interval
 from ..report.plots import figure_png, occupancy_figure, violation_bars, volume_scatter_figure
 from .cohorts import DECODE_COST, ENCODE_COST, CohortSpec, heun_calls
-from .run import ExperimentContext, Section
+from .context import ExperimentContext, Section
 from .tables import METRIC_HEADERS, METRIC_KEYS, Estimate, Table, estimates
 
 NAME = "unconditional"

@@ -1,0 +1,73 @@
+"""The project's error types: what the library raises for bad input, and how it is worded.
+
+Every error the package raises on purpose for a bad value, a bad file or an output in the
+way is a :class:`SiblingsError`; the command line turns exactly these (and the file errors
+of the paths the user gave) into one line and exit code 2, while any other exception (a
+bug, NumPy's included) keeps its traceback.
+
+The library speaks of arguments, not command-line flags: a message names an argument as
+``{name}`` and lists it in ``arguments``. ``str(error)`` writes the bare argument name (what
+a Python caller passed); the CLI writes it as its flag through :meth:`SiblingsError.worded`.
+This module imports nothing of the package, so every layer may raise these.
+
+Example
+-------
+>>> err = InputError("{n} must be at least 1, got 0", arguments=("n",))
+>>> str(err)
+'n must be at least 1, got 0'
+>>> err.worded(lambda name: "--" + name)
+'--n must be at least 1, got 0'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def _plain(name: str) -> str:
+    return name
+
+
+class SiblingsError(Exception):
+    """An error of the project: bad input from the caller, reported without a traceback.
+
+    Parameters
+    ----------
+    message
+        What is wrong and, where it helps, what to do. An argument is written ``{name}``.
+    arguments
+        The argument names written ``{name}`` in ``message``.
+    """
+
+    def __init__(self, message: str = "", *args: Any, arguments: tuple[str, ...] = ()):
+        self.template = str(message)
+        self.arguments = tuple(arguments)
+        super().__init__(self.worded(), *args)
+
+    def worded(self, name: Callable[[str], str] = _plain) -> str:
+        """The message with each argument written as ``name(argument)`` (default: as is)."""
+        text = self.template
+        for argument in self.arguments:
+            text = text.replace("{" + argument + "}", name(argument))
+        return text
+
+    def __reduce__(self):
+        # Errors cross process pools (cohort workers); subclasses have their own
+        # constructors, so rebuild from the instance's state rather than calling them.
+        return _restore, (type(self), self.args, self.__dict__)
+
+
+def _restore(cls: type, args: tuple, state: dict) -> SiblingsError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+class InputError(SiblingsError, ValueError):
+    """A value or a file given by the caller is not usable (also a :class:`ValueError`)."""
+
+
+class OutputExistsError(SiblingsError, FileExistsError):
+    """An output path is in the way (also a :class:`FileExistsError`)."""
