@@ -34,8 +34,17 @@ _FLAGS = {
 }
 
 
-def flag(argument: str) -> str:
-    """The command-line flag of a library argument (``n_boot`` -> ``--n-boot``)."""
+# ... and those whose flag differs in one command.
+_COMMAND_FLAGS = {
+    ("train", "resume"): "--no-resume",
+    ("train", "state_dir"): "--state",
+}
+
+
+def flag(argument: str, command: str | None = None) -> str:
+    """The flag of a library argument in ``command`` (``n_boot`` -> ``--n-boot``)."""
+    if (command, argument) in _COMMAND_FLAGS:
+        return _COMMAND_FLAGS[command, argument]
     return _FLAGS.get(argument, "--" + argument.replace("_", "-"))
 
 
@@ -1271,7 +1280,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except SiblingsError as exc:
-        print(f"siblings {args.command}: error: {exc.worded(flag)}", file=sys.stderr)
+        worded = exc.worded(lambda argument: flag(argument, args.command))
+        print(f"siblings {args.command}: error: {worded}", file=sys.stderr)
         return 2
     except (FileNotFoundError, NotADirectoryError, FileExistsError) as exc:
         # A path the user gave is missing, or in the way of an output.

@@ -21,12 +21,8 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-
-
-def _plain(name: str) -> str:
-    return name
 
 
 class SiblingsError(Exception):
@@ -37,19 +33,30 @@ class SiblingsError(Exception):
     message
         What is wrong and, where it helps, what to do. An argument is written ``{name}``.
     arguments
-        The argument names written ``{name}`` in ``message``.
+        The argument names written ``{name}`` in ``message``; a mapping gives the library's
+        wording of each (e.g. ``{"resume": "resume=False"}``), a sequence writes the names.
     """
 
-    def __init__(self, message: str = "", *args: Any, arguments: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        message: str = "",
+        *args: Any,
+        arguments: Sequence[str] | Mapping[str, str] = (),
+    ):
         self.template = str(message)
-        self.arguments = tuple(arguments)
+        self.arguments: dict[str, str] = (
+            dict(arguments) if isinstance(arguments, Mapping) else {a: a for a in arguments}
+        )
         super().__init__(self.worded(), *args)
 
-    def worded(self, name: Callable[[str], str] = _plain) -> str:
-        """The message with each argument written as ``name(argument)`` (default: as is)."""
+    def worded(self, name: Callable[[str], str] | None = None) -> str:
+        """The message with each argument written as ``name(argument)``.
+
+        Without ``name``, each argument is written in the library's wording (its name).
+        """
         text = self.template
-        for argument in self.arguments:
-            text = text.replace("{" + argument + "}", name(argument))
+        for argument, plain in self.arguments.items():
+            text = text.replace("{" + argument + "}", plain if name is None else name(argument))
         return text
 
     def __reduce__(self):
