@@ -1,0 +1,24 @@
+"""Files in, files out: the runners behind each command (``sample``, ``edit``, ``augment``,
+``evaluate``, ``prepare``).
+
+A pipeline is a short function that composes the layers below it: it resolves its inputs
+(checks arguments, reads files, loads the model), computes on arrays, writes its outputs
+atomically (through :mod:`siblings.io`) and returns what it made for the caller to report.
+The command line (:mod:`siblings.cli`) parses arguments and calls exactly one pipeline; a
+Python user can call the same function.
+"""
+
+from .augment import augment_cohort
+from .edit import edit_twin
+from .evaluate import evaluate_cohort
+from .prepare import prepare_dataset
+from .sample import sample, sample_cohort
+
+__all__ = [
+    "augment_cohort",
+    "edit_twin",
+    "evaluate_cohort",
+    "prepare_dataset",
+    "sample",
+    "sample_cohort",
+]

@@ -1,0 +1,67 @@
+"""The ``evaluate`` pipeline: a folder of maps against a reference folder, report written.
+
+Composes :func:`siblings.metrics.cohort.evaluate` (read and measure both folders, compare:
+numbers only) and :func:`siblings.report.evaluation.write_evaluation` (metrics.json, the
+per-map CSVs, PNG figures and report.html, each written atomically). Nothing is written
+if any input map is invalid, as the numbers are complete before the first file.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import InputError
+from ..metrics.cohort import Evaluation, evaluate
+from ..report.evaluation import write_evaluation
+
+PathLike = str | os.PathLike
+
+
+def check_options(k: int, n_boot: int, min_component_voxels: int, workers: int | None) -> None:
+    """Refuse ``k`` below 1, negative ``n_boot`` or ``min_component_voxels``, ``workers`` < 1."""
+    if k < 1:
+        raise InputError(f"{{k}} must be at least 1, got {k}", arguments=("k",))
+    if n_boot < 0:
+        raise InputError(f"{{n_boot}} must be 0 or more, got {n_boot}", arguments=("n_boot",))
+    if min_component_voxels < 0:
+        raise InputError(
+            f"{{min_component_voxels}} must be 0 or more, got {min_component_voxels}",
+            arguments=("min_component_voxels",),
+        )
+    if workers is not None and workers < 1:
+        raise InputError(f"{{workers}} must be at least 1, got {workers}", arguments=("workers",))
+
+
+def evaluate_cohort(
+    cohort_dir: PathLike,
+    reference_dir: PathLike,
+    out: PathLike,
+    *,
+    k: int = 3,
+    n_boot: int = 1000,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = False,
+    min_component_voxels: int = 0,
+    contact_connectivity: int = 26,
+    figures: bool = True,
+) -> Evaluation:
+    """``siblings evaluate``: measure ``cohort_dir`` against ``reference_dir``, write to ``out``.
+
+    Parameters are those of :func:`siblings.metrics.cohort.evaluate`, plus ``out`` (the
+    output folder) and ``figures`` (PNG figures in the report). Returns the evaluation.
+    """
+    check_options(k, n_boot, min_component_voxels, workers)
+    ev = evaluate(
+        cohort_dir,
+        reference_dir,
+        k=k,
+        n_boot=n_boot,
+        seed=seed,
+        workers=workers,
+        progress=progress,
+        min_component_voxels=min_component_voxels,
+        contact_connectivity=contact_connectivity,
+    )
+    write_evaluation(ev, out, figures=figures)
+    return ev
