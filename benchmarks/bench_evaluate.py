@@ -79,9 +79,11 @@ def _ensure_cohorts(cache: Path, workers: int) -> tuple[Path, Path]:
 
 def _child(args: argparse.Namespace) -> None:
     from siblings.metrics import evaluate
+    from siblings.report.evaluation import write_evaluation
 
     t0 = time.perf_counter()
-    ev = evaluate(args.cohort, args.reference, args.out, workers=args.workers, n_boot=args.n_boot)
+    ev = evaluate(args.cohort, args.reference, workers=args.workers, n_boot=args.n_boot)
+    write_evaluation(ev, args.out)
     wall = time.perf_counter() - t0
     own, kids = (
         resource.getrusage(resource.RUSAGE_SELF),

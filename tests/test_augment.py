@@ -13,21 +13,13 @@ import numpy as np
 import pytest
 
 from siblings import anatomy
-from siblings.augment import (
-    AugmentStopped,
-    Clause,
-    Condition,
-    ConditionError,
-    acceptance_rate,
-    augment,
-    parse_condition,
-    plan_attempt,
-    wilson_interval,
-)
+from siblings.augment import AugmentStopped, augment, plan_attempt
 from siblings.cli import main
 from siblings.diffusion.edit import inpaint, perturb
 from siblings.io import LabelMap, read_label_map, write_label_map
+from siblings.metrics.bootstrap import acceptance_rate, wilson_interval
 from siblings.metrics.cohort import HEADLINE_KEYS, measure_map
+from siblings.metrics.condition import Clause, Condition, ConditionError, parse_condition
 from siblings.models.ldm import LatentDiffusionModel
 
 L = anatomy.LABELS

@@ -25,8 +25,9 @@ from siblings.editing import check_settings, run_edit
 from siblings.io import LabelMap, centred_affine, read_label_map, sha256_file, write_label_map
 from siblings.metrics import morphology, topology_checks
 from siblings.metrics.cohort import HEADLINE_KEYS
+from siblings.metrics.twin import dice_table, twin_metrics
 from siblings.models.ldm import LatentDiffusionModel
-from siblings.report.editing import dice_table, siblings_figure, twin_metrics
+from siblings.report.editing import siblings_figure
 
 L = anatomy.LABELS
 

@@ -167,14 +167,14 @@ def test_defect_free_phantom_cohort_has_zero_tv(cohorts, tmp_path, capsys):
 
 
 def test_a_cohort_against_itself(cohorts):
-    ev = evaluate(cohorts["ref"], cohorts["ref"], None, workers=1, n_boot=50)
+    ev = evaluate(cohorts["ref"], cohorts["ref"], workers=1, n_boot=50)
     assert ev.metrics["fd"] == pytest.approx(0.0, abs=1e-9)
     assert ev.metrics["precision"] == ev.metrics["recall"] == 1.0
     assert ev.metrics["tv_percent"] == ev.metrics["reference"]["tv_percent"]
 
 
 def test_metrics_equal_the_functions_on_normalised_features(cohorts):
-    ev = evaluate(cohorts["gen"], cohorts["ref"], None, workers=1, n_boot=0, k=2)
+    ev = evaluate(cohorts["gen"], cohorts["ref"], workers=1, n_boot=0, k=2)
     real = ev.reference.features
     fake = ev.cohort.features
     zr, zf = normalise(real, real), normalise(fake, real)
@@ -184,8 +184,8 @@ def test_metrics_equal_the_functions_on_normalised_features(cohorts):
 
 
 def test_parallel_workers_give_the_serial_result(cohorts):
-    serial = evaluate(cohorts["gen"], cohorts["ref"], None, workers=1, n_boot=100)
-    parallel = evaluate(cohorts["gen"], cohorts["ref"], None, workers=2, n_boot=100)
+    serial = evaluate(cohorts["gen"], cohorts["ref"], workers=1, n_boot=100)
+    parallel = evaluate(cohorts["gen"], cohorts["ref"], workers=2, n_boot=100)
     np.testing.assert_array_equal(parallel.cohort.features, serial.cohort.features)
     np.testing.assert_array_equal(parallel.cohort.violated, serial.cohort.violated)
     np.testing.assert_array_equal(
@@ -198,7 +198,7 @@ def test_parallel_workers_give_the_serial_result(cohorts):
 def test_in_memory_evaluation_equals_the_folder_evaluation(cohorts):
     import torch
 
-    folder = evaluate(cohorts["gen"], cohorts["ref"], None, workers=1, n_boot=100, seed=3)
+    folder = evaluate(cohorts["gen"], cohorts["ref"], workers=1, n_boot=100, seed=3)
     ref_maps = (read_label_map(p) for p in sorted(cohorts["ref"].glob("*.nii.gz")))  # a generator
     gen = np.stack([read_label_map(p).data for p in sorted(cohorts["gen"].glob("*.nii.gz"))])
     # Decoded batches arrive as tensors on the model grid: 32³ at 5.6 mm.
@@ -404,5 +404,5 @@ def test_corrupt_file_in_a_parallel_run_is_named(cohorts, tmp_path):
     bad = gen / "phantom_0006.nii.gz"
     bad.write_bytes(bad.read_bytes()[:200])  # truncated gzip
     with pytest.raises(ValueError, match=r"phantom_0006\.nii\.gz"):
-        evaluate(gen, cohorts["ref"], tmp_path / "out", workers=2, n_boot=10)
+        evaluate(gen, cohorts["ref"], workers=2, n_boot=10)
     assert not (tmp_path / "out").exists()

@@ -66,14 +66,11 @@ True
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import math
-import operator
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,8 +103,11 @@ from .io import (
     write_label_map,
 )
 from .manifest import provenance
+from .metrics.bootstrap import acceptance_rate, wilson_interval
 from .metrics.cohort import HEADLINE_KEYS, evaluate_maps, measure_map, summarise_maps
+from .metrics.condition import Condition, parse_condition
 from .models.ldm import LatentDiffusionModel, noise_for
+from .report.evaluation import write_evaluation
 
 PathLike = str | os.PathLike
 
@@ -119,141 +119,6 @@ DEFAULT_REGIONS: tuple[str, ...] = ("LV", "RV")
 _START, _PASTE = 0, 1
 
 _METHOD = {"uncond": "unconditional", "perturb": "perturbational", "local": "localized"}
-
-
-# ---------------------------------------------------------------------------------
-# The condition.
-# ---------------------------------------------------------------------------------
-_OPS: dict[str, Callable[[float, float], bool]] = {
-    "<": operator.lt,
-    ">": operator.gt,
-    "<=": operator.le,
-    ">=": operator.ge,
-}
-_FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}
-_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
-_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-_OP = r"<=|>=|==|!=|=>|=<|<|>|="
-_CLAUSE_COL_FIRST = re.compile(rf"^\s*({_NAME})\s*({_OP})\s*({_NUMBER})\s*$")
-_CLAUSE_NUM_FIRST = re.compile(rf"^\s*({_NUMBER})\s*({_OP})\s*({_NAME})\s*$")
-_AND = re.compile(r"\band\b", re.IGNORECASE)
-
-
-class ConditionError(ValueError):
-    """A condition that cannot be parsed; the message says what is wrong and what is allowed."""
-
-
-@dataclass(frozen=True)
-class Clause:
-    """``column op value``, e.g. ``RV_volume_ml > 115`` (mL or mm, as the column)."""
-
-    column: str
-    op: str
-    value: float
-
-    def holds(self, x: float) -> bool:
-        return bool(_OPS[self.op](float(x), self.value))
-
-    def __str__(self) -> str:
-        return f"{self.column} {self.op} {self.value:g}"
-
-
-@dataclass(frozen=True)
-class Condition:
-    """A conjunction of :class:`Clause` on the morphology columns of SPEC §7.
-
-    Call it on a morphology dict (or a 12-vector in ``MORPHOLOGY_COLUMNS`` order) to get
-    True when every clause holds. NaN never meets a clause.
-    """
-
-    clauses: tuple[Clause, ...]
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(c.column for c in self.clauses))
-
-    def __call__(self, features: Mapping[str, float] | Sequence[float] | np.ndarray) -> bool:
-        if isinstance(features, Mapping):
-            return all(c.holds(features[c.column]) for c in self.clauses)
-        vec = np.asarray(features, dtype=np.float64).reshape(-1)
-        if vec.size != len(anatomy.MORPHOLOGY_COLUMNS):
-            raise ValueError(f"expected {len(anatomy.MORPHOLOGY_COLUMNS)} features, got {vec.size}")
-        idx = anatomy.MORPHOLOGY_COLUMNS.index
-        return all(c.holds(vec[idx(c.column)]) for c in self.clauses)
-
-    def mask(self, features: np.ndarray) -> np.ndarray:
-        """Boolean mask over the rows of an ``(n, 12)`` feature array."""
-        f = np.asarray(features, dtype=np.float64).reshape(-1, len(anatomy.MORPHOLOGY_COLUMNS))
-        keep = np.ones(len(f), dtype=bool)
-        for c in self.clauses:
-            keep &= _OPS[c.op](f[:, anatomy.MORPHOLOGY_COLUMNS.index(c.column)], c.value)
-        return keep
-
-    def __str__(self) -> str:
-        return " and ".join(str(c) for c in self.clauses)
-
-
-def _column(name: str, text: str) -> str:
-    if name in anatomy.MORPHOLOGY_COLUMNS:
-        return name
-    by_lower = {c.lower(): c for c in anatomy.MORPHOLOGY_COLUMNS}
-    hint = by_lower.get(name.lower()) or next(
-        iter(difflib.get_close_matches(name, anatomy.MORPHOLOGY_COLUMNS, n=1)), None
-    )
-    did = f" (did you mean {hint}?)" if hint else ""
-    raise ConditionError(
-        f"unknown column {name!r} in condition {text!r}{did}; columns are "
-        f"{', '.join(anatomy.MORPHOLOGY_COLUMNS)}"
-    )
-
-
-def _operator(op: str, clause: str) -> str:
-    if op in _OPS:
-        return op
-    raise ConditionError(f"unsupported operator {op!r} in {clause.strip()!r}; use <, >, <= or >=")
-
-
-def parse_condition(text: str | Condition) -> Condition:
-    """Parse ``"COLUMN OP NUMBER [and COLUMN OP NUMBER …]"`` without ``eval``.
-
-    ``COLUMN`` is one of :data:`siblings.anatomy.MORPHOLOGY_COLUMNS` (volumes in mL, axis
-    lengths in mm), ``OP`` one of ``<``, ``>``, ``<=``, ``>=``; ``NUMBER OP COLUMN`` is
-    read as its mirror (``100 < RV_volume_ml`` is ``RV_volume_ml > 100``). ``and`` is
-    case-insensitive; there is no ``or`` and there are no parentheses.
-
-    Raises
-    ------
-    ConditionError (a ValueError)
-        naming the unknown column (with the valid ones) or the clause that does not parse.
-    """
-    if isinstance(text, Condition):
-        return text
-    if not isinstance(text, str) or not text.strip():
-        raise ConditionError(
-            "empty condition; write e.g. 'RV_volume_ml > 115' or "
-            "'RV_volume_ml > 115 and LV_volume_ml < 200'"
-        )
-    clauses = []
-    for part in _AND.split(text):
-        if not part.strip():
-            raise ConditionError(
-                f"condition {text!r}: 'and' needs a clause on each side "
-                "(e.g. 'RV_volume_ml > 115 and LV_volume_ml < 200')"
-            )
-        if m := _CLAUSE_COL_FIRST.match(part):
-            name, op, num = m.groups()
-            clauses.append(Clause(_column(name, text), _operator(op, part), float(num)))
-        elif m := _CLAUSE_NUM_FIRST.match(part):
-            num, op, name = m.groups()
-            op = _operator(op, part)
-            clauses.append(Clause(_column(name, text), _FLIP[op], float(num)))
-        else:
-            raise ConditionError(
-                f"cannot parse {part.strip()!r} in condition {text!r}; each clause is "
-                "COLUMN OP NUMBER with OP one of <, >, <=, >=, clauses joined by 'and' "
-                "(e.g. 'RV_volume_ml > 115 and LV_volume_ml < 200')"
-            )
-    return Condition(tuple(clauses))
 
 
 # ---------------------------------------------------------------------------------
@@ -307,27 +172,6 @@ class AugmentResult:
     def acceptance_rate(self) -> float:
         """Accepted / attempted (NaN before the first attempt)."""
         return acceptance_rate(self.accepted, self.attempted)
-
-
-def acceptance_rate(accepted: int, attempted: int) -> float:
-    """``accepted / attempted`` (NaN when nothing was attempted)."""
-    if accepted < 0 or attempted < 0 or accepted > attempted:
-        raise ValueError(f"need 0 <= accepted <= attempted, got {accepted} of {attempted}")
-    return accepted / attempted if attempted else float("nan")
-
-
-def wilson_interval(accepted: int, attempted: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval (95% by default) of a binomial proportion."""
-    if attempted == 0:
-        return (float("nan"), float("nan"))
-    p = accepted / attempted
-    d = 1 + z * z / attempted
-    centre = (p + z * z / (2 * attempted)) / d
-    half = z * math.sqrt(p * (1 - p) / attempted + z * z / (4 * attempted * attempted)) / d
-    # The bounds are exactly 0 and 1 at p = 0 and p = 1 (rounding would give 1 - 1e-16).
-    lo = 0.0 if accepted == 0 else max(0.0, centre - half)
-    hi = 1.0 if accepted == attempted else min(1.0, centre + half)
-    return (lo, hi)
 
 
 # ---------------------------------------------------------------------------------
@@ -795,7 +639,8 @@ def augment(
         ev = evaluate_maps(coh, ref, k=k, n_boot=n_boot, seed=seed)
         ev.metrics["cohort_dir"] = str(out)
         ev.metrics["reference_dir"] = f"{data} where {condition}"
-        ev.write(
+        write_evaluation(
+            ev,
             out / "report",
             figures=figures,
             title=f"augment {strategy}: {condition} (accepted vs rare twins)",
@@ -1004,12 +849,6 @@ __all__ = [
     "STRATEGIES",
     "AugmentResult",
     "AugmentStopped",
-    "Clause",
-    "Condition",
-    "ConditionError",
-    "acceptance_rate",
     "augment",
-    "parse_condition",
     "plan_attempt",
-    "wilson_interval",
 ]

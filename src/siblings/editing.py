@@ -52,12 +52,12 @@ from typing import Any, Literal
 import numpy as np
 
 from . import anatomy
+from .boxes import bounding_box
 from .data import geometry
 from .diffusion.edit import (
     EditResult,
     encode_twin,
     inpaint,
-    kept_tissue_dice,
     ood_warning,
     perturb,
     regenerated_tissues,
@@ -76,6 +76,7 @@ from .io import (
     write_label_map,
 )
 from .manifest import provenance, software_versions
+from .metrics.overlap import kept_tissue_dice
 from .models.ldm import LatentDiffusionModel
 
 PathLike = str | os.PathLike
@@ -641,13 +642,9 @@ def _write_run(
     from .metrics.cohort import HEADLINE_KEYS, evaluate_maps, summarise_maps
     from .metrics.morphology import morphology
     from .metrics.topology import topology_checks
-    from .report.editing import (
-        dice_table,
-        edit_report_html,
-        siblings_figure,
-        twin_figures,
-        twin_metrics,
-    )
+    from .metrics.twin import dice_table, twin_metrics
+    from .report.editing import edit_report_html, siblings_figure, twin_figures
+    from .report.evaluation import write_evaluation
     from .report.plots import figure_png
 
     method = METHOD_NAMES[settings.method]
@@ -782,7 +779,9 @@ def _write_run(
             ev = evaluate_maps(sib_summary, ref_summary, n_boot=n_boot, seed=settings.seed)
             ev.metrics["cohort_dir"] = f"{out} (siblings)"
             ev.metrics["reference_dir"] = str(reference)
-            ev.write(stage / "report" / "reference", title="siblings against a reference cohort")
+            write_evaluation(
+                ev, stage / "report" / "reference", title="siblings against a reference cohort"
+            )
             metrics["against_reference"] = {key: ev.metrics.get(key) for key in HEADLINE_KEYS}
             metrics["against_reference"]["reference_dir"] = str(reference)
         shown = list(range(min(figure_siblings, len(names))))
@@ -869,26 +868,13 @@ def scanner_sibling(
         composed = compose_exact(original, back.data, settings.kept_labels())
         back = LabelMap(composed.labels, back.affine, xform_codes=back.xform_codes)
         record["seam"] = composed.record()
-    box = _union_box(original, back.data)
+    box = bounding_box(original, back.data)  # Dice needs nothing outside it
     record["kept_dice"] = (
         {t: 1.0 for t in kept}  # both maps are all background (an empty twin)
         if box is None
         else kept_tissue_dice(original[box], np.asarray(back.data)[box], kept)
     )
     return back, record
-
-
-def _union_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...] | None:
-    """The box around the foreground of two maps on one grid (Dice needs nothing else)."""
-    xs = a.any(axis=(1, 2)) | b.any(axis=(1, 2))
-    if not xs.any():
-        return None
-    yz = a.any(axis=0) | b.any(axis=0)
-    box = []
-    for hit in (xs, yz.any(axis=1), yz.any(axis=0)):
-        idx = np.flatnonzero(hit)
-        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    return tuple(box)
 
 
 def _dice_summary(per_sibling: list[dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -8,7 +8,9 @@ No timestamps: the same inputs and seed give byte-identical manifests.
 
 from __future__ import annotations
 
+import importlib
 import platform
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,19 +18,55 @@ import numpy as np
 from . import __version__
 
 
-def software_versions() -> dict[str, str]:
-    import monai
-    import nibabel
+def _torch() -> str:
     import torch
 
-    return {
-        "digital_siblings": __version__,
-        "torch": torch.__version__.split("+")[0],
-        "monai": monai.__version__,
-        "nibabel": nibabel.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
+    return torch.__version__.split("+")[0]
+
+
+def _module(name: str) -> Callable[[], str]:
+    def version() -> str:
+        return importlib.import_module(name).__version__
+
+    return version
+
+
+def _simpleitk() -> str:
+    import SimpleITK as sitk
+
+    return sitk.Version_VersionString()
+
+
+_VERSION_OF: dict[str, Callable[[], str]] = {
+    "digital_siblings": lambda: __version__,
+    "torch": _torch,
+    "monai": _module("monai"),
+    "nibabel": _module("nibabel"),
+    "numpy": lambda: np.__version__,
+    "scipy": _module("scipy"),
+    "SimpleITK": _simpleitk,
+    "python": platform.python_version,
+}
+
+SOFTWARE: dict[str, tuple[str, ...]] = {
+    "model": ("digital_siblings", "torch", "monai", "nibabel", "numpy", "python"),
+    "prepare": ("digital_siblings", "numpy", "scipy", "nibabel", "SimpleITK", "python"),
+}
+"""The packages each kind of manifest records, in the order it records them: ``model``
+for maps made with the model (sample, edit, augment, experiments), ``prepare`` for the
+TotalSegmentator preparation (which needs no torch)."""
+
+
+def software_versions(stack: str = "model") -> dict[str, str]:
+    """Versions of the software behind a manifest: package → version string.
+
+    Parameters
+    ----------
+    stack : ``"model"`` (the default) or ``"prepare"``, a key of :data:`SOFTWARE`.
+    """
+    if stack not in SOFTWARE:
+        raise ValueError(f"unknown software stack {stack!r}; use one of {', '.join(SOFTWARE)}")
+    return {name: _VERSION_OF[name]() for name in SOFTWARE[stack]}
 
 
 def provenance(model: Any, method: str, **fields: Any) -> dict[str, Any]:

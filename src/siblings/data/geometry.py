@@ -58,7 +58,9 @@ import numpy as np
 from scipy import ndimage
 
 from .. import anatomy
+from ..boxes import bounding_box
 from ..io import LabelMap, LabelMapError, centred_affine, write_json
+from ..metrics.overlap import tissue_dice
 
 L = anatomy.LABELS
 HEART_TISSUES: tuple[str, ...] = ("Myo", "LV", "RV", "LA", "RA")
@@ -184,12 +186,7 @@ def long_axis(lm: LabelMap) -> np.ndarray:
 
 def dice(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Dice overlap per tissue of two label arrays on the same grid (NaN if both empty)."""
-    out = {}
-    for t in anatomy.TISSUES:
-        x, y = a == L[t], b == L[t]
-        s = int(x.sum()) + int(y.sum())
-        out[t] = 2.0 * int((x & y).sum()) / s if s else float("nan")
-    return out
+    return tissue_dice(a, b, empty=float("nan"))
 
 
 # ---------------------------------------------------------------------------------
@@ -197,15 +194,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 # ---------------------------------------------------------------------------------
 def _foreground_box(data: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Inclusive index bounds of the non-background voxels, or None if there are none."""
-    lo, hi = [], []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(np.any(data, axis=other))
-        if hit.size == 0:
-            return None
-        lo.append(hit[0])
-        hi.append(hit[-1])
-    return np.array(lo), np.array(hi)
+    box = bounding_box(data)
+    if box is None:
+        return None
+    return np.array([b.start for b in box]), np.array([b.stop - 1 for b in box])
 
 
 def _box_image(

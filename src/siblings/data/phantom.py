@@ -61,6 +61,7 @@ import numpy as np
 from scipy import ndimage
 
 from .. import anatomy
+from ..boxes import bounding_box
 from ..io import LabelMap, centred_affine, write_label_map, write_text
 
 L = anatomy.LABELS
@@ -175,22 +176,6 @@ class _Grid:
         return out
 
 
-def _box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
-    """Bounding box of ``mask`` grown by ``pad`` voxels (clipped to the grid), or None."""
-    yz = mask.any(axis=0)
-    if not yz.any():
-        return None
-    hits = (
-        np.flatnonzero(mask.any(axis=(1, 2))),
-        np.flatnonzero(yz.any(axis=1)),
-        np.flatnonzero(yz.any(axis=0)),
-    )
-    return tuple(
-        slice(max(0, int(h[0]) - pad), min(n, int(h[-1]) + 1 + pad))
-        for h, n in zip(hits, mask.shape, strict=True)
-    )
-
-
 def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
     """``binary_dilation`` by a 3×3×3 cube, ``iterations`` times, on the mask's box only.
 
@@ -198,7 +183,7 @@ def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
     dilating the whole grid (the benchmark's largest cost at 128³ otherwise).
     """
     out = np.zeros(mask.shape, dtype=bool)
-    box = _box(mask, pad=iterations)
+    box = bounding_box(mask, pad=iterations)
     if box is not None:
         out[box] = ndimage.binary_dilation(
             mask[box], iterations=iterations, structure=np.ones((3, 3, 3))
@@ -207,7 +192,7 @@ def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-    box = _box(mask)
+    box = bounding_box(mask)
     if box is None:
         return mask
     # Cropping keeps the raster order of the voxels, hence cc3d's labels and tie-breaks.
@@ -452,7 +437,7 @@ def _defect_island(lab: np.ndarray, rng: np.random.Generator) -> str:
     # lie within 5 voxels of the tissue's box, and only voxels within 3 of them decide
     # the test, so distances on the box grown by 8 give the whole grid's candidates, in
     # the same order.
-    box = _box(mask, pad=8)
+    box = bounding_box(mask, pad=8)
     if box is None:
         return "none"
     dist_t = ndimage.distance_transform_edt(~mask[box])
@@ -472,7 +457,7 @@ def _bridge(lab: np.ndarray, a: int, b: int, fill: int, rng: np.random.Generator
         return False
     # Both tissues (and a one-voxel margin for the erosion) fit in this box, so the
     # distance transform and the erosion there equal the whole grid's.
-    box = _box(ma | mb, pad=1)
+    box = bounding_box(ma | mb, pad=1)
     ma, mb = ma[box], mb[box]
     dist_b, (ix, iy, iz) = ndimage.distance_transform_edt(~mb, return_indices=True)
     border_a = ma & ~ndimage.binary_erosion(ma)

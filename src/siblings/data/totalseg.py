@@ -36,7 +36,6 @@ import csv
 import io as _io
 import multiprocessing
 import os
-import platform
 import re
 import traceback
 import xml.etree.ElementTree as ET
@@ -50,7 +49,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .. import __version__, anatomy
+from .. import anatomy
 from ..io import (
     LabelMap,
     read_json,
@@ -60,6 +59,8 @@ from ..io import (
     write_label_map,
     write_text,
 )
+from ..manifest import software_versions
+from ..metrics.overlap import dice_matrix
 from . import geometry
 
 L = anatomy.LABELS
@@ -370,20 +371,6 @@ def quality_control(lm: LabelMap, volume_bounds: dict[str, tuple[float, float]])
 # ---------------------------------------------------------------------------------
 # One subject, end to end (runs in worker processes).
 # ---------------------------------------------------------------------------------
-def software_versions() -> dict[str, str]:
-    import scipy
-    import SimpleITK as sitk
-
-    return {
-        "digital_siblings": __version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "nibabel": nib.__version__,
-        "SimpleITK": sitk.Version_VersionString(),
-        "python": platform.python_version(),
-    }
-
-
 _REFERENCE_CACHE: dict[str, geometry.Reference] = {}
 
 
@@ -457,7 +444,7 @@ def _base_manifest(subject: Subject, settings: dict, reference: dict | None) -> 
         "source": {"folder": str(subject.folder), "layout": subject.layout, "split": subject.split},
         "settings": settings,
         "reference": reference,
-        "software": software_versions(),
+        "software": software_versions("prepare"),
     }
 
 
@@ -592,11 +579,7 @@ def medoid(coarse: dict[str, np.ndarray]) -> tuple[str, dict[str, float]]:
     flat = np.stack([coarse[n].ravel() for n in names])
     total = np.zeros((len(names), len(names)))
     for t in anatomy.TISSUES:
-        x = (flat == L[t]).astype(np.float32)
-        inter = x @ x.T
-        size = x.sum(axis=1)
-        denom = size[:, None] + size[None, :]
-        total += np.divide(2.0 * inter, denom, out=np.zeros_like(inter), where=denom > 0)
+        total += dice_matrix(flat == L[t], empty=0.0)
     total /= len(anatomy.TISSUES)
     np.fill_diagonal(total, 0.0)
     score = total.sum(axis=1) / (len(names) - 1)

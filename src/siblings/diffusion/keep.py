@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from .. import anatomy
+from ..boxes import bounding_box
 
 KeepMode = Literal["exact", "latent"]
 KEEP_MODES: tuple[str, ...] = ("exact", "latent")
@@ -140,7 +141,7 @@ def compose_exact(
     # Outside the box around both foregrounds, twin and decoded map are background, and
     # so is the result whichever way background goes.
     out = np.zeros(twin.shape, np.uint8)
-    box = _box(twin, decoded)
+    box = bounding_box(twin, decoded, pad=2)
     if box is None:
         return Composition(out, {"claims": 0, "separators": 0, "detached": 0}, 0)
     t, d = twin[box], decoded[box]
@@ -167,7 +168,7 @@ def compose_exact(
         for a, b in FORBIDDEN_PAIRS:
             for x, y in ((a, b), (b, a)):
                 chamber = free & (s == x)
-                near_box = _mask_box(chamber, pad=1)
+                near_box = bounding_box(chamber, pad=1)
                 if near_box is None:
                     continue
                 c, sb, rb = chamber[near_box], s[near_box], relabelled[near_box]
@@ -191,7 +192,7 @@ def compose_exact(
         dropped_any = False
         for k in regenerated:
             mask, decoded_mask = s == k, d == k
-            tissue_box = _mask_box(mask | decoded_mask, pad=0)
+            tissue_box = bounding_box(mask | decoded_mask, pad=0)
             if tissue_box is None:
                 continue
             drop = np.zeros(s.shape, bool)
@@ -211,34 +212,6 @@ def compose_exact(
             break
     out[box] = s
     return Composition(out, {"claims": n_claims, "separators": n_sep, "detached": n_det}, rounds)
-
-
-def _box(twin: np.ndarray, decoded: np.ndarray, pad: int = 2) -> tuple[slice, ...] | None:
-    """Slices of the box around the foreground of both maps, padded, or None if empty."""
-    # Projections first (reducing over the first axis and over the last two is fast).
-    return _slices(
-        twin.any(axis=(1, 2)) | decoded.any(axis=(1, 2)),
-        twin.any(axis=0) | decoded.any(axis=0),
-        twin.shape,
-        pad,
-    )
-
-
-def _mask_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:
-    """Slices of the box around a mask's voxels, padded, or None if it has none."""
-    return _slices(mask.any(axis=(1, 2)), mask.any(axis=0), mask.shape, pad)
-
-
-def _slices(
-    xs: np.ndarray, yz: np.ndarray, shape: tuple[int, ...], pad: int
-) -> tuple[slice, ...] | None:
-    if not xs.any():
-        return None
-    box = []
-    for axis, hit in enumerate((xs, yz.any(axis=1), yz.any(axis=0))):
-        idx = np.flatnonzero(hit)
-        box.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + pad + 1, shape[axis])))
-    return tuple(box)
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:

@@ -26,7 +26,6 @@ deliberately simple and printed with each finding, so a reader can disagree with
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
@@ -35,6 +34,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from .. import anatomy
+from ..metrics.bootstrap import wilson_interval
 from ..metrics.frechet import normalisation
 from ..metrics.precision_recall import coverage, knn_radii
 
@@ -144,13 +144,8 @@ def vae_removes_defects(unconditional: Mapping | None) -> Finding:
 # 2. Unconditional samples concentrate near the mean and miss the periphery.
 # ---------------------------------------------------------------------------------------
 def _wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = successes / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # The rounded bounds this experiment has always recorded (no exact 0/1 ends).
+    return wilson_interval(successes, n, z, exact_ends=False)
 
 
 def spread_numbers(
@@ -323,7 +318,7 @@ def perturb_pull(perturb: Mapping | None) -> Finding:
 # ---------------------------------------------------------------------------------------
 def vae_dice(seed: np.ndarray, through_vae: np.ndarray) -> dict[str, float]:
     """Per-tissue Dice of a map and its VAE reconstruction (what encoding alone keeps)."""
-    from ..diffusion.edit import kept_tissue_dice
+    from ..metrics.overlap import kept_tissue_dice
 
     return kept_tissue_dice(seed, through_vae, anatomy.TISSUES)
 

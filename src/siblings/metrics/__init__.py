@@ -15,6 +15,7 @@ Example
 (True, False)
 """
 
+from ..boxes import bounding_box
 from .bootstrap import bootstrap_interval, bootstrap_metrics
 from .cohort import (
     CohortSummary,
@@ -31,7 +32,6 @@ from .heatmaps import Occupancy, occupancy_difference
 from .morphology import morphology, morphology_vector
 from .precision_recall import PrecisionRecall, knn_radii, precision_recall
 from .topology import (
-    bounding_box,
     checks_array,
     component_counts,
     contact_matrix,

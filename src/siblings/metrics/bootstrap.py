@@ -34,9 +34,15 @@ Per replicate:
 
 With every weight 1 (no resampling) these reduce exactly to :func:`frechet_distance`,
 :func:`precision_recall` and :func:`tv_percent`.
+
+Binomial proportions (an augmentation's acceptance rate, the share of maps outside a
+region) get the Wilson score interval instead (:func:`wilson_interval`, Wilson 1927;
+Brown, Cai & DasGupta 2001), with :func:`acceptance_rate` the proportion itself.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy.spatial.distance import cdist
@@ -179,3 +185,46 @@ def bootstrap_metrics(
         out["tv_percent"][b] = 100.0 * per_map_tv[draw].mean()
         out["violation_rate"][b] = viol[draw].mean(axis=0)
     return out
+
+
+# ---------------------------------------------------------------------------------
+# Binomial proportions.
+# ---------------------------------------------------------------------------------
+def acceptance_rate(accepted: int, attempted: int) -> float:
+    """``accepted / attempted`` (NaN when nothing was attempted)."""
+    if accepted < 0 or attempted < 0 or accepted > attempted:
+        raise ValueError(f"need 0 <= accepted <= attempted, got {accepted} of {attempted}")
+    return accepted / attempted if attempted else float("nan")
+
+
+def wilson_interval(
+    successes: int, n: int, z: float = 1.959964, *, exact_ends: bool = True
+) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of the binomial proportion ``successes / n``.
+
+    ``(p + z²/2n ± z·sqrt(p(1 − p)/n + z²/4n²)) / (1 + z²/n)``, clipped to [0, 1].
+
+    Parameters
+    ----------
+    successes, n : counts, ``0 <= successes <= n``.
+    z : the standard normal quantile of the level (1.959964 for 95%).
+    exact_ends : the lower bound is exactly 0 at ``successes = 0`` and the upper bound
+        exactly 1 at ``successes = n`` (rounding would give e.g. 1 − 1e-16); False keeps
+        the rounded bounds (the findings experiment's recorded numbers).
+
+    Returns
+    -------
+    (lo, hi)
+        NaN, NaN when ``n`` is 0.
+    """
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    if exact_ends:
+        lo = 0.0 if successes == 0 else lo
+        hi = 1.0 if successes == n else hi
+    return (lo, hi)

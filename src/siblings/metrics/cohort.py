@@ -9,8 +9,9 @@ Two layers:
   writing files.
 - folders: :func:`summarise_folder` reads ``*.nii.gz`` maps in worker processes (each
   returns features, checks and a cropped occupancy partial sum, so memory does not grow
-  with the cohort), and :func:`evaluate` writes ``metrics.json``, ``per_map.csv``,
-  ``reference_per_map.csv``, figures and ``report.html``.
+  with the cohort), and :func:`evaluate` measures two folders. Writing the outputs
+  (``metrics.json``, ``per_map.csv``, ``reference_per_map.csv``, figures and
+  ``report.html``) is :func:`siblings.report.evaluation.write_evaluation`'s.
 
 Example
 -------
@@ -40,13 +41,14 @@ import nibabel as nib
 import numpy as np
 
 from .. import __version__, anatomy
+from ..boxes import bounding_box
 from ..io import LabelMap, LabelMapError, list_label_maps, read_label_map
 from .bootstrap import bootstrap_interval, bootstrap_metrics, percentile_interval
 from .frechet import frechet_distance, normalisation
 from .heatmaps import Occupancy, OccupancyPartial
 from .morphology import linear_map, morphology_vector
 from .precision_recall import precision_recall
-from .topology import bounding_box, topology_checks
+from .topology import topology_checks
 
 PathLike = str | os.PathLike
 
@@ -608,14 +610,10 @@ class Evaluation:
     metrics: dict
     cohort: CohortSummary
     reference: CohortSummary
-
-    def write(
-        self, out_dir: PathLike, *, figures: bool = True, title: str | None = None
-    ) -> dict[str, Path]:
-        """Write metrics.json, per_map.csv, reference_per_map.csv, PNGs and report.html."""
-        from ..report.evaluation import write_evaluation
-
-        return write_evaluation(self, out_dir, figures=figures, title=title)
+    seconds: float | None = None
+    """Compute time of :func:`evaluate` (reading and measuring the folders); None for
+    :func:`evaluate_maps`. :func:`siblings.report.evaluation.write_evaluation` records
+    it as ``compute_seconds``."""
 
 
 def evaluate_maps(
@@ -661,7 +659,6 @@ def evaluate_maps(
 def evaluate(
     cohort_dir: PathLike,
     reference_dir: PathLike,
-    out_dir: PathLike | None,
     *,
     k: int = 3,
     n_boot: int = 1000,
@@ -671,15 +668,15 @@ def evaluate(
     progress: bool = False,
     min_component_voxels: int = 0,
     contact_connectivity: int = 26,
-    figures: bool = True,
 ) -> Evaluation:
-    """``siblings evaluate``: evaluate a folder of maps against a reference folder.
+    """The numbers of ``siblings evaluate``: a folder of maps against a reference folder.
+
+    Reads and measures; writes nothing (:func:`siblings.report.evaluation.write_evaluation`
+    writes the outputs of an :class:`Evaluation`).
 
     Parameters
     ----------
     cohort_dir, reference_dir : folders of ``*.nii.gz`` label maps (values 0–6) on one grid.
-    out_dir : where to write the outputs (None: compute only). Nothing is written unless
-        every map is valid.
     k : neighbour rank of improved precision/recall (default 3).
     n_boot : bootstrap resamples for the 95% intervals (default 1000; 0 for none).
     seed : bootstrap seed.
@@ -687,7 +684,6 @@ def evaluate(
     workers : worker processes reading and measuring maps (default: all cores; 1 = none).
     progress : show a progress bar.
     min_component_voxels, contact_connectivity : see :func:`topology_checks`.
-    figures : write PNG figures and embed them in ``report.html``.
 
     Raises
     ------
@@ -715,8 +711,4 @@ def evaluate(
     metrics["cohort_dir"] = str(cohort_dir)
     metrics["reference_dir"] = str(reference_dir)
     metrics["grid"]["orientation"] = "".join(grid.orientation)
-    ev = Evaluation(metrics, coh, ref)
-    if out_dir is not None:
-        metrics["compute_seconds"] = round(time.perf_counter() - t0, 3)
-        ev.write(out_dir, figures=figures)
-    return ev
+    return Evaluation(metrics, coh, ref, seconds=time.perf_counter() - t0)

@@ -29,6 +29,7 @@ import cc3d
 import numpy as np
 
 from .. import anatomy
+from ..boxes import bounding_box
 
 _NEIGHBOUR_OFFSETS = {
     # Half of each neighbourhood (one of each +o/-o pair): contact is symmetric.
@@ -64,20 +65,6 @@ def contact_matrix(label_map: np.ndarray, connectivity: int = 26) -> np.ndarray:
     m = m | m.T
     np.fill_diagonal(m, False)
     return m
-
-
-def bounding_box(label_map: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Smallest box holding every non-background voxel, or None for an empty map."""
-    lab = np.asarray(label_map)
-    if lab.ndim != 3:
-        raise ValueError(f"expected a 3D label map, got shape {lab.shape}")
-    yz = lab.any(axis=0)
-    if not yz.any():
-        return None
-    xs = np.flatnonzero(lab.any(axis=(1, 2)))
-    ys = np.flatnonzero(yz.any(axis=1))
-    zs = np.flatnonzero(yz.any(axis=0))
-    return tuple(slice(int(a[0]), int(a[-1]) + 1) for a in (xs, ys, zs))  # type: ignore[return-value]
 
 
 def _crop(lab: np.ndarray) -> np.ndarray:

@@ -3,15 +3,11 @@
 - :func:`siblings_figure`: the twin and several siblings side by side in three
   orthogonal slices through the twin's heart, the twin's outline drawn on every
   sibling (the paper's Fig. 3);
-- :func:`twin_metrics`: the evaluation of the siblings against their one twin.
-  The cohort metrics of ``siblings evaluate`` that need a reference *cohort* are
-  undefined against one map: features are normalised by the reference standard
-  deviation (zero for one map), the Fréchet distance needs the reference covariance
-  (ddof = 1, at least two maps) and precision/recall need k + 1 reference maps. They
-  are reported as null with that reason; what is defined (TV% with its bootstrap
-  interval, per-check rates, feature changes, Dice against the twin, occupancy) is
-  reported. A real reference cohort can be given to get FD, precision and recall too.
+- :func:`twin_figures`: the evaluation figures with the twin as reference;
 - :func:`edit_report_html`: the self-contained ``report.html``.
+
+It formats and draws; the numbers (Dice against the twin, TV% and its interval, feature
+changes) come from :func:`siblings.metrics.twin.twin_metrics`.
 
 Example
 -------
@@ -41,19 +37,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .. import anatomy
-from ..metrics.bootstrap import bootstrap_indices, percentile_interval
+from ..boxes import bounding_box
 from ..metrics.cohort import CohortSummary
+from ..metrics.twin import UNDEFINED_AGAINST_ONE_MAP
 from . import html as H
 from .html import interval as _ci
 from .html import number as _fmt
 from .plots import VIEWS, _view_axes, tissue_colour
-
-UNDEFINED_AGAINST_ONE_MAP = (
-    "undefined against a single twin: features are normalised by the reference's standard "
-    "deviation (0 for one map), the Fréchet distance needs the reference covariance (ddof = 1, "
-    "at least 2 maps) and precision/recall need k + 1 reference maps; pass a reference cohort "
-    "(--reference DIR) to compute them against it"
-)
 
 FIGURES = {
     "siblings.png": "The twin and siblings in three orthogonal slices through the twin's heart "
@@ -79,17 +69,10 @@ def label_colormap() -> ListedColormap:
 
 
 def heart_box(maps: Sequence[np.ndarray], margin: int = 3) -> tuple[slice, slice, slice]:
-    """The smallest box holding every non-background voxel of ``maps``, plus ``margin``."""
-    shape = np.asarray(maps[0].shape)
-    any_tissue = np.zeros(maps[0].shape, bool)
-    for m in maps:
-        any_tissue |= np.asarray(m) > 0
-    if not any_tissue.any():
-        return tuple(slice(0, int(s)) for s in shape)  # type: ignore[return-value]
-    idx = np.argwhere(any_tissue)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + 1 + margin, shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))  # type: ignore[return-value]
+    """The smallest box holding every non-background voxel of ``maps``, plus ``margin``
+    (the whole grid when every map is background)."""
+    box = bounding_box(*(np.asarray(m) > 0 for m in maps), pad=margin)
+    return box if box is not None else tuple(slice(0, int(s)) for s in np.shape(maps[0]))  # type: ignore[return-value]
 
 
 def heart_centre_index(label_map: np.ndarray) -> tuple[int, int, int]:
@@ -179,140 +162,6 @@ def siblings_figure(
 def _slices(volume: np.ndarray, centre: np.ndarray) -> list[np.ndarray]:
     i, j, k = (int(v) for v in centre)
     return [volume[i, :, :].T, volume[:, j, :].T, volume[:, :, k].T]
-
-
-# ---------------------------------------------------------------------------------
-# Metrics against the twin.
-# ---------------------------------------------------------------------------------
-def dice_table(twin: np.ndarray, maps: np.ndarray | Sequence[np.ndarray]) -> list[dict[str, float]]:
-    """Dice of every tissue, twin vs each map (1.0 where both lack the tissue)."""
-    out = []
-    for m in maps:
-        row = {}
-        for t in anatomy.TISSUES:
-            a, b = twin == anatomy.LABELS[t], np.asarray(m) == anatomy.LABELS[t]
-            total = int(a.sum()) + int(b.sum())
-            row[t] = 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
-        out.append(row)
-    return out
-
-
-def _stats(values: Sequence[float]) -> dict[str, float]:
-    v = np.asarray(values, float)
-    return {
-        "mean": float(v.mean()),
-        "sd": float(v.std()),
-        "min": float(v.min()),
-        "max": float(v.max()),
-    }
-
-
-def twin_metrics(
-    siblings: CohortSummary,
-    twin: CohortSummary,
-    *,
-    dice: Sequence[dict[str, float]] = (),
-    kept_dice: Sequence[dict[str, float]] = (),
-    reconstruction_dice: dict[str, float] | None = None,
-    dice_vs_reconstruction: Sequence[dict[str, float]] = (),
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> dict:
-    """Metrics of the siblings against their twin (one map), in the keys of
-    :func:`siblings.metrics.cohort.compare` where they are defined.
-
-    ``fd``, ``precision`` and ``recall`` are None with the reason in ``undefined``.
-    ``features`` holds, per morphology column, the siblings' mean and sd, the twin's
-    value and the mean change and mean absolute relative change (%) from the twin.
-    ``dice_vs_twin`` and ``kept_dice`` summarise per-tissue Dice over the siblings;
-    ``vae_reconstruction_dice`` is the Dice of the twin's own VAE reconstruction (the
-    best a kept tissue can be preserved through the autoencoder), and
-    ``dice_vs_vae_reconstruction`` summarises each sibling against that reconstruction
-    (what the edit itself changed, the autoencoder's loss taken out).
-    """
-    if len(twin) != 1:
-        raise ValueError(f"expected one twin map, got {len(twin)}")
-    n = len(siblings)
-    tv = siblings.tv_percent
-    rates = siblings.violated.mean(axis=0)
-    cols = anatomy.TOPOLOGY_COLUMNS
-    metrics: dict = {
-        "n": n,
-        "n_reference": 1,
-        "reference_kind": "twin",
-        "fd": None,
-        "precision": None,
-        "recall": None,
-        "fd_ci": None,
-        "precision_ci": None,
-        "recall_ci": None,
-        "undefined": {"fd, precision, recall": UNDEFINED_AGAINST_ONE_MAP},
-        "tv_percent": tv,
-        "tv_percent_ci": None,
-        "violation_rate": dict(zip(cols, rates.tolist(), strict=True)),
-        "violation_rate_ci": None,
-        "maps_violating_percent": float(100.0 * siblings.violated.any(axis=1).mean()),
-    }
-    if n_boot > 0 and n > 1:
-        # The replicates and the plain percentile interval of `evaluate` (compare,
-        # bootstrap_metrics): TV%'s and the rates' replicates are unbiased, so only FD's
-        # interval is re-centred there (docs/evaluation.md); same seed, same interval.
-        idx = bootstrap_indices(n, n_boot, seed)
-        per_map_tv = siblings.violated.mean(axis=1)
-        metrics["tv_percent_ci"] = percentile_interval(100.0 * per_map_tv[idx].mean(axis=1), level)
-        lo, hi = percentile_interval(siblings.violated[idx].mean(axis=1), level)
-        metrics["violation_rate_ci"] = {c: [a, b] for c, a, b in zip(cols, lo, hi, strict=True)}
-    metrics["reference"] = {
-        "n": 1,
-        "tv_percent": twin.tv_percent,
-        "violation_rate": twin.violation_rates(),
-        "maps_violating_percent": float(100.0 * twin.violated.any(axis=1).mean()),
-        "violated": [c for c, v in zip(cols, twin.violated[0], strict=True) if v],
-    }
-    feats = {}
-    for j, col in enumerate(anatomy.MORPHOLOGY_COLUMNS):
-        x, t = siblings.features[:, j], float(twin.features[0, j])
-        rel = 100.0 * np.abs(x - t) / t if t > 0 else np.full_like(x, np.nan)
-        feats[col] = {
-            "mean": float(x.mean()),
-            "std": float(x.std()),
-            "twin": t,
-            "mean_change": float((x - t).mean()),
-            "mean_abs_change_percent": None if t <= 0 else float(rel.mean()),
-            # The keys evaluate's report uses, for code that reads either.
-            "reference_mean": t,
-            "reference_std": 0.0,
-        }
-    metrics["features"] = feats
-    if dice:
-        metrics["dice_vs_twin"] = {t: _stats([d[t] for d in dice]) for t in dice[0]}
-    if kept_dice:
-        metrics["kept_dice"] = {t: _stats([d[t] for d in kept_dice]) for t in kept_dice[0]}
-        metrics["kept_dice_min_over_tissues_mean"] = (
-            float(min(v["mean"] for v in metrics["kept_dice"].values()))
-            if metrics["kept_dice"]
-            else None
-        )
-    if reconstruction_dice is not None:
-        metrics["vae_reconstruction_dice"] = dict(reconstruction_dice)
-    if dice_vs_reconstruction:
-        metrics["dice_vs_vae_reconstruction"] = {
-            t: _stats([d[t] for d in dice_vs_reconstruction]) for t in dice_vs_reconstruction[0]
-        }
-    metrics["bootstrap"] = {
-        "n_boot": n_boot,
-        "seed": seed,
-        "level": level,
-        "resampled": "siblings (twin fixed)",
-        "interval": "percentile",
-    }
-    metrics["grid"] = {
-        "shape": list(siblings.occupancy.shape or ()),
-        "spacing_mm": list(siblings.spacing_mm) if siblings.spacing_mm else None,
-        "orientation": "RAS",
-    }
-    return metrics
 
 
 # ---------------------------------------------------------------------------------
@@ -583,8 +432,6 @@ def edit_report_html(
 
 __all__ = [
     "FIGURES",
-    "UNDEFINED_AGAINST_ONE_MAP",
-    "dice_table",
     "edit_report_html",
     "encoding_html",
     "heart_box",
@@ -592,5 +439,4 @@ __all__ = [
     "label_colormap",
     "siblings_figure",
     "twin_figures",
-    "twin_metrics",
 ]

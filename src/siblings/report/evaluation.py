@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from ..io import write_bytes, write_json
 from . import html as H
 from .html import interval as _ci
 from .html import number as _fmt
+
+if TYPE_CHECKING:
+    from ..metrics.cohort import Evaluation
 
 FIGURES = {
     "volumes.png": "LV vs RV volume of each cohort map (orange) over the highest-density "
@@ -215,7 +219,7 @@ def evaluation_html(ev, figures: dict[str, bytes], title: str | None = None) -> 
 
 
 def write_evaluation(
-    ev, out_dir: str | os.PathLike, *, figures: bool = True, title: str | None = None
+    ev: Evaluation, out_dir: str | os.PathLike, *, figures: bool = True, title: str | None = None
 ) -> dict[str, Path]:
     """Write metrics.json, per_map.csv, reference_per_map.csv, PNGs and report.html.
 
@@ -223,6 +227,8 @@ def write_evaluation(
     Returns the written paths by name.
     """
     out = Path(out_dir)
+    if ev.seconds is not None:  # a folder evaluation: its compute time, before the figures
+        ev.metrics["compute_seconds"] = round(ev.seconds, 3)
     pngs = evaluation_figures(ev) if figures else {}
     ev.metrics["figures"] = sorted(pngs)
     page = evaluation_html(ev, pngs, title)
