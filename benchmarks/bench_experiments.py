@@ -28,7 +28,7 @@ from siblings.io import LabelMap, write_json, write_label_map
 from siblings.manifest import provenance
 from siblings.metrics.cohort import CohortSummary, compare, summarise_maps
 from siblings.metrics.heatmaps import Occupancy
-from siblings.train import autocast
+from siblings.runtime import autocast
 
 
 def timed(fn, repeats: int = 2) -> float:

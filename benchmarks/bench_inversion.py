@@ -5,7 +5,7 @@ weights were trained on seed 0) and for the stress set of :mod:`siblings.data.st
 (hearts the VAE never saw: volumes past the cohort's bounds, a dilated RV with a small
 LV, thin and thick walls, strong elastic deformations, a straight ascending aorta,
 mirrored hearts), each twin is encoded as ``siblings edit`` encodes it
-(:func:`siblings.diffusion.edit.encode_twin`): the posterior mean (the paper), then
+(:func:`siblings.models.edits.encode_twin`): the posterior mean (the paper), then
 refined by ``--steps`` of inversion. Printed per group: the mean and minimum round-trip
 Dice per tissue before → after, the number of twins out of the model's distribution
 (a tissue below ``OOD_DICE_THRESHOLD``) before → after, the inversion steps taken and
@@ -38,9 +38,9 @@ import torch
 from siblings import anatomy
 from siblings.data.phantom import make_phantom
 from siblings.data.stress import STRESS_KINDS, stress_set
-from siblings.diffusion import edit
-from siblings.diffusion.edit import encode_twin
 from siblings.diffusion.inversion import DEFAULT_INVERT_LR, DEFAULT_INVERT_STEPS
+from siblings.models import edits as edit
+from siblings.models.edits import encode_twin
 from siblings.models.ldm import LatentDiffusionModel
 from siblings.runtime import choose_bf16
 from siblings.train import load_vae

@@ -34,8 +34,8 @@ from siblings import anatomy
 from siblings.data import geometry
 from siblings.data.phantom import make_phantom
 from siblings.data.phantom_scans import axis_angle, place_in_scanner, scanner_affine
+from siblings.data.twin import resolve_twin
 from siblings.diffusion.keep import compose_exact
-from siblings.editing import resolve_twin
 from siblings.io import LabelMap, write_label_map
 
 L = anatomy.LABELS

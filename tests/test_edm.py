@@ -333,3 +333,42 @@ def test_paper_p_mean_is_the_default():
 def test_module_docstring_example_runs():
     result = doctest.testmod(edm, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_heun_with_one_churn_generator_per_row_draws_each_row_from_its_own():
+    mu, s = 0.5, 0.3
+    sig = karras_sigmas(6)
+    z = torch.randn(3, 2, 4, dtype=torch.float64) * sig[0]
+    gens = [torch.Generator().manual_seed(k) for k in (11, 12, 13)]
+    rows = heun_sample(gaussian_denoiser(mu, s), z, sig, churn=5.0, generator=gens)
+    for k, seed in enumerate((11, 12, 13)):
+        one = heun_sample(
+            gaussian_denoiser(mu, s), z[k : k + 1], sig, churn=5.0,
+            generator=[torch.Generator().manual_seed(seed)],
+        )  # fmt: skip
+        assert torch.equal(one[0], rows[k])
+    # One generator per row is the single generator's draw when the batch is one row.
+    single = heun_sample(
+        gaussian_denoiser(mu, s), z[:1], sig, churn=5.0, generator=torch.Generator().manual_seed(11)
+    )
+    assert torch.equal(single[0], rows[0])
+    with pytest.raises(ValueError, match="2 churn generators for a batch of 3"):
+        heun_sample(gaussian_denoiser(mu, s), z, sig, churn=5.0, generator=gens[:2])
+
+
+def test_edm_loss_draws_ln_sigma_then_the_noise_from_one_generator():
+    # The training loop's draw (global batch, CPU generator): a known sequence.
+    loss = EDMLoss(P_mean=1.0, P_std=1.2)
+    sigma, noise = loss.draw((4, 2, 3), torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    rnd = torch.randn(4, generator=g)
+    assert torch.equal(sigma, (rnd * 1.2 + 1.0).exp())
+    assert torch.equal(noise, torch.randn((4, 2, 3), generator=g))
+    z = torch.randn(4, 2, 3)
+
+    def denoise(x, s):
+        return x * 0.5
+
+    whole = loss(denoise, z, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(whole, loss.loss(denoise, z, sigma, noise))
+    assert torch.equal(whole, edm_loss(denoise, z, sigma, noise, 0.5))

@@ -19,8 +19,12 @@ from siblings import anatomy
 from siblings.augment import augment
 from siblings.cli import main
 from siblings.data.phantom import make_phantom
-from siblings.diffusion import edit as edit_mod
-from siblings.diffusion.edit import (
+from siblings.diffusion import edit as diffusion_edit
+from siblings.diffusion.inversion import cross_entropy, invert_latent, soft_dice_loss
+from siblings.editing import run_edit
+from siblings.io import LabelMap, centred_affine, write_label_map
+from siblings.models import edits as edit_mod
+from siblings.models.edits import (
     OOD_DICE_THRESHOLD,
     TwinEncoding,
     encode_twin,
@@ -28,9 +32,6 @@ from siblings.diffusion.edit import (
     ood_warning,
     perturb,
 )
-from siblings.diffusion.inversion import cross_entropy, invert_latent, soft_dice_loss
-from siblings.editing import run_edit
-from siblings.io import LabelMap, centred_affine, write_label_map
 from siblings.models.ldm import LatentDiffusionModel
 
 
@@ -238,7 +239,7 @@ def test_inversion_never_lowers_the_micro_models_round_trip(model, twin):
         assert after > before and enc.record.loss_after < enc.record.loss_before
     recon = model.decode(enc.latent)[0]
     assert np.array_equal(recon, enc.reconstruction)
-    assert enc.dice == edit_mod.kept_tissue_dice(twin, recon, anatomy.TISSUES)
+    assert enc.dice == diffusion_edit.kept_tissue_dice(twin, recon, anatomy.TISSUES)
 
 
 def test_edits_start_from_the_inverted_latent(model, twin, monkeypatch):
@@ -254,7 +255,7 @@ def test_edits_start_from_the_inverted_latent(model, twin, monkeypatch):
         pasted.append(paste(torch.zeros_like(z), 0.0))
         return z
 
-    monkeypatch.setattr(edit_mod, "heun_sample", sampler)
+    monkeypatch.setattr(diffusion_edit, "heun_sample", sampler)
     out = inpaint(model, twin, "LV", n=1, steps=3, seed=0, dilate=0, encoding=enc)
     keep = torch.from_numpy(out.keep_mask)
     assert 0 < keep.float().mean() < 1
@@ -416,7 +417,7 @@ def test_the_papers_experiments_encode_with_the_posterior_mean(monkeypatch, tmp_
     from types import SimpleNamespace
 
     import siblings.augment
-    from siblings.experiments import augmentation, run
+    from siblings.experiments import augmentation, makers
 
     asked = {}
 
@@ -438,8 +439,8 @@ def test_the_papers_experiments_encode_with_the_posterior_mean(monkeypatch, tmp_
     params |= {"strategy": "perturb", "where": "RV_volume_ml > 0", "max_attempts": None}
     spec = SimpleNamespace(n=2, params=params)
     make = {
-        "perturb": run._make_perturb,
-        "inpaint": run._make_inpaint,
+        "perturb": makers.make_perturb,
+        "inpaint": makers.make_inpaint,
         "augment": augmentation.make_augmented,
     }[maker]
     with pytest.raises(Asked):

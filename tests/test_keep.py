@@ -225,8 +225,8 @@ def test_the_papers_localized_experiment_asks_for_latent_keep(monkeypatch, tmp_p
     # The experiments measure the method as published (SPEC "Beyond the paper").
     from types import SimpleNamespace
 
-    import siblings.diffusion.edit as edit
-    from siblings.experiments import run
+    import siblings.models.edits as edit
+    from siblings.experiments import makers
 
     asked = {}
 
@@ -246,5 +246,5 @@ def test_the_papers_localized_experiment_asks_for_latent_keep(monkeypatch, tmp_p
         n=2, params={"seed_kind": "large", "regenerate": ["LV"], "steps": 3, "seed": 0}
     )
     with pytest.raises(Asked):
-        run._make_inpaint(ctx, spec, tmp_path)
+        makers.make_inpaint(ctx, spec, tmp_path)
     assert asked["keep"] == "latent"

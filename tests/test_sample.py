@@ -14,7 +14,8 @@ from siblings import __version__
 from siblings.cli import main
 from siblings.io import centred_affine, read_label_map, sha256_file
 from siblings.metrics.topology import topology_checks
-from siblings.models.ldm import LatentDiffusionModel, noise_for
+from siblings.models.ldm import LatentDiffusionModel
+from siblings.runtime import noise_for
 
 
 def sample(micro, out: Path, n: int = 3, steps: int = 2, seed: int = 5, batch: int = 2) -> Path:
@@ -138,3 +139,26 @@ def test_exported_fp16_checkpoint_loads_and_matches_the_fp32_model(micro, model,
     z = model.sample_latents(range(2), steps=3, seed=0)
     a, b = model.decode(z), m16.decode(z)
     assert (a == b).mean() > 0.99
+
+
+def test_with_churn_a_sample_does_not_depend_on_its_batch(model, monkeypatch):
+    """Churn noise comes from one generator per sample index, as the starting noise does
+    (it came from the batch's first index). A batch-independent analytic denoiser makes
+    the comparison exact."""
+    monkeypatch.setattr(model, "denoise", lambda z, sigma: z / (1 + sigma**2))
+    batch = model.sample_latents([0, 1, 2, 3], steps=4, seed=5, churn=2.0)
+    for i in range(4):
+        alone = model.sample_latents([i], steps=4, seed=5, churn=2.0)
+        assert torch.equal(alone[0], batch[i]), i
+    later = model.sample_latents([7, 2], steps=4, seed=5, churn=2.0)
+    assert torch.equal(later[1], batch[2])
+    # Churn does add noise, different for each sample.
+    plain = model.sample_latents([0, 1, 2, 3], steps=4, seed=5)
+    assert not torch.equal(plain[2], batch[2])
+    assert not torch.equal(batch[0] - plain[0], batch[1] - plain[1])
+
+
+def test_sampling_is_deterministic_by_default(model):
+    import inspect
+
+    assert inspect.signature(model.sample_latents).parameters["churn"].default == 0.0

@@ -1,4 +1,11 @@
-"""Where and in what precision the networks run: device choice and bf16 autocast.
+"""Where, in what precision and with which random numbers the networks run.
+
+This module owns what training and inference share: the device
+(:func:`pick_device`), bf16 autocast (:func:`autocast`, :func:`choose_bf16`), the
+generators that make every run reproducible (:func:`step_generator`: one per
+``(seed, step, stream)``, never a running RNG) and the noise streams of sampling and
+editing (:func:`noise_for` and the ``*_STREAM`` constants: sample ``i``'s noise depends
+only on ``(seed, i, stream)``, so no output depends on the batch it was made in).
 
 bf16 autocast is worth having only where the hardware computes in bf16: CPUs with AMX
 (Sapphire Rapids and later) or AVX512-BF16 (Cooper Lake, AMD Zen 4), and CUDA GPUs
@@ -15,14 +22,21 @@ Example
 False
 >>> choose_bf16(torch.device("cpu"), None, cpuinfo="flags : fpu avx512_bf16")
 (True, None)
+>>> from siblings.runtime import noise_for
+>>> torch.equal(noise_for(0, [3], (2,))[0], noise_for(0, [1, 2, 3], (2,))[2])
+True
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 
+import numpy as np
 import torch
+
+from .errors import InputError
 
 # /proc/cpuinfo flags of CPUs that run bf16 matrix arithmetic natively (oneDNN uses them).
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -37,10 +51,11 @@ def pick_device(name: str | None = None) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
+        raise InputError(
             f"device {name!r} asked for, but CUDA is not available here (torch "
             f"{torch.__version__}, built with CUDA: {torch.version.cuda is not None}); "
-            "use --device cpu or leave --device out"
+            "use {device} cpu or leave {device} out",
+            arguments=("device",),
         )
     if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
         dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -119,11 +134,62 @@ def choose_bf16(
     return False, None
 
 
+# ---------------------------------------------------------------------------------
+# Generators and noise streams.
+# ---------------------------------------------------------------------------------
+START_STREAM = 0
+"""Noise stream of a sample's starting noise (unconditional sampling, SDEdit, inpainting)."""
+PASTE_STREAM = 1
+"""Noise stream of inpainting's fixed ε of the pasted seed latent (eq. 5)."""
+FRESH_PASTE_STREAM = 2
+"""Inpainting with fresh noise: the k-th paste (k = 1, 2, …) draws stream ``2 + k``."""
+NOISE_STREAM_OFFSET = 7_000
+""":func:`noise_for`'s stream ``s`` is :func:`step_generator`'s stream ``7000 + s``."""
+CHURN_STREAM = 9_000
+""":func:`step_generator` stream of the sampler's churn noise (one generator per sample)."""
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator that depends only on ``(seed, step, stream)``.
+
+    Training uses ``step`` = the optimisation step; sampling and editing use ``step`` =
+    the sample index.
+    """
+    s = np.random.SeedSequence([int(seed), int(step), int(stream)]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(s) & ((1 << 63) - 1))
+
+
+def noise_for(
+    seed: int, indices: Sequence[int] | range, shape: tuple[int, ...], stream: int = 0
+) -> torch.Tensor:
+    """Unit Gaussian noise ``(len(indices), *shape)`` float32 on the CPU, one generator per
+    ``(seed, index, stream)``: row ``k`` is the same whatever else is in ``indices``."""
+    return torch.stack(
+        [
+            torch.randn(shape, generator=step_generator(seed, int(i), NOISE_STREAM_OFFSET + stream))
+            for i in indices
+        ]
+    )
+
+
+def churn_generators(seed: int, indices: Sequence[int] | range) -> list[torch.Generator]:
+    """One churn generator per sample index (for :func:`siblings.diffusion.edm.heun_sample`)."""
+    return [step_generator(seed, int(i), CHURN_STREAM) for i in indices]
+
+
 __all__ = [
+    "CHURN_STREAM",
+    "FRESH_PASTE_STREAM",
     "NATIVE_BF16_FLAGS",
+    "NOISE_STREAM_OFFSET",
+    "PASTE_STREAM",
+    "START_STREAM",
     "autocast",
     "choose_bf16",
+    "churn_generators",
     "cpu_flags",
     "native_bf16",
+    "noise_for",
     "pick_device",
+    "step_generator",
 ]

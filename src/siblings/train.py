@@ -38,11 +38,13 @@ from .checkpoint import (
     save_tensors,
 )
 from .data.dataset import LabelMapDataset, RandomAffineLabels
-from .diffusion.edm import EDMPrecond, edm_loss
+from .diffusion.edm import EDMLoss, EDMPrecond
+from .errors import InputError
 from .io import one_hot, write_text
 from .models.networks import build_denoiser_net, build_vae
 from .models.presets import Preset, preset_from_dict
-from .runtime import autocast, pick_device
+from .models.vae import encode_labels, load_vae
+from .runtime import autocast, pick_device, step_generator
 
 
 # ---------------------------------------------------------------------------------
@@ -65,7 +67,7 @@ def _set_lr(opt: torch.optim.Optimizer, base: float, step: int, steps: int, pres
 
 
 # ---------------------------------------------------------------------------------
-# Devices, precision, distribution.
+# Distribution (devices, precision and generators: siblings.runtime).
 # ---------------------------------------------------------------------------------
 @dataclass
 class DistInfo:
@@ -98,21 +100,10 @@ def _barrier(dist: DistInfo) -> None:
         torch.distributed.barrier()
 
 
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """A generator that depends only on (seed, step, stream)."""
-    s = np.random.SeedSequence([int(seed), int(step), int(stream)]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(s) & ((1 << 63) - 1))
-
-
 def _shard(idx: torch.Tensor, dist: DistInfo) -> torch.Tensor:
     if idx.numel() % dist.world:
-        raise ValueError(f"batch {idx.numel()} does not split over {dist.world} processes")
+        raise InputError(f"batch {idx.numel()} does not split over {dist.world} processes")
     return idx[dist.rank :: dist.world]
-
-
-# ---------------------------------------------------------------------------------
-# Devices, precision, distribution.
-# ---------------------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------
@@ -186,7 +177,8 @@ def _restore(state_path: Path, model, opt, ema, expect: dict) -> int:
         if meta.get(key) != value:
             raise CheckpointError(
                 f"{state_path}: resume state has {key}={meta.get(key)!r}, this run asks for {value!r}; "
-                "use another --out/--state folder or --no-resume"
+                "use another {out}/{state_dir} folder or {resume}",
+                arguments={"out": "out", "state_dir": "state_dir", "resume": "resume=False"},
             )
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:
@@ -292,7 +284,7 @@ def vae_loss(
     ``ce`` is the cross-entropy of the decoder's outputs read as logits (0 when unused).
     """
     if kl_norm not in ("sum", "mean"):
-        raise ValueError(f"kl_norm must be 'sum' or 'mean', got {kl_norm!r}")
+        raise InputError(f"kl_norm must be 'sum' or 'mean', got {kl_norm!r}")
     if sample:
         rec, mu, sigma = model(x)
     else:
@@ -480,35 +472,6 @@ def train_vae(
 # ---------------------------------------------------------------------------------
 # Latent diffusion model.
 # ---------------------------------------------------------------------------------
-def load_vae(
-    path: str | os.PathLike, device: torch.device | str = "cpu"
-) -> tuple[torch.nn.Module, Preset, dict]:
-    """A trained VAE from ``vae.safetensors`` and its JSON config."""
-    tensors, meta = load_tensors(path)
-    if meta.get("kind") != "vae":
-        raise CheckpointError(f"{path}: not a VAE checkpoint (kind={meta.get('kind')!r})")
-    preset = preset_from_dict(meta["preset"])
-    vae = build_vae(preset)
-    try:
-        vae.load_state_dict({k: v.float() for k, v in tensors.items()})
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{path}: weights do not fit preset {preset.name!r} ({' '.join(str(exc).split())[:200]})"
-        ) from None
-    return vae.to(device).eval(), preset, meta
-
-
-@torch.no_grad()
-def encode_labels(vae, labels: torch.Tensor, device, batch: int = 4) -> torch.Tensor:
-    """Posterior means of the VAE for integer label maps ``(N, D, H, W)`` (float32)."""
-    out = []
-    for i in range(0, len(labels), batch):
-        x = one_hot(labels[i : i + batch].to(device))
-        mu, _ = vae.encode(x)
-        out.append(mu.float().cpu())
-    return torch.cat(out)
-
-
 def train_ldm(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -599,6 +562,7 @@ def train_ldm(
         start = _restore(state_path, model, opt, ema, identity)
     if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
+    loss_fn = EDMLoss(preset.p_mean, preset.p_std, preset.sigma_data)
     log = _Log(out / "ldm_log.jsonl", dist.main)
     log.truncate_after(start)
     bar = _progress(steps, start, "train ldm", progress and dist.main)
@@ -608,18 +572,15 @@ def train_ldm(
         g = step_generator(seed, step)
         idx = _shard(torch.randint(len(latents), (batch,), generator=g), dist)
         z = latents[idx.to(dev)]
-        # ln σ ~ N(P_mean, P_std²) and the noise, drawn as EDMLoss does for the global
-        # batch on the CPU generator, then this process's share, moved to the device.
-        gen = step_generator(seed, step, 1)
-        rnd = torch.randn(batch, generator=gen, dtype=torch.float32)
-        sigma = (rnd * preset.p_std + preset.p_mean).exp()
-        noise = torch.randn((batch, *latents.shape[1:]), generator=gen, dtype=latents.dtype)
+        # ln σ ~ N(P_mean, P_std²) and the noise, drawn for the global batch on the CPU
+        # generator, then this process's share, moved to the device.
+        sigma, noise = loss_fn.draw(
+            (batch, *latents.shape[1:]), step_generator(seed, step, 1), dtype=latents.dtype
+        )
         share = slice(dist.rank, None, dist.world)
         _set_lr(opt, base_lr, step, steps, preset)
         with autocast(dev, amp):
-            loss = edm_loss(
-                model, z, sigma[share].to(dev), noise[share].to(dev), preset.sigma_data
-            ).mean()
+            loss = loss_fn.loss(model, z, sigma[share].to(dev), noise[share].to(dev)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

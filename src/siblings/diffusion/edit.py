@@ -1,285 +1,59 @@
-"""Digital siblings: perturbational (SDEdit) and localized (inpainting) editing (SPEC §4).
+"""SDEdit and inpainting on latents (SPEC §4): tensors in, tensors out.
 
-Both methods start from the seed twin's latent ``z`` and run the same Heun sampler as
-unconditional generation. ``z`` is the encoder's posterior mean (scaled; the paper)
-refined by ``invert_steps`` gradient steps that make its decoding reconstruct the twin
-(:func:`encode_twin`, :mod:`siblings.diffusion.inversion`; "Beyond the paper", the
-product's default; ``invert_steps=0`` is the paper). :class:`TwinEncoding` holds the
-twin's round-trip Dice before and after, and :func:`ood_warning` says when a twin is
-out of the model's distribution (Dice below :data:`OOD_DICE_THRESHOLD`).
+Both methods run the same Heun sampler as unconditional generation
+(:func:`siblings.diffusion.edm.heun_sample`) from the seed twin's latent ``z``, with a
+denoiser ``D(z; σ)`` given as a callable; they know no model class and no file. The
+loaded model's wrappers (encode the twin, draw the noise from its seed streams, decode,
+keep exactly) are :mod:`siblings.models.edits`.
 
 - :func:`perturb` (paper §3.3): for sampling ratio ψ ∈ (0, 1], recompute the last
-  ``k = max(1, round(ψ·N))`` of N steps, starting at ``σ_s = σ_{N−k}`` from
-  ``z + σ_s·ε``. ψ = 1 starts at σmax (siblings approach unconditional samples); a
-  tiny ψ returns (nearly) the VAE reconstruction of the twin.
+  ``k = max(1, round(ψ·N))`` of N steps (:func:`start_step`), starting at
+  ``σ_s = σ_{N−k}`` from ``z + σ_s·ε``. ψ = 1 starts at σmax (siblings approach
+  unconditional samples); a tiny ψ returns (nearly) the twin's latent.
 - :func:`inpaint` (paper §3.4, eq. 5): the tissues to keep are pasted back at the
   current noise level before every denoiser call, ``z_σ ← (z + σ·ε)·m + (1 − m)·z_σ``,
-  with a keep mask ``m`` on the latent grid (a latent voxel is kept if any of its voxels
-  is kept, then dilated with 6-connectivity). At σ = 0 the kept region equals ``z``.
-  With ``keep="exact"`` (the default; "Beyond the paper") each decoded sibling is then
-  composed in label space with the twin (:func:`siblings.diffusion.keep.compose_exact`),
-  so its kept tissues are the twin's voxels exactly; ``keep="latent"`` is eq. 5 alone.
-
-Sibling ``i`` depends only on (twin, method parameters, seed, i): batch size does not
-change it. ψ = 1 uses the same starting noise as unconditional sample ``i``.
+  with a keep mask ``m`` on the latent grid (:func:`latent_keep_mask`: a latent voxel is
+  kept if any of its voxels is kept, then dilated with 6-connectivity). At σ = 0 the
+  kept region equals ``z``.
 
 Example
 -------
->>> from siblings.models.ldm import LatentDiffusionModel
->>> from siblings.io import read_label_map
->>> from siblings.diffusion.edit import perturb, inpaint
->>> model = LatentDiffusionModel.load()                                  # doctest: +SKIP
->>> twin = read_label_map("twin.nii.gz")                                 # doctest: +SKIP
->>> sibs = perturb(model, twin, psi=0.5, n=8, seed=0)                    # doctest: +SKIP
->>> local = inpaint(model, twin, regenerate={"LV"}, n=8, seed=0)         # doctest: +SKIP
->>> local.labels.shape, local.kept                                       # doctest: +SKIP
-((8, 64, 64, 64), ('Ao', 'RV', 'RA', 'LA'))
+>>> import torch
+>>> from siblings.diffusion.edm import karras_sigmas
+>>> from siblings.diffusion.edit import inpaint, perturb, start_step
+>>> denoise = lambda z, sigma: z / (1 + sigma**2)       # D of N(0, 1) data
+>>> z, eps = torch.ones(2, 1, 4, 4, 4, dtype=torch.float64), torch.randn(2, 1, 4, 4, 4)
+>>> sig = karras_sigmas(10)
+>>> perturb(denoise, z, eps, sig[start_step(0.5, 10):]).shape
+torch.Size([2, 1, 4, 4, 4])
+>>> keep = torch.zeros(1, 1, 4, 4, 4, dtype=torch.float64)
+>>> keep[..., :2] = 1
+>>> out = inpaint(denoise, z, keep, eps, torch.randn(2, 1, 4, 4, 4), sig)
+>>> bool((out[..., :2] == 1).all())                     # the kept region is z at σ = 0
+True
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import anatomy
-from ..io import LabelMap
-from ..models.ldm import LatentDiffusionModel, noise_for
-from .edm import heun_sample
-from .inversion import DEFAULT_INVERT_LR, DEFAULT_INVERT_STEPS, InversionRecord
-from .keep import KEEP_MODES, KeepMode, compose_exact
-
-# Noise streams: 0 = starting noise (shared with unconditional sampling), 1 = the
-# fixed ε of the pasted seed latent (inpainting), 2+ = fresh ε per paste.
-_START, _PASTE = 0, 1
-
-OOD_DICE_THRESHOLD = 0.85
-"""A twin whose round-trip Dice (after inversion) is below this for any tissue is out of
-the model's distribution (SPEC §4, "Beyond the paper"): say so wherever it is edited."""
-
-FINE_TUNE_HINT = (
-    "fine-tune on your cohort: siblings train vae|ldm --init shipped --data PREPARED --out DIR "
-    "(vae first, then ldm into the same DIR), then edit with --checkpoint DIR"
-)
-
-
-@dataclass
-class EditResult:
-    """Siblings of one twin: label maps ``(n, S, S, S)`` plus what made them."""
-
-    labels: np.ndarray
-    method: str
-    params: dict
-    indices: list[int]
-    kept: tuple[str, ...] = ()
-    keep_mask: np.ndarray | None = None  # latent-grid keep mask (inpainting)
-    kept_dice: list[dict[str, float]] = field(default_factory=list)
-    # Exact keep (inpainting): the decoded maps before composition, their kept-tissue
-    # Dice (what eq. 5 alone kept) and what the seam rule changed, per sibling.
-    decoded: np.ndarray | None = None
-    decoded_kept_dice: list[dict[str, float]] = field(default_factory=list)
-    seams: list[dict[str, int]] = field(default_factory=list)
-    # The twin's latent the edit started from, and its round-trip Dice.
-    encoding: TwinEncoding | None = None
+from ..errors import InputError
+from .edm import Denoiser, heun_sample
 
 
 def start_step(psi: float, steps: int) -> int:
     """Index i of the schedule where perturbational editing starts: N − max(1, round(ψN))."""
     if not 0.0 < psi <= 1.0:
-        raise ValueError(f"sampling ratio psi must be in (0, 1], got {psi}")
+        raise InputError(f"sampling ratio psi must be in (0, 1], got {psi}")
     if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+        raise InputError(f"steps must be at least 1, got {steps}")
     k = max(1, round(psi * steps))
     return steps - k
-
-
-def _twin_array(model: LatentDiffusionModel, twin: LabelMap | np.ndarray) -> np.ndarray:
-    arr = twin.data if isinstance(twin, LabelMap) else np.asarray(twin)
-    want = (model.preset.size,) * 3
-    if arr.shape != want:
-        where = f"{twin.path}: " if isinstance(twin, LabelMap) and twin.path else ""
-        raise ValueError(
-            f"{where}twin grid is {'x'.join(map(str, arr.shape))} but the {model.preset.name!r} "
-            f"model works on {'x'.join(map(str, want))}; prepare the twin first"
-        )
-    missing = [t for t in anatomy.TISSUES if not (arr == anatomy.LABELS[t]).any()]
-    if missing:
-        warnings.warn(
-            f"twin has no {', '.join(missing)}: siblings will be edited around missing tissue",
-            stacklevel=3,
-        )
-    return arr.astype(np.uint8)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean masks (1.0 when both are empty)."""
-    inter = np.logical_and(a, b).sum()
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2.0 * inter / total)
-
-
-def kept_tissue_dice(
-    twin: np.ndarray, sibling: np.ndarray, tissues: Iterable[str]
-) -> dict[str, float]:
-    """Dice of each kept tissue, twin vs sibling (how well localized editing preserved it)."""
-    return {t: dice(twin == anatomy.LABELS[t], sibling == anatomy.LABELS[t]) for t in tissues}
-
-
-@dataclass
-class TwinEncoding:
-    """The latent an edit starts from, and how well it reconstructs the twin.
-
-    Attributes
-    ----------
-    latent : scaled latent ``(1, C, n, n, n)``, float32 on the CPU.
-    invert_steps : the inversion's step budget (0: the posterior mean, the paper).
-    record : what the inversion did (None for 0 steps).
-    reconstruction : ``decode(latent)``, the twin's round trip ``(S, S, S)`` uint8.
-    dice_posterior_mean : round-trip Dice per tissue of the posterior mean.
-    dice : round-trip Dice per tissue of ``latent`` (after inversion).
-
-    Dice is :func:`dice` per tissue: 1.0 when the twin and its round trip both lack the
-    tissue, 0.0 when only one has it.
-    """
-
-    latent: torch.Tensor
-    invert_steps: int
-    record: InversionRecord | None
-    reconstruction: np.ndarray
-    dice_posterior_mean: dict[str, float]
-    dice: dict[str, float]
-
-    def out_of_distribution(self, threshold: float | None = None) -> dict[str, float]:
-        """The tissues whose round-trip Dice (after inversion) is below ``threshold``
-        (default :data:`OOD_DICE_THRESHOLD`)."""
-        limit = OOD_DICE_THRESHOLD if threshold is None else threshold
-        return {t: d for t, d in self.dice.items() if d < limit}
-
-    def to_dict(self) -> dict:
-        """The encoding's entry in run.json and manifests (no arrays)."""
-        return {
-            "method": "inversion" if self.invert_steps else "posterior mean",
-            "invert_steps": self.invert_steps,
-            "inversion": None if self.record is None else self.record.to_dict(),
-            "roundtrip_dice_posterior_mean": {
-                t: round(d, 4) for t, d in self.dice_posterior_mean.items()
-            },
-            "roundtrip_dice": {t: round(d, 4) for t, d in self.dice.items()},
-            "ood_threshold": OOD_DICE_THRESHOLD,
-            "out_of_distribution": {t: round(d, 4) for t, d in self.out_of_distribution().items()},
-        }
-
-
-def encode_twin(
-    model: LatentDiffusionModel,
-    twin: LabelMap | np.ndarray,
-    invert_steps: int = DEFAULT_INVERT_STEPS,
-    invert_lr: float = DEFAULT_INVERT_LR,
-) -> TwinEncoding:
-    """Encode a twin on the model grid: the posterior mean, refined by ``invert_steps``
-    of inversion (:meth:`LatentDiffusionModel.invert`: soft Dice loss, the step with the
-    best mean round-trip Dice kept), with its round-trip Dice per tissue before and
-    after (:func:`kept_tissue_dice`)."""
-    if int(invert_steps) < 0:
-        raise ValueError(f"invert steps must be 0 or more, got {invert_steps}")
-    arr = _twin_array(model, twin)
-    mu = model.encode(arr[None])
-    recon_mu = model.decode(mu)[0]
-    dice_mu = kept_tissue_dice(arr, recon_mu, anatomy.TISSUES)
-    if not invert_steps:
-        return TwinEncoding(mu, 0, None, recon_mu, dice_mu, dict(dice_mu))
-    z, (record,) = model.invert(arr[None], int(invert_steps), invert_lr)
-    recon = model.decode(z)[0]
-    dice_z = kept_tissue_dice(arr, recon, anatomy.TISSUES)
-    return TwinEncoding(z, int(invert_steps), record, recon, dice_mu, dice_z)
-
-
-def ood_warning(encodings: dict[str, TwinEncoding], threshold: float | None = None) -> str | None:
-    """One line for the twins (by name) out of the model's distribution, or None.
-
-    Names each twin's tissues with round-trip Dice below ``threshold`` (default
-    :data:`OOD_DICE_THRESHOLD`) and their figures, says what it means and what to do.
-    """
-    threshold = OOD_DICE_THRESHOLD if threshold is None else threshold
-    bad = {name: e.out_of_distribution(threshold) for name, e in encodings.items()}
-    bad = {name: d for name, d in bad.items() if d}
-    if not bad:
-        return None
-    inverted = any(e.invert_steps for e in encodings.values())
-    how = "after inversion" if inverted else "of the posterior mean"
-    low = {name: ", ".join(f"{t} {v:.2f}" for t, v in d.items()) for name, d in bad.items()}
-    if len(encodings) == 1:
-        ((name, figures),) = low.items()
-        who, these, them = f"twin {name} is", "this one", "its siblings"
-    else:
-        figures = "; ".join(f"{name}: {f}" for name, f in low.items())
-        who, these, them = f"{len(bad)} of {len(encodings)} twins are", "these", "their siblings"
-    return (
-        f"{who} out of the model's distribution: round-trip Dice {how} below {threshold:g} "
-        f"({figures}); the model has not learned hearts like {these} and {them} may not be "
-        f"faithful; {FINE_TUNE_HINT}"
-    )
-
-
-def _batches(n: int, batch: int) -> list[list[int]]:
-    if n < 1:
-        raise ValueError(f"number of siblings must be at least 1, got {n}")
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
-    return [list(range(b, min(b + batch, n))) for b in range(0, n, batch)]
-
-
-def perturb(
-    model: LatentDiffusionModel,
-    twin: LabelMap | np.ndarray,
-    psi: float,
-    n: int,
-    steps: int = 20,
-    seed: int = 0,
-    batch: int = 8,
-    progress: bool = False,
-    invert_steps: int = DEFAULT_INVERT_STEPS,
-    encoding: TwinEncoding | None = None,
-) -> EditResult:
-    """``n`` perturbational siblings of ``twin`` at sampling ratio ``psi`` (SPEC §4).
-
-    The twin's latent ``z`` is its posterior mean refined by ``invert_steps`` steps of
-    inversion (:func:`encode_twin`; 0 = the paper's posterior mean), or ``encoding``'s
-    latent when one is given (from :func:`encode_twin` of this twin).
-    """
-    i0 = start_step(psi, steps)
-    arr = _twin_array(model, twin)
-    encoding = encoding or encode_twin(model, arr, invert_steps)
-    z = encoding.latent.to(torch.float64)
-    sig = model.sigmas(steps)[i0:]
-    out = []
-    from tqdm.auto import tqdm
-
-    with tqdm(total=n, desc=f"perturb ψ={psi:g}", unit="map", disable=not progress) as bar:
-        for idx in _batches(n, batch):
-            eps = noise_for(seed, idx, model.latent_shape, _START).to(torch.float64)
-            zs = (z + float(sig[0]) * eps).to(model.device)
-            out.append(model.decode(heun_sample(model.denoise, zs, sig)))
-            bar.update(len(idx))
-    return EditResult(
-        labels=np.concatenate(out),
-        method="perturbational",
-        params={
-            "psi": psi,
-            "steps": steps,
-            "start_step": i0,
-            "recomputed_steps": steps - i0,
-            "sigma_start": float(sig[0]),
-            "seed": seed,
-            "invert_steps": encoding.invert_steps,
-        },
-        indices=list(range(n)),
-        encoding=encoding,
-    )
 
 
 def regenerated_tissues(
@@ -293,11 +67,11 @@ def regenerated_tissues(
     regen = set(anatomy.tissue_set(regenerate))
     regen.discard("background")
     if not regen:
-        raise ValueError("name at least one tissue to regenerate (e.g. LV)")
+        raise InputError("name at least one tissue to regenerate (e.g. LV)")
     if with_myocardium and regen & {"LV", "RV"}:
         regen.add("Myo")
     if regen >= set(anatomy.TISSUES):
-        raise ValueError(
+        raise InputError(
             "regenerating every tissue keeps nothing of the twin: that is unconditional sampling "
             "(use `siblings sample`, or perturbational editing with psi=1)"
         )
@@ -322,99 +96,60 @@ def latent_keep_mask(
     return t[0, 0].numpy().astype(bool)
 
 
-def inpaint(
-    model: LatentDiffusionModel,
-    twin: LabelMap | np.ndarray,
-    regenerate: Iterable[str] | str = ("LV",),
-    n: int = 1,
-    dilate: int | None = None,
-    keep_background: bool = False,
-    with_myocardium: bool = True,
-    fresh_noise: bool = False,
-    steps: int = 20,
-    seed: int = 0,
-    batch: int = 8,
-    progress: bool = False,
-    keep: KeepMode = "exact",
-    invert_steps: int = DEFAULT_INVERT_STEPS,
-    encoding: TwinEncoding | None = None,
-) -> EditResult:
-    """``n`` localized siblings of ``twin`` with the ``regenerate`` tissues made anew (eq. 5).
+def perturb(
+    denoise: Denoiser, z: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor
+) -> torch.Tensor:
+    """SDEdit (paper §3.3): the Heun sampler from ``z + σ_s·ε`` along ``sigmas``.
 
-    ``dilate`` defaults to the preset's number of latent dilations (≈ 11 mm).
-    ``fresh_noise`` draws a new ε at every paste instead of one fixed ε per sibling.
-    ``keep``: ``"exact"`` composes each decoded sibling with the twin in label space
-    (:func:`~siblings.diffusion.keep.compose_exact`: kept-tissue Dice 1.0);
-    ``"latent"`` returns the decoded maps as they are (the paper's method).
-    The seed latent ``z`` is the twin's posterior mean refined by ``invert_steps`` steps
-    of inversion (:func:`encode_twin`; 0 = the paper), or ``encoding``'s latent.
+    Parameters
+    ----------
+    denoise : ``D(z; σ)``, e.g. a loaded model's EMA denoiser.
+    z : the seed latents ``(1 or B, C, n, n, n)`` (broadcast over the batch).
+    noise : unit Gaussian ε ``(B, C, n, n, n)``, on ``z``'s device and dtype.
+    sigmas : the schedule from the start level ``σ_s`` to 0, i.e.
+        ``karras_sigmas(N)[start_step(ψ, N):]``.
+
+    Returns
+    -------
+    The edited latents ``(B, C, n, n, n)``, float64.
     """
-    if keep not in KEEP_MODES:
-        raise ValueError(f"unknown keep mode {keep!r}; use 'exact' or 'latent'")
-    regen = regenerated_tissues(regenerate, with_myocardium)
-    kept = tuple(t for t in anatomy.TISSUES if t not in regen)
-    kept_labels = [anatomy.LABELS[t] for t in kept] + ([0] if keep_background else [])
-    dilate = model.preset.inpaint_dilations if dilate is None else int(dilate)
-    if dilate < 0:
-        raise ValueError(f"dilate must be >= 0, got {dilate}")
-    arr = _twin_array(model, twin)
-    mask = latent_keep_mask(arr, kept_labels, model.preset.latent_size, dilate)
-    encoding = encoding or encode_twin(model, arr, invert_steps)
-    z = encoding.latent.to(torch.float64).to(model.device)
-    m = torch.from_numpy(mask).to(model.device, torch.float64)[None, None]
-    sig = model.sigmas(steps)
-    out = []
-    from tqdm.auto import tqdm
+    return heun_sample(denoise, z + float(sigmas[0]) * noise, sigmas)
 
-    with tqdm(
-        total=n, desc=f"inpaint {','.join(sorted(regen))}", unit="map", disable=not progress
-    ) as bar:
-        for idx in _batches(n, batch):
-            eps = noise_for(seed, idx, model.latent_shape, _PASTE).to(model.device, torch.float64)
-            calls = [0]
 
-            def paste(x: torch.Tensor, sigma: float, eps=eps, idx=idx, calls=calls) -> torch.Tensor:
-                e = eps
-                if fresh_noise and sigma > 0:
-                    calls[0] += 1
-                    e = noise_for(seed, idx, model.latent_shape, 2 + calls[0]).to(
-                        x.device, torch.float64
-                    )
-                return (z + sigma * e) * m + (1 - m) * x
+def inpaint(
+    denoise: Denoiser,
+    z: torch.Tensor,
+    keep: torch.Tensor,
+    noise: torch.Tensor,
+    paste_noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    fresh_paste_noise: Callable[[int], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Inpainting (paper §3.4, eq. 5): sample along ``sigmas`` from ``σ_0·noise``,
+    pasting ``(z + σ·ε)·m + (1 − m)·z_σ`` before every denoiser call and at σ = 0.
 
-            start = noise_for(seed, idx, model.latent_shape, _START).to(
-                model.device, torch.float64
-            ) * float(sig[0])
-            out.append(model.decode(heun_sample(model.denoise, start, sig, paste=paste)))
-            bar.update(len(idx))
-    decoded = np.concatenate(out)
-    labels, seams = decoded, []
-    if keep == "exact":
-        composed = [compose_exact(arr, lab, kept_labels) for lab in decoded]
-        labels = np.stack([c.labels for c in composed])
-        seams = [c.record() for c in composed]
-    return EditResult(
-        labels=labels,
-        method="localized",
-        params={
-            "regenerate": sorted(regen),
-            "dilate": dilate,
-            "keep_background": keep_background,
-            "fresh_noise": fresh_noise,
-            "steps": steps,
-            "seed": seed,
-            "kept_latent_fraction": float(mask.mean()),
-            "keep": keep,
-            "invert_steps": encoding.invert_steps,
-        },
-        indices=list(range(n)),
-        kept=kept,
-        keep_mask=mask,
-        kept_dice=[kept_tissue_dice(arr, lab, kept) for lab in labels],
-        decoded=decoded if keep == "exact" else None,
-        decoded_kept_dice=(
-            [kept_tissue_dice(arr, lab, kept) for lab in decoded] if keep == "exact" else []
-        ),
-        seams=seams,
-        encoding=encoding,
-    )
+    Parameters
+    ----------
+    denoise : ``D(z; σ)``.
+    z : the seed latents ``(1 or B, C, n, n, n)``, float64.
+    keep : the keep mask ``m`` ``(1 or B, 1, n, n, n)``, 1 = keep (:func:`latent_keep_mask`).
+    noise : unit starting noise ``(B, C, n, n, n)``.
+    paste_noise : the fixed ε of the pasted latent ``(B, C, n, n, n)``.
+    sigmas : the full schedule ``σ_0 = σmax … 0``.
+    fresh_paste_noise : if given, the k-th paste at σ > 0 (k = 1, 2, …) uses
+        ``fresh_paste_noise(k)`` instead of ``paste_noise`` (a new ε at every paste).
+
+    All tensors on one device. Returns the latents ``(B, C, n, n, n)``, float64.
+    """
+    pastes = 0
+
+    def paste(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        nonlocal pastes
+        e = paste_noise
+        if fresh_paste_noise is not None and sigma > 0:
+            pastes += 1
+            e = fresh_paste_noise(pastes).to(x.device, torch.float64)
+        return (z + sigma * e) * keep + (1 - keep) * x
+
+    return heun_sample(denoise, noise * float(sigmas[0]), sigmas, paste=paste)

@@ -18,10 +18,12 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+
+from ..errors import InputError
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -31,7 +33,7 @@ def karras_sigmas(
 ) -> torch.Tensor:
     """Noise levels σ_0 = σmax > … > σ_{N-1} = σmin, then σ_N = 0 (eq. 4); float64, length n+1."""
     if n < 1:
-        raise ValueError(f"number of steps must be at least 1, got {n}")
+        raise InputError(f"number of steps must be at least 1, got {n}")
     i = torch.arange(n, dtype=torch.float64)
     frac = i / (n - 1) if n > 1 else torch.zeros(1, dtype=torch.float64)
     sig = (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
@@ -80,14 +82,34 @@ class EDMLoss:
     def __init__(self, P_mean: float = 1.0, P_std: float = 1.2, sigma_data: float = 0.5):
         self.P_mean, self.P_std, self.sigma_data = P_mean, P_std, sigma_data
 
+    def draw(
+        self,
+        shape: tuple[int, ...] | torch.Size,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """σ ``(B,)`` with ln σ ~ N(P_mean, P_std²), then unit noise of ``shape`` (B, …).
+
+        Drawn in this order from ``generator``. Training draws them for the global batch
+        on a CPU generator and gives each process its share (:func:`siblings.train.train_ldm`).
+        """
+        rnd = torch.randn(shape[0], generator=generator, device=device, dtype=torch.float32)
+        sigma = (rnd * self.P_std + self.P_mean).exp()
+        noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        return sigma, noise
+
+    def loss(
+        self, denoiser: Denoiser, z: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """The per-sample loss at given σ and noise (:func:`edm_loss`)."""
+        return edm_loss(denoiser, z, sigma, noise, self.sigma_data)
+
     def __call__(
         self, denoiser: Denoiser, z: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        b = z.shape[0]
-        rnd = torch.randn(b, generator=generator, device=z.device, dtype=torch.float32)
-        sigma = (rnd * self.P_std + self.P_mean).exp()
-        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        return edm_loss(denoiser, z, sigma, noise, self.sigma_data)
+        sigma, noise = self.draw(z.shape, generator, z.device, z.dtype)
+        return self.loss(denoiser, z, sigma, noise)
 
 
 def edm_loss(
@@ -104,6 +126,18 @@ def edm_loss(
     return (weight * (d.to(z.dtype) - z) ** 2).flatten(1).mean(1)
 
 
+def _churn_noise(
+    x: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None
+) -> torch.Tensor:
+    """Unit noise like ``x`` (float64) from one generator, or one generator per row."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(x.shape, generator=generator, dtype=torch.float64, device=x.device)
+    if len(generator) != x.shape[0]:
+        raise InputError(f"{len(generator)} churn generators for a batch of {x.shape[0]}")
+    rows = [torch.randn(x.shape[1:], generator=g, dtype=torch.float64) for g in generator]
+    return torch.stack(rows).to(x.device)
+
+
 @torch.no_grad()
 def heun_sample(
     denoise: Denoiser,
@@ -114,7 +148,7 @@ def heun_sample(
     s_tmin: float = 0.0,
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     paste: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
@@ -123,7 +157,10 @@ def heun_sample(
     ``z`` is the noisy start at ``sigmas[0]``; ``sigmas`` ends in 0. N steps cost 2N−1
     calls of ``denoise(z, sigma)`` (no correction on the last step, to σ = 0).
     ``paste(z, sigma)``, if given, replaces part of the state before every denoiser call
-    and once more at σ = 0 (inpainting, eq. 5). Returns the final state as float64.
+    and once more at σ = 0 (inpainting, eq. 5). ``generator`` draws the churn noise: one
+    generator for the whole batch, or one per batch row (row ``k``'s noise then comes from
+    ``generator[k]`` alone, so a sample does not depend on the batch it is in). Returns
+    the final state as float64.
     """
     sigmas = sigmas.to(torch.float64)
     x = z.to(torch.float64)
@@ -134,7 +171,7 @@ def heun_sample(
         gamma = min(churn / n, 2**0.5 - 1) if churn > 0 and s_tmin <= s_cur <= s_tmax else 0.0
         s_hat = s_cur * (1 + gamma)
         if gamma > 0:
-            eps = torch.randn(x.shape, generator=generator, dtype=torch.float64, device=x.device)
+            eps = _churn_noise(x, generator)
             x = x + (s_hat**2 - s_cur**2) ** 0.5 * s_noise * eps
         if paste is not None:
             x = paste(x, s_hat)

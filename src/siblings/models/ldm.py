@@ -25,7 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import anatomy
 from ..checkpoint import CheckpointError, file_hash, load_tensors
+from ..diffusion import edit
+from ..diffusion.edit import start_step
 from ..diffusion.edm import EDMPrecond, heun_sample, karras_sigmas
 from ..diffusion.inversion import (
     DEFAULT_INVERT_LR,
@@ -33,10 +36,21 @@ from ..diffusion.inversion import (
     InversionRecord,
     invert_latent,
 )
-from ..io import centred_affine, from_one_hot, one_hot
-from ..train import autocast, pick_device, step_generator
+from ..errors import InputError
+from ..io import centred_affine, from_one_hot
+from ..metrics.overlap import kept_tissue_dice
+from ..runtime import (
+    FRESH_PASTE_STREAM,
+    PASTE_STREAM,
+    START_STREAM,
+    autocast,
+    churn_generators,
+    noise_for,
+    pick_device,
+)
 from .networks import build_denoiser_net, build_vae
 from .presets import Preset, preset_from_dict
+from .vae import encode_labels, load_weights
 
 
 def shipped_checkpoint(name: str = "tiny") -> Path:
@@ -48,18 +62,6 @@ def _label_tensor(labels: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Integer label maps as a ``(B, D, H, W)`` tensor."""
     t = torch.as_tensor(np.asarray(labels)) if isinstance(labels, np.ndarray) else labels
     return t[None] if t.ndim == 3 else t
-
-
-def noise_for(
-    seed: int, indices: list[int] | range, shape: tuple[int, ...], stream: int = 0
-) -> torch.Tensor:
-    """Unit Gaussian noise ``(len(indices), *shape)``, one generator per ``(seed, index)``."""
-    return torch.stack(
-        [
-            torch.randn(shape, generator=step_generator(seed, int(i), 7_000 + stream))
-            for i in indices
-        ]
-    )
 
 
 class LatentDiffusionModel:
@@ -130,15 +132,9 @@ class LatentDiffusionModel:
         p = preset_from_dict(ldm_meta["preset"])
         if preset is not None and preset != p.name:
             raise CheckpointError(f"{folder}: checkpoint is for preset {p.name!r}, not {preset!r}")
-        vae = build_vae(p)
+        vae = load_weights(build_vae(p), vae_t, p, folder)
         net = EDMPrecond(build_denoiser_net(p), sigma_data=p.sigma_data)
-        try:
-            vae.load_state_dict({k: v.float() for k, v in vae_t.items()})
-            net.load_state_dict({k: v.float() for k, v in ldm_t.items()})
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{folder}: weights do not fit preset {p.name!r}: {' '.join(str(exc).split())[:300]}"
-            ) from None
+        net = load_weights(net, ldm_t, p, folder)
         h = hashlib.sha256((vae_hash + file_hash(ldm_path)).encode()).hexdigest()
         return cls(vae.to(dev), net.to(dev), p, ldm_meta["scale_factor"], dev, folder, h, amp)
 
@@ -171,14 +167,9 @@ class LatentDiffusionModel:
         """
         if invert_steps:
             return self.invert(labels, invert_steps, invert_lr)[0]
-        with torch.no_grad():
-            labels = _label_tensor(labels)
-            out = []
-            for i in range(0, len(labels), batch):
-                x = one_hot(labels[i : i + batch].to(self.device))
-                mu, _ = self.vae.encode(x)
-                out.append(mu.float().cpu() * self.scale_factor)
-            return torch.cat(out)
+        return (
+            encode_labels(self.vae, _label_tensor(labels), self.device, batch) * self.scale_factor
+        )
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder outputs ``(B, 7, D, H, W)`` of scaled latents, read as logits
@@ -200,15 +191,12 @@ class LatentDiffusionModel:
         on the soft Dice of the decoded logits against the map, early stop; ``options``
         go to it), in the scaled latent space the denoiser works in. The latent kept is
         the one whose round trip has the highest mean Dice over the six tissues
-        (:func:`siblings.diffusion.edit.kept_tissue_dice`), so inversion never lowers
+        (:func:`siblings.metrics.overlap.kept_tissue_dice`), so inversion never lowers
         it. Returns the scaled latents (float32, CPU) and one
         :class:`~siblings.diffusion.inversion.InversionRecord` per map (its scores are
         that mean Dice). 0 steps gives :meth:`encode`'s posterior means exactly.
         Deterministic: same map, same latent.
         """
-        from .. import anatomy
-        from ..diffusion.edit import kept_tissue_dice  # that module imports this one
-
         labels = _label_tensor(labels)
         out, records = [], []
         for i in range(len(labels)):  # one at a time: batched convolutions round otherwise
@@ -251,11 +239,69 @@ class LatentDiffusionModel:
     def sample_latents(
         self, indices: list[int] | range, steps: int = 20, seed: int = 0, churn: float = 0.0
     ) -> torch.Tensor:
-        """Unconditional latents for sample ``indices`` (Heun, N steps, 2N−1 calls)."""
+        """Unconditional latents for sample ``indices`` (Heun, N steps, 2N−1 calls).
+
+        Sample ``i`` depends only on ``(seed, i)``, with or without ``churn`` (EDM's
+        stochastic sampler; 0, the default, is the deterministic Algorithm 1).
+        """
         sig = self.sigmas(steps)
         z = noise_for(seed, indices, self.latent_shape).to(self.device, torch.float64) * sig[0]
-        gen = step_generator(seed, int(indices[0]), 9_000) if churn > 0 else None
+        # Churn noise: one generator per sample index, as the starting noise.
+        gen = churn_generators(seed, indices) if churn > 0 else None
         return heun_sample(self.denoise, z, sig, churn=churn, generator=gen)
+
+    def perturb_latents(
+        self,
+        z: torch.Tensor,
+        indices: list[int] | range,
+        psi: float,
+        steps: int = 20,
+        seed: int = 0,
+    ) -> torch.Tensor:
+        """SDEdit latents (:func:`siblings.diffusion.edit.perturb`) of siblings ``indices``.
+
+        ``z``: the seed latents ``(1 or len(indices), C, n, n, n)`` (scaled). Sibling
+        ``i``'s noise is stream :data:`~siblings.runtime.START_STREAM` of ``(seed, i)``,
+        the starting noise of unconditional sample ``i``.
+        """
+        sig = self.sigmas(steps)[start_step(psi, steps) :]
+        eps = noise_for(seed, indices, self.latent_shape, START_STREAM).to(torch.float64)
+        z = z.to(torch.float64)
+        return edit.perturb(self.denoise, z.to(self.device), eps.to(self.device), sig)
+
+    def inpaint_latents(
+        self,
+        z: torch.Tensor,
+        keep: np.ndarray,
+        indices: list[int] | range,
+        steps: int = 20,
+        seed: int = 0,
+        fresh_noise: bool = False,
+    ) -> torch.Tensor:
+        """Inpainting latents (:func:`siblings.diffusion.edit.inpaint`, eq. 5) of siblings
+        ``indices``.
+
+        ``z``: the seed latents ``(1 or B, C, n, n, n)``; ``keep``: latent keep masks
+        ``(n, n, n)`` or ``(1 or B, n, n, n)``. Sibling ``i``'s noise streams of
+        ``(seed, i)``: :data:`~siblings.runtime.START_STREAM` (starting noise),
+        :data:`~siblings.runtime.PASTE_STREAM` (the pasted ε) and, with ``fresh_noise``,
+        ``FRESH_PASTE_STREAM + k`` for the k-th paste.
+        """
+        dev, shape = self.device, self.latent_shape
+        m = torch.from_numpy(np.asarray(keep))
+        m = (m[None] if m.ndim == 3 else m).to(dev, torch.float64)[:, None]
+        eps = noise_for(seed, indices, shape, PASTE_STREAM).to(dev, torch.float64)
+        fresh = None
+        if fresh_noise:
+
+            def fresh(k: int) -> torch.Tensor:
+                return noise_for(seed, indices, shape, FRESH_PASTE_STREAM + k)
+
+        start = noise_for(seed, indices, shape, START_STREAM).to(dev, torch.float64)
+        z = z.to(torch.float64).to(dev)
+        return edit.inpaint(
+            self.denoise, z, m, start, eps, self.sigmas(steps), fresh_paste_noise=fresh
+        )
 
     def sample(
         self,
@@ -268,9 +314,9 @@ class LatentDiffusionModel:
     ) -> np.ndarray:
         """``n`` unconditional label maps ``(n, S, S, S)`` uint8 for sample indices start…start+n−1."""
         if n < 1:
-            raise ValueError(f"number of samples must be at least 1, got {n}")
+            raise InputError(f"number of samples must be at least 1, got {n}")
         if steps < 1:
-            raise ValueError(f"number of steps must be at least 1, got {steps}")
+            raise InputError(f"number of steps must be at least 1, got {steps}")
         from tqdm.auto import tqdm
 
         out = []
