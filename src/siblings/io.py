@@ -41,11 +41,13 @@ PathLike = str | os.PathLike
 class LabelMapError(SiblingsError, ValueError):
     """A label-map file is unusable. The message names the file and what is wrong."""
 
-    def __init__(self, path: PathLike | None, reason: str):
+    def __init__(
+        self, path: PathLike | None, reason: str, *, arguments: Sequence[str] = ()
+    ) -> None:
         self.path = None if path is None else Path(path)
         self.reason = reason
         where = f"{self.path}: " if self.path is not None else ""
-        super().__init__(f"{where}{reason}")
+        super().__init__(f"{where}{reason}", arguments=arguments)
 
 
 @dataclass
