@@ -15,11 +15,11 @@ import pytest
 from siblings import anatomy
 from siblings.augment import AugmentStopped, augment, plan_attempt
 from siblings.cli import main
-from siblings.diffusion.edit import inpaint, perturb
 from siblings.io import LabelMap, read_label_map, write_label_map
 from siblings.metrics.bootstrap import acceptance_rate, wilson_interval
 from siblings.metrics.cohort import HEADLINE_KEYS, measure_map
 from siblings.metrics.condition import Clause, Condition, ConditionError, parse_condition
+from siblings.models.edits import inpaint, perturb
 from siblings.models.ldm import LatentDiffusionModel
 
 L = anatomy.LABELS
@@ -573,7 +573,7 @@ def test_resume_continues_an_interrupted_run_to_the_same_bytes(
     run_augment(model, micro, part, where, n=3, seed=3, evaluate=False)
     shutil.copy(tmp_path / "whole" / "uncond_00003.nii.gz", part / "uncond_00003.nii.gz")
     (part / "augment.json").unlink()
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="resume"):
         run_augment(model, micro, part, where, n=5, seed=3, evaluate=False)
     resumed = run_augment(model, micro, part, where, n=5, seed=3, evaluate=False, resume=True)
     assert resumed.attempts == whole.attempts and resumed.attempted == whole.attempted

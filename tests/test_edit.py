@@ -19,13 +19,14 @@ from siblings.cli import main
 from siblings.data import geometry
 from siblings.data.phantom import make_phantom
 from siblings.data.phantom_scans import place_in_scanner, scanner_affine, write_totalseg_subject
-from siblings.diffusion.edit import encode_twin, inpaint, perturb, start_step
+from siblings.diffusion.edit import start_step
 from siblings.diffusion.edm import karras_sigmas
 from siblings.editing import check_settings, run_edit
 from siblings.io import LabelMap, centred_affine, read_label_map, sha256_file, write_label_map
 from siblings.metrics import morphology, topology_checks
 from siblings.metrics.cohort import HEADLINE_KEYS
 from siblings.metrics.twin import dice_table, twin_metrics
+from siblings.models.edits import encode_twin, inpaint, perturb
 from siblings.models.ldm import LatentDiffusionModel
 from siblings.report.editing import siblings_figure
 
@@ -419,7 +420,7 @@ def test_an_unknown_keep_mode_is_refused(micro, twin_file, tmp_path, capsys):
     with pytest.raises(SystemExit):
         edit_cli("local", twin_file, "--regenerate", "LV", "--keep", "voxels", *common(micro, out))
     assert "invalid choice: 'voxels'" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="--keep must be 'exact' or 'latent'"):
+    with pytest.raises(ValueError, match="keep must be 'exact' or 'latent'"):
         check_settings("local", n=1, regenerate="LV", keep="voxels")
 
 

@@ -71,7 +71,7 @@ def test_command_line_overrides_are_typed():
         "aug_scale": (0.9, 1.1),
     }
     assert get_preset("tiny", **got).vae_channels == (8, 16, 32)
-    with pytest.raises(ValueError, match="--preset"):
+    with pytest.raises(ValueError, match="choose the preset with"):
         parse_overrides(["name=mine"])  # used to crash get_preset with a TypeError
 
 

@@ -18,7 +18,7 @@ made with one of three strategies and kept only if they meet the same condition:
     augmentation experiment uses it).
 
 ``perturb`` and ``local`` start from each rare twin's latent encoded once by inversion
-(``invert_steps``, :func:`siblings.diffusion.edit.encode_twin`; 0 = the paper's
+(``invert_steps``, :func:`siblings.models.edits.encode_twin`; 0 = the paper's
 posterior mean); twins out of the model's distribution are named in one warning.
 
 Attempts go round-robin over the rare twins in batches until ``n`` maps are accepted
@@ -29,9 +29,9 @@ Attempts go round-robin over the rare twins in batches until ``n`` maps are acce
 - ``perturb``: twin ``j = a mod T`` in round ``r = a div T`` at ψ ``psis[(r + j) mod P]``
   (with two ψ, half the twins of every round get each, and each twin alternates from
   round to round, so the split stays even wherever the run stops); its noise is that of
-  sibling ``a`` of :func:`siblings.diffusion.edit.perturb` with the same seed;
+  sibling ``a`` of :func:`siblings.models.edits.perturb` with the same seed;
 - ``local``: twin ``j = a mod T`` regenerating ``regions[j mod R]``; its noise is that of
-  sibling ``a`` of :func:`siblings.diffusion.edit.inpaint` with the same seed;
+  sibling ``a`` of :func:`siblings.models.edits.inpaint` with the same seed;
 
 so the cohort does not depend on the batch size, and the same seed gives the same files.
 "Attempted" counts the attempts up to the one that gave the ``n``-th accepted map, so the
@@ -79,26 +79,16 @@ import numpy as np
 import torch
 
 from . import anatomy
-from .diffusion.edit import (
-    TwinEncoding,
-    encode_twin,
-    latent_keep_mask,
-    ood_warning,
-    regenerated_tissues,
-    start_step,
-)
-from .diffusion.edm import heun_sample
+from .data.twin import Twin, read_rare_twins
+from .diffusion.edit import latent_keep_mask, regenerated_tissues, start_step
 from .diffusion.inversion import DEFAULT_INVERT_STEPS
 from .diffusion.keep import KEEP_MODES, KeepMode, compose_exact
+from .errors import InputError, OutputExistsError, SiblingsError
 from .io import (
     LabelMap,
-    LabelMapError,
-    list_label_maps,
     read_json,
     read_label_map,
-    sha256_file,
     stem,
-    validate_grid,
     write_json,
     write_label_map,
 )
@@ -106,7 +96,8 @@ from .manifest import provenance
 from .metrics.bootstrap import acceptance_rate, wilson_interval
 from .metrics.cohort import HEADLINE_KEYS, evaluate_maps, measure_map, summarise_maps
 from .metrics.condition import Condition, parse_condition
-from .models.ldm import LatentDiffusionModel, noise_for
+from .models.edits import TwinEncoding, encode_twin, ood_warning
+from .models.ldm import LatentDiffusionModel
 from .report.evaluation import write_evaluation
 
 PathLike = str | os.PathLike
@@ -115,24 +106,21 @@ STRATEGIES: tuple[str, ...] = ("uncond", "perturb", "local")
 DEFAULT_PSIS: tuple[float, ...] = (0.5, 0.35)
 DEFAULT_REGIONS: tuple[str, ...] = ("LV", "RV")
 
-# Noise streams of siblings.diffusion.edit: 0 = starting noise, 1 = inpainting's fixed ε.
-_START, _PASTE = 0, 1
-
 _METHOD = {"uncond": "unconditional", "perturb": "perturbational", "local": "localized"}
 
 
 # ---------------------------------------------------------------------------------
 # Results.
 # ---------------------------------------------------------------------------------
-class AugmentStopped(RuntimeError):
+class AugmentStopped(SiblingsError, RuntimeError):
     """``max_attempts`` was reached before ``n`` maps were accepted.
 
     The maps accepted so far are written (each meets the condition) and ``augment.json``
     says ``"complete": false``; ``result`` holds the counts.
     """
 
-    def __init__(self, message: str, result: AugmentResult):
-        super().__init__(message)
+    def __init__(self, message: str, result: AugmentResult, arguments: tuple[str, ...] = ()):
+        super().__init__(message, arguments=arguments)
         self.result = result
 
 
@@ -178,14 +166,6 @@ class AugmentResult:
 # Attempts.
 # ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Twin:
-    path: Path
-    sha256: str
-    labels: LabelMap
-    features: dict[str, float]
-
-
-@dataclass(frozen=True)
 class _Attempt:
     """One attempt: its index, the twin it edits (if any) and the method parameter."""
 
@@ -213,7 +193,7 @@ def plan_attempt(
         return twin, float(psis[(index // n_twins + twin) % len(psis)])
     if strategy == "local":
         return twin, regions[twin % len(regions)]
-    raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
 def _generate(
@@ -225,7 +205,11 @@ def _generate(
     seed: int,
     steps: int,
 ) -> dict[int, np.ndarray]:
-    """Decoded label maps of a batch of attempts, by attempt index."""
+    """Decoded label maps of a batch of attempts, by attempt index.
+
+    Attempt ``a`` is sibling ``a`` of :func:`siblings.models.edits.perturb` or
+    :func:`~siblings.models.edits.inpaint` (the same model methods and noise streams).
+    """
     out: dict[int, np.ndarray] = {}
     if strategy == "uncond":
         idx = [a.index for a in attempts]
@@ -237,71 +221,23 @@ def _generate(
         groups.setdefault(a.param, []).append(a)
     for param, group in groups.items():
         idx = [a.index for a in group]
-        z = torch.cat([latents[a.twin] for a in group]).to(torch.float64)  # type: ignore[index]
+        z = torch.cat([latents[a.twin] for a in group])  # type: ignore[index]
         if strategy == "perturb":
-            sig = model.sigmas(steps)[start_step(float(param), steps) :]  # type: ignore[arg-type]
-            eps = noise_for(seed, idx, model.latent_shape, _START).to(torch.float64)
-            zs = (z + float(sig[0]) * eps).to(model.device)
-            labels = model.decode(heun_sample(model.denoise, zs, sig))
+            lat = model.perturb_latents(z, idx, float(param), steps, seed)  # type: ignore[arg-type]
         else:
-            sig = model.sigmas(steps)
-            zd = z.to(model.device)
-            m = torch.from_numpy(np.stack([masks[a.twin] for a in group]))  # type: ignore[index]
-            m = m.to(model.device, torch.float64)[:, None]
-            eps = noise_for(seed, idx, model.latent_shape, _PASTE).to(model.device, torch.float64)
-
-            def paste(x: torch.Tensor, sigma: float, zd=zd, m=m, eps=eps) -> torch.Tensor:
-                # Eq. 5: keep the twin's tissues at the current noise level.
-                return (zd + sigma * eps) * m + (1 - m) * x
-
-            start = noise_for(seed, idx, model.latent_shape, _START).to(
-                model.device, torch.float64
-            ) * float(sig[0])
-            labels = model.decode(heun_sample(model.denoise, start, sig, paste=paste))
-        out.update(zip(idx, labels, strict=True))
+            keep = np.stack([masks[a.twin] for a in group])  # type: ignore[index]
+            lat = model.inpaint_latents(z, keep, idx, steps, seed)
+        out.update(zip(idx, model.decode(lat), strict=True))
     return out
 
 
 # ---------------------------------------------------------------------------------
 # Inputs.
 # ---------------------------------------------------------------------------------
-def _read_rare_twins(
-    data: PathLike, model: LatentDiffusionModel, condition: Condition, progress: bool
-) -> list[_Twin]:
-    """The maps of ``data`` meeting ``condition``, measured as ``evaluate`` measures them.
-
-    Every map must be on the model's grid. Only the rare twins are kept in memory.
-    """
-    from tqdm.auto import tqdm
-
-    files = list_label_maps(data, min_count=0)
-    if not files:
-        raise LabelMapError(
-            data, "holds no label maps (*.nii.gz or *.nii); augment needs the real cohort"
-        )
-    size, voxel = model.preset.size, model.preset.voxel_mm
-    twins, seen = [], {c: [] for c in condition.columns}
-    for p in tqdm(files, desc="read data", unit="map", disable=not progress):
-        lm = read_label_map(p)
-        try:
-            validate_grid(lm, (size,) * 3, voxel)
-        except LabelMapError as exc:
-            raise LabelMapError(
-                p, f"{exc.reason}: the {model.preset.name!r} model's grid (prepare the data first)"
-            ) from None
-        feats, _ = measure_map(lm)
-        morph = dict(zip(anatomy.MORPHOLOGY_COLUMNS, feats.tolist(), strict=True))
-        for c in condition.columns:
-            seen[c].append(morph[c])
-        if condition(morph):
-            twins.append(_Twin(p, sha256_file(p), lm, morph))
-    if not twins:
-        ranges = "; ".join(f"{c} ranges {min(v):.4g} to {max(v):.4g}" for c, v in seen.items())
-        raise ValueError(
-            f"{data}: no map meets {condition} ({len(files)} map(s); {ranges}); "
-            "there is no rare cohort to grow"
-        )
-    return twins
+def _morphology(lm: LabelMap) -> dict[str, float]:
+    """A map's SPEC §7 morphology by column, as ``siblings evaluate`` measures it."""
+    feats, _ = measure_map(lm)
+    return dict(zip(anatomy.MORPHOLOGY_COLUMNS, feats.tolist(), strict=True))
 
 
 _OURS = re.compile(r"^(?P<prefix>.+)_(?P<k>\d{5})\.(?:nii\.gz|json)$")
@@ -310,12 +246,13 @@ _OURS = re.compile(r"^(?P<prefix>.+)_(?P<k>\d{5})\.(?:nii\.gz|json)$")
 def _existing(out: Path, prefix: str, resume: bool) -> list[Path]:
     """Files already in ``out`` (refused unless resuming a folder holding only our files)."""
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: exists and is not a folder")
+        raise OutputExistsError(f"{out}: exists and is not a folder")
     present = sorted(out.iterdir()) if out.exists() else []
     if present and not resume:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out}: folder is not empty; augment writes into an empty or new folder "
-            "(choose another --out, remove this one, or --resume an interrupted run)"
+            "(choose another {out}, remove this one, or {resume} an interrupted run)",
+            arguments=("out", "resume"),
         )
     for p in present:
         m = _OURS.match(p.name)
@@ -326,7 +263,7 @@ def _existing(out: Path, prefix: str, resume: bool) -> list[Path]:
             or (m is not None and m["prefix"] == prefix)
         )
         if not ours:
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{out}: holds {p.name}, which augment did not write with prefix {prefix!r}; "
                 "resume only into a folder of a previous augment run"
             )
@@ -355,16 +292,22 @@ def _resumed(
                 for key in set(signature) | set(run or {})
                 if (run or {}).get(key) != signature.get(key)
             )
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{js}: made by an augment run with other settings ({', '.join(diff)} differ); "
-                "use another --out"
+                "use another {out}",
+                arguments=("out",),
             )
         feats, _ = measure_map(read_label_map(nii))
         if not condition(feats):
-            raise FileExistsError(f"{nii}: does not meet {condition}; use another --out")
+            raise OutputExistsError(
+                f"{nii}: does not meet {condition}; use another {{out}}", arguments=("out",)
+            )
         attempt = int(meta["augment"]["attempt"])
         if attempts and attempt <= attempts[-1]:
-            raise FileExistsError(f"{js}: attempt {attempt} is out of order; use another --out")
+            raise OutputExistsError(
+                f"{js}: attempt {attempt} is out of order; use another {{out}}",
+                arguments=("out",),
+            )
         files.append(nii)
         attempts.append(attempt)
         k += 1
@@ -427,9 +370,9 @@ def augment(
         twin in label space before judging it; ``"latent"``: eq. 5 alone (the paper).
     invert_steps : perturb and local: each rare twin's latent is its posterior mean
         refined by this many steps of inversion
-        (:func:`siblings.diffusion.edit.encode_twin`; 0 = the paper's posterior mean).
+        (:func:`siblings.models.edits.encode_twin`; 0 = the paper's posterior mean).
         Its round-trip Dice before and after is in ``augment.json`` and every manifest;
-        twins below :data:`~siblings.diffusion.edit.OOD_DICE_THRESHOLD` for a tissue get
+        twins below :data:`~siblings.models.edits.OOD_DICE_THRESHOLD` for a tissue get
         one ``UserWarning`` line (also in ``augment.json``'s ``warnings``).
     prefix : file name prefix (default: the strategy).
     resume : continue an interrupted run in ``out`` (same data, condition, strategy,
@@ -461,44 +404,70 @@ def augment(
     # -- Check everything before writing anything. ---------------------------------
     condition = parse_condition(where)
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        raise InputError(
+            f"unknown {{strategy}} {strategy!r}; choose one of {', '.join(STRATEGIES)}",
+            arguments=("strategy",),
+        )
     if int(n) != n or n < 1:
-        raise ValueError(f"n must be a whole number of at least 1, got {n}")
+        raise InputError(f"{{n}} must be a whole number of at least 1, got {n}", arguments=("n",))
     n = int(n)
     if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+        raise InputError(f"{{steps}} must be at least 1, got {steps}", arguments=("steps",))
     if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
+        raise InputError(f"{{batch}} must be at least 1, got {batch}", arguments=("batch",))
     if max_attempts is None:
         max_attempts = max(1000, 50 * n)
     if max_attempts < n:
-        raise ValueError(f"max_attempts ({max_attempts}) must be at least n ({n})")
+        raise InputError(
+            f"{{max_attempts}} ({max_attempts}) must be at least {{n}} ({n})",
+            arguments=("max_attempts", "n"),
+        )
     psis = tuple(float(p) for p in psis)
     regions = tuple(str(r) for r in regions)
     regen_sets: dict[str, frozenset[str]] = {}
     if strategy == "perturb":
         if not psis:
-            raise ValueError("perturb needs at least one sampling ratio psi")
+            raise InputError(
+                "perturb needs at least one sampling ratio {psis}", arguments=("psis",)
+            )
         for p in psis:
             start_step(p, steps)  # raises for psi outside (0, 1]
     if strategy == "local":
         if not regions:
-            raise ValueError("local needs at least one region to regenerate (e.g. LV)")
-        regen_sets = {r: regenerated_tissues(r) for r in regions}
+            raise InputError(
+                "local needs at least one region to regenerate in {regions} (e.g. LV)",
+                arguments=("regions",),
+            )
+        try:
+            regen_sets = {r: regenerated_tissues(r) for r in regions}
+        except InputError:
+            raise
+        except ValueError as exc:  # an unknown tissue name (anatomy's own error)
+            raise InputError(str(exc)) from None
     dilate_n = model.preset.inpaint_dilations if dilate is None else int(dilate)
     if dilate_n < 0:
-        raise ValueError(f"dilate must be >= 0, got {dilate_n}")
+        raise InputError(f"{{dilate}} must be >= 0, got {dilate_n}", arguments=("dilate",))
     if keep not in KEEP_MODES:
-        raise ValueError(f"unknown keep mode {keep!r}; use 'exact' or 'latent'")
+        raise InputError(
+            f"unknown {{keep}} mode {keep!r}; use 'exact' or 'latent'", arguments=("keep",)
+        )
     if int(invert_steps) != invert_steps or invert_steps < 0:
-        raise ValueError(f"invert_steps must be a whole number, 0 or more, got {invert_steps}")
+        raise InputError(
+            f"{{invert_steps}} must be a whole number, 0 or more, got {invert_steps}",
+            arguments=("invert_steps",),
+        )
     invert_steps = int(invert_steps)
     prefix = prefix or strategy
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prefix):
-        raise ValueError(f"prefix {prefix!r}: use letters, digits, '_', '-' or '.'")
+        raise InputError(
+            f"{{prefix}} {prefix!r}: use letters, digits, '_', '-' or '.'", arguments=("prefix",)
+        )
     out = Path(out)
     present = _existing(out, prefix, resume)
-    twins = _read_rare_twins(data, model, condition, progress)
+    size, voxel = model.preset.size, model.preset.voxel_mm
+    twins = read_rare_twins(
+        data, size, voxel, condition, _morphology, grid_name=model.preset.name, progress=progress
+    )
 
     signature = {
         "strategy": strategy,
@@ -518,8 +487,10 @@ def augment(
     if present:
         files, attempts = _resumed(out, prefix, signature, condition)
         if len(files) > n:
-            raise FileExistsError(
-                f"{out}: holds {len(files)} accepted maps, more than n = {n}; use another --out"
+            raise OutputExistsError(
+                f"{out}: holds {len(files)} accepted maps, more than {{n}} = {n}; "
+                "use another {out}",
+                arguments=("n", "out"),
             )
         done = out / "augment.json"
         if len(files) == n and done.exists():
@@ -537,15 +508,15 @@ def augment(
         for j, t in enumerate(
             tqdm(twins, desc="encode twins", unit="twin", disable=not progress or not invert_steps)
         ):
-            encodings[j] = encode_twin(model, t.labels.data, invert_steps)
+            encodings[j] = encode_twin(model, t.label_map.data, invert_steps)
             latents[j] = encodings[j].latent.to(torch.float64)
             if strategy == "local":
                 regen = regen_sets[regions[j % len(regions)]]
                 kept = [anatomy.LABELS[x] for x in anatomy.TISSUES if x not in regen]
                 masks[j] = latent_keep_mask(
-                    t.labels.data, kept, model.preset.latent_size, dilate_n
+                    t.label_map.data, kept, model.preset.latent_size, dilate_n
                 ).astype(np.float64)
-        msg = ood_warning({twins[j].path.name: e for j, e in encodings.items()})
+        msg = ood_warning({twins[j].source.name: e for j, e in encodings.items()})
         if msg:
             run_warnings.append(msg)
             warnings.warn(msg, UserWarning, stacklevel=2)
@@ -577,7 +548,7 @@ def augment(
                 if strategy == "local" and keep == "exact":
                     regen = regen_sets[str(att.param)]
                     kept = [anatomy.LABELS[x] for x in anatomy.TISSUES if x not in regen]
-                    composed = compose_exact(twins[att.twin].labels.data, lab, kept)  # type: ignore[index]
+                    composed = compose_exact(twins[att.twin].label_map.data, lab, kept)  # type: ignore[index]
                     lab, seam = composed.labels, composed.record()
                 # Judge the file itself: written, read back, measured as `evaluate` does.
                 write_label_map(staging, LabelMap(lab, model.affine))
@@ -620,7 +591,7 @@ def augment(
         files=files,
         attempts=attempts,
         attempted=attempted,
-        rare_twins=[t.path for t in twins],
+        rare_twins=[t.source for t in twins],
         complete=complete,
     )
 
@@ -634,7 +605,7 @@ def augment(
             f"cohort (accepted {len(files)}, rare twins {len(twins)})"
         }
     else:
-        ref = summarise_maps([t.labels for t in twins], names=[t.path.name for t in twins])
+        ref = summarise_maps([t.label_map for t in twins], names=[t.source.name for t in twins])
         coh = summarise_maps((read_label_map(p) for p in files), names=[p.name for p in files])
         ev = evaluate_maps(coh, ref, k=k, n_boot=n_boot, seed=seed)
         ev.metrics["cohort_dir"] = str(out)
@@ -665,9 +636,10 @@ def augment(
         raise AugmentStopped(
             f"stopped after max_attempts = {max_attempts} attempts with {len(files)} of {n} "
             f"maps accepted (acceptance rate {100 * result.acceptance_rate:.2f}%); the accepted "
-            f"maps are in {out}. Raise --max-attempts (and --resume), loosen the condition or "
-            "try another strategy",
+            f"maps are in {out}. Raise {{max_attempts}} (and {{resume}}), loosen the condition "
+            "or try another strategy",
             result,
+            arguments=("max_attempts", "resume"),
         )
     return result
 
@@ -700,7 +672,7 @@ def _summary(
     result: AugmentResult,
     model: LatentDiffusionModel,
     signature: dict,
-    twins: list[_Twin],
+    twins: list[Twin],
     data: PathLike,
     where: str | Condition,
     evaluation: dict,
@@ -744,7 +716,7 @@ def _summary(
         "data": str(data),
         "rare_twins": [
             {
-                "file": t.path.name,
+                "file": t.source.name,
                 "sha256": t.sha256,
                 **{c: t.features[c] for c in result.condition.columns},
                 **(
@@ -768,7 +740,7 @@ def _result_from(
     out: Path,
     summary: dict,
     condition: Condition,
-    twins: list[_Twin],
+    twins: list[Twin],
     files: list[Path],
     attempts: list[int],
 ) -> AugmentResult:
@@ -783,7 +755,7 @@ def _result_from(
         files=files,
         attempts=attempts,
         attempted=summary["attempted"],
-        rare_twins=[t.path for t in twins],
+        rare_twins=[t.source for t in twins],
         complete=True,
         summary=summary,
         metrics=read_json(metrics_path) if metrics_path.exists() else None,
@@ -794,7 +766,7 @@ def _manifest(
     model: LatentDiffusionModel,
     signature: dict,
     att: _Attempt,
-    twins: list[_Twin],
+    twins: list[Twin],
     regen_sets: Mapping[str, Iterable[str]],
     masks: Mapping[int, np.ndarray],
     accepted_index: int,
@@ -806,7 +778,7 @@ def _manifest(
     fields: dict[str, Any] = {"seed": signature["seed"], "index": att.index, "steps": steps}
     if att.twin is not None:
         t = twins[att.twin]
-        fields["twin"] = {"file": str(t.path), "name": stem(t.path), "sha256": t.sha256}
+        fields["twin"] = {"file": str(t.source), "name": stem(t.source), "sha256": t.sha256}
     if strategy == "perturb":
         i0 = start_step(float(att.param), steps)  # type: ignore[arg-type]
         fields["psi"] = att.param

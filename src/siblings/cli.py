@@ -1,23 +1,52 @@
 """The ``siblings`` command line: a thin layer that parses arguments and calls the API.
 
 Each subcommand is registered by one ``_add_<name>`` function below; the work itself is
-done by library functions that a Python user can call directly. Errors in user input
-(bad files, bad options) are reported as one line on stderr with exit code 2.
+done by library functions that a Python user can call directly. The project's own errors
+(:class:`siblings.errors.SiblingsError`: bad files, bad options) and the file errors of the
+paths the user gave are reported as one line on stderr with exit code 2, the arguments they
+name worded as this command line's flags; any other exception keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import __version__
+from .errors import SiblingsError
 
 
-class UsageError(Exception):
+class UsageError(SiblingsError):
     """Bad input from the user: printed without a traceback, exit code 2."""
+
+
+# Library arguments whose flag is not ``--`` + the name with ``-`` for ``_``.
+_FLAGS = {
+    "overrides": "--set",
+    "psis": "--psi",
+    "with_myocardium": "--no-myocardium",
+    "dry_run": "--plan",
+    "interpolation": "--interpolation",
+    "keep_axis": "--no-keep-axis",
+}
+
+
+# ... and those whose flag differs in one command.
+_COMMAND_FLAGS = {
+    ("train", "resume"): "--no-resume",
+    ("train", "state_dir"): "--state",
+}
+
+
+def flag(argument: str, command: str | None = None) -> str:
+    """The flag of a library argument in ``command`` (``n_boot`` -> ``--n-boot``)."""
+    if (command, argument) in _COMMAND_FLAGS:
+        return _COMMAND_FLAGS[command, argument]
+    return _FLAGS.get(argument, "--" + argument.replace("_", "-"))
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -380,25 +409,16 @@ def _add_sample(sub) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> None:
-    from .diffusion.sample import sample_cohort
-    from .train import init_distributed, pick_device
+    from .pipelines.sample import sample
 
-    if args.n < 1:
-        raise UsageError(f"--n must be at least 1, got {args.n}")
-    if args.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {args.steps}")
-    dist = init_distributed(pick_device(args.device))
-    model = _load_model(args)
-    paths = sample_cohort(
-        model,
+    paths = sample(
+        lambda: _load_model(args),
         args.out,
         args.n,
         steps=args.steps,
         seed=args.seed,
         batch=args.batch,
-        progress=dist.main,
-        rank=dist.rank,
-        world=dist.world,
+        device=args.device,
     )
     print(f"wrote {len(paths)} maps to {args.out}")
 
@@ -605,41 +625,13 @@ def _tissue_names() -> tuple[str, ...]:
 
 
 def _run_edit(args: argparse.Namespace) -> None:
-    import warnings
-
-    from .editing import check_output, check_settings, format_run, run_edit
+    from .editing import format_run
+    from .pipelines.edit import edit_twin
 
     local = args.method == "local"
-    # Options first (cheap), then the model and the twin, then compute; nothing is
-    # written before everything has been checked.
-    check_settings(
-        args.method,
-        n=args.n,
-        steps=args.steps,
-        seed=args.seed,
-        batch=args.batch,
-        psi=None if local else args.psi,
-        regenerate=args.regenerate if local else None,
-        dilate=args.dilate if local else None,
-        with_myocardium=not args.no_myocardium if local else True,
-        keep=args.keep if local else "exact",
-        invert_steps=args.invert_steps,
-    )
-    if args.n_boot < 0:
-        raise UsageError(f"--n-boot must be 0 or more, got {args.n_boot}")
-    if args.figure_siblings < 1:
-        raise UsageError(f"--figure-siblings must be at least 1, got {args.figure_siblings}")
-    check_output(args.out, args.overwrite)
-    model = _load_model(args)
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"siblings edit: warning: {message}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", UserWarning)
-        warnings.showwarning = show
-        run = run_edit(
-            model,
+    with _warnings_as_lines("edit"):
+        run = edit_twin(
+            lambda: _load_model(args),
             args.twin,
             args.out,
             args.method,
@@ -663,6 +655,20 @@ def _run_edit(args: argparse.Namespace) -> None:
             progress=not args.quiet,
         )
     print(format_run(run))
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """Show every UserWarning raised inside as one line ``siblings COMMAND: warning: ...``."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"siblings {command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = show
+        yield
 
 
 # ---------------------------------------------------------------------------------
@@ -753,15 +759,10 @@ def _add_prepare(sub) -> None:
 
 def _run_prepare(args: argparse.Namespace) -> None:
     _single_blas_thread()
-    from .data.totalseg import format_summary, parse_volume_bounds, prepare_totalsegmentator
+    from .data.totalseg import format_summary
+    from .pipelines.prepare import prepare_dataset
 
-    if args.size < 16:
-        raise UsageError(f"--size must be at least 16, got {args.size}")
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {args.workers}")
-    if args.register_size < 8:
-        raise UsageError(f"--register-size must be at least 8, got {args.register_size}")
-    summary = prepare_totalsegmentator(
+    summary = prepare_dataset(
         args.src,
         args.out,
         size=args.size,
@@ -769,7 +770,7 @@ def _run_prepare(args: argparse.Namespace) -> None:
         reference=args.reference,
         engine=args.engine,
         seed=args.seed,
-        volume_bounds=parse_volume_bounds(args.volume_bounds),
+        volume_bounds=args.volume_bounds,
         interpolation=args.interpolation,
         register_size=args.register_size,
         keep_axis=not args.no_keep_axis,
@@ -879,22 +880,12 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
-    from .metrics.cohort import evaluate
-    from .report.evaluation import write_evaluation
+    from .pipelines.evaluate import evaluate_cohort
 
-    if args.k < 1:
-        raise UsageError(f"--k must be at least 1, got {args.k}")
-    if args.n_boot < 0:
-        raise UsageError(f"--n-boot must be 0 or more, got {args.n_boot}")
-    if args.min_component_voxels < 0:
-        raise UsageError(
-            f"--min-component-voxels must be 0 or more, got {args.min_component_voxels}"
-        )
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {args.workers}")
-    ev = evaluate(
+    ev = evaluate_cohort(
         args.cohort,
         args.reference,
+        args.out,
         k=args.k,
         n_boot=args.n_boot,
         seed=args.seed,
@@ -902,8 +893,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         min_component_voxels=args.min_component_voxels,
         contact_connectivity=args.contact_connectivity,
+        figures=not args.no_figures,
     )
-    write_evaluation(ev, args.out, figures=not args.no_figures)
     m = ev.metrics
 
     def ci(key: str, fmt: str) -> str:
@@ -1002,41 +993,20 @@ def _add_augment(sub) -> None:
 
 
 def _run_augment(args: argparse.Namespace) -> None:
-    import warnings
+    from .augment import AugmentStopped
+    from .metrics.condition import parse_condition
+    from .pipelines.augment import augment_cohort
 
-    from .augment import AugmentStopped, augment, parse_condition
-
-    parse_condition(args.where)  # a bad condition fails before the model loads
-    if args.n < 1:
-        raise UsageError(f"--n must be at least 1, got {args.n}")
-    if args.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {args.steps}")
-    if args.batch < 1:
-        raise UsageError(f"--batch must be at least 1, got {args.batch}")
-    if args.max_attempts is not None and args.max_attempts < args.n:
-        raise UsageError(f"--max-attempts ({args.max_attempts}) must be at least --n ({args.n})")
-    if args.k < 1:
-        raise UsageError(f"--k must be at least 1, got {args.k}")
-    if args.n_boot < 0:
-        raise UsageError(f"--n-boot must be 0 or more, got {args.n_boot}")
-    if args.invert_steps < 0:
-        raise UsageError(f"--invert-steps must be 0 or more, got {args.invert_steps}")
+    parse_condition(args.where)  # a bad condition is reported before a bad --psi
     try:
         psis = [float(v) for v in args.psi.split(",") if v.strip()]
     except ValueError:
         raise UsageError(f"--psi: expected numbers separated by commas, got {args.psi!r}") from None
     regions = [r.strip().replace("+", ",") for r in args.regions.split(",") if r.strip()]
-    model = _load_model(args)
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"siblings augment: warning: {message}", file=sys.stderr)
-
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", UserWarning)
-            warnings.showwarning = show
-            res = augment(
-                model,
+        with _warnings_as_lines("augment"):
+            res = augment_cohort(
+                lambda: _load_model(args),
                 args.data,
                 args.where,
                 args.strategy,
@@ -1059,7 +1029,7 @@ def _run_augment(args: argparse.Namespace) -> None:
                 progress=not args.quiet,
             )
     except AugmentStopped as exc:
-        print(f"siblings augment: {exc}", file=sys.stderr)
+        print(f"siblings augment: {exc.worded(flag)}", file=sys.stderr)
         raise SystemExit(1) from None
     s = res.summary
     lo, hi = s["acceptance_rate_ci95_wilson"]
@@ -1251,7 +1221,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         args.func(args)
-    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, FileExistsError) as exc:
+    except SiblingsError as exc:
+        worded = exc.worded(lambda argument: flag(argument, args.command))
+        print(f"siblings {args.command}: error: {worded}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, NotADirectoryError, FileExistsError) as exc:
+        # A path the user gave is missing, or in the way of an output.
         print(f"siblings {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

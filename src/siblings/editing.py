@@ -1,7 +1,7 @@
 """Editing runs: from one twin file to N siblings on disk, in both spaces, with a report.
 
 This is what ``siblings edit perturb`` and ``siblings edit local`` do; the maths is in
-:mod:`siblings.diffusion.edit`. One run:
+:mod:`siblings.diffusion.edit` (via :mod:`siblings.models.edits`). One run:
 
 1. resolves the twin (:func:`resolve_twin`): a label map already in the model's space
    is used as is; a label map in any other space and voxel size is prepared as SPEC §2
@@ -11,7 +11,7 @@ This is what ``siblings edit perturb`` and ``siblings edit local`` do; the maths
    outside (0, 1], regenerating every tissue, bad counts, an output folder in use);
 3. encodes the twin: its posterior mean refined by ``invert_steps`` of inversion (0 =
    the paper), with its round-trip Dice per tissue before and after, and a warning when
-   that Dice is below :data:`~siblings.diffusion.edit.OOD_DICE_THRESHOLD` for a tissue
+   that Dice is below :data:`~siblings.models.edits.OOD_DICE_THRESHOLD` for a tissue
    (out of the model's distribution);
 4. makes the siblings in batches (progress bar), measures each (morphology, the 12
    topology checks, Dice against the twin, and kept-tissue Dice for localized edits);
@@ -45,7 +45,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,231 +54,27 @@ import numpy as np
 from . import anatomy
 from .boxes import bounding_box
 from .data import geometry
-from .diffusion.edit import (
-    EditResult,
-    encode_twin,
-    inpaint,
-    ood_warning,
-    perturb,
-    regenerated_tissues,
-    start_step,
-)
+from .data.twin import Twin, registration_reference, resolve_twin
+from .diffusion.edit import regenerated_tissues, start_step
 from .diffusion.inversion import DEFAULT_INVERT_STEPS
 from .diffusion.keep import KEEP_MODES, KeepMode, compose_exact
+from .errors import InputError, OutputExistsError
 from .io import (
     LabelMap,
     LabelMapError,
-    centred_affine,
-    read_label_map,
-    sha256_file,
     write_bytes,
     write_json,
     write_label_map,
 )
 from .manifest import provenance, software_versions
 from .metrics.overlap import kept_tissue_dice
+from .models.edits import EditResult, encode_twin, inpaint, ood_warning, perturb
 from .models.ldm import LatentDiffusionModel
 
 PathLike = str | os.PathLike
 Method = Literal["perturb", "local"]
 METHOD_NAMES = {"perturb": "perturbational", "local": "localized"}
 SIBLING_PREFIX = "sibling"
-
-
-# ---------------------------------------------------------------------------------
-# The twin.
-# ---------------------------------------------------------------------------------
-@dataclass
-class Twin:
-    """A seed twin on the model grid, and where it came from.
-
-    Attributes
-    ----------
-    label_map : the twin on the model's grid (``centred_affine(size)``).
-    source : the file or folder the user gave.
-    sha256 : hash of the source file (for a TotalSegmentator folder: of the list of its
-        class files and their hashes).
-    kind : ``label map`` or ``TotalSegmentator subject (<layout>)``.
-    space : ``model`` (used as is), ``model grid <S>³`` (another preset's grid,
-        resampled) or ``prepared`` (prepared here, SPEC §2).
-    transform : scanner → model-space transform when the twin came from another space.
-    original : the twin on its original grid (None when it was already in model space).
-    record : how it was resolved (preparation steps, round-trip Dice, …).
-    """
-
-    label_map: LabelMap
-    source: Path
-    sha256: str
-    kind: str
-    space: str
-    transform: geometry.PreparedTransform | None = None
-    original: LabelMap | None = None
-    record: dict = field(default_factory=dict)
-
-    @property
-    def in_other_space(self) -> bool:
-        """True when siblings are also written back on the twin's original grid."""
-        return self.transform is not None
-
-    def missing_tissues(self) -> list[str]:
-        """Tissues (labels 1–6) absent from the twin."""
-        data = self.label_map.data
-        return [t for t in anatomy.TISSUES if not (data == anatomy.LABELS[t]).any()]
-
-    def describe(self) -> dict[str, Any]:
-        """The twin's entry in manifests."""
-        return {
-            "file": str(self.source),
-            "sha256": self.sha256,
-            "kind": self.kind,
-            "space": self.space,
-            "model_space_sha256": hashlib.sha256(
-                np.ascontiguousarray(self.label_map.data, np.uint8).tobytes()
-            ).hexdigest(),
-        }
-
-
-def _folder_hash(folder: Path, files: Iterable[str]) -> str:
-    lines = [f"{rel} {sha256_file(folder / rel)}" for rel in sorted(files)]
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-def registration_reference(
-    register_to: PathLike | Literal["phantom", "none"] | None, size: int
-) -> geometry.Reference | None:
-    """The map a twin from another space is rigidly registered to (SPEC §2 step 5).
-
-    ``"phantom"``: the first subject of the default phantom cohort on the model grid
-    (the shipped weights were trained on that cohort); ``"none"``/None: no registration
-    (reorientation and centring only); a path: a map already in model space, e.g. the
-    medoid of the cohort the checkpoint was trained on.
-    """
-    if register_to is None or str(register_to) == "none":
-        return None
-    if str(register_to) == "phantom":
-        from .data.phantom import make_phantom
-
-        lm = make_phantom(0, size=size, seed=0)[0]
-    else:
-        lm = read_label_map(register_to)
-    return geometry.Reference.from_label_map(lm, register_size=min(48, lm.shape[0]))
-
-
-def _totalseg_twin(folder: Path) -> tuple[LabelMap, str, str, dict]:
-    from .data import totalseg
-
-    layout = totalseg.detect_layout(folder)
-    if layout is None:
-        subjects = [d for d in folder.iterdir() if d.is_dir() and totalseg.detect_layout(d)]
-        if subjects:
-            raise ValueError(
-                f"{folder}: holds {len(subjects)} TotalSegmentator subjects; a twin is one "
-                f"subject folder (e.g. {subjects[0]})"
-            )
-        raise ValueError(
-            f"{folder}: not a TotalSegmentator subject folder (expected segmentations/<class>"
-            ".nii.gz, heartchambers_highres.nii.gz or heartchambers_highres/<class>.nii.gz) "
-            "and not a label-map file"
-        )
-    subject = totalseg.Subject(folder.name, folder, layout)
-    try:
-        lm, record = totalseg.load_subject(subject)
-    except totalseg.Excluded as exc:
-        raise ValueError(f"{folder}: cannot use this subject as a twin: {exc.reason}") from None
-    kind = f"TotalSegmentator subject ({totalseg.LAYOUT_NAMES[layout]})"
-    return lm, _folder_hash(folder, record.get("files", [])), kind, record
-
-
-def resolve_twin(
-    path: PathLike,
-    size: int,
-    *,
-    register_to: PathLike | Literal["phantom", "none"] | None = "phantom",
-    interpolation: geometry.Interpolation = "linear",
-    progress: bool = False,
-) -> Twin:
-    """Bring the twin at ``path`` onto the model's ``size``³ grid.
-
-    Parameters
-    ----------
-    path : a label-map NIfTI (values 0–6) in any space, or a TotalSegmentator subject
-        folder.
-    size : the model's grid (``model.preset.size``).
-    register_to : registration target for twins prepared here (see
-        :func:`registration_reference`).
-    interpolation : label resampling, one-hot ``"linear"`` + argmax or ``"nearest"``.
-    progress : a progress line while a twin from another space is prepared (it can take
-        tens of seconds for a CT-sized grid).
-
-    A map whose grid and affine are those of the model (``centred_affine(size)``) is
-    used unchanged. A map on the centred grid of another size (a twin prepared for
-    another preset) is only resampled. Anything else is prepared (SPEC §2): it needs an
-    LV and an LA to be reoriented.
-
-    Raises
-    ------
-    LabelMapError, ValueError, FileNotFoundError
-        naming the file: unreadable, not a label map, not a usable subject folder.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    target_shape, target_affine = (size,) * 3, centred_affine(size)
-    if path.is_dir():
-        lm, digest, kind, load_record = _totalseg_twin(path)
-    else:
-        lm, digest, kind, load_record = read_label_map(path), sha256_file(path), "label map", {}
-        if lm.shape == target_shape and np.allclose(lm.affine, target_affine, atol=1e-3):
-            return Twin(LabelMap(lm.data, target_affine, path), path, digest, kind, "model")
-    record: dict[str, Any] = {"load": load_record} if load_record else {}
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=2,
-        desc=f"prepare twin {path.name} ({'x'.join(map(str, lm.shape))})",
-        unit="step",
-        disable=not progress,
-    )
-    bar.set_postfix_str("reorient, register, resample")
-    s = lm.shape[0]
-    if (
-        not path.is_dir()
-        and lm.shape == (s, s, s)
-        and np.allclose(lm.affine, centred_affine(s), atol=1e-3)
-    ):
-        # In model space already, on another preset's grid: resample only.
-        matrix = np.eye(4)
-        space = f"model grid {s}³ (resampled to {size}³)"
-        model_lm = geometry.resample_labels(lm, matrix, target_shape, target_affine, interpolation)
-        steps = {"resample": {"interpolation": interpolation, "from_grid": s, "to_grid": size}}
-        transform = geometry.PreparedTransform(
-            matrix, lm.shape, lm.affine, target_shape, target_affine, steps
-        )
-    else:
-        space = "prepared"
-        reference = registration_reference(register_to, size)
-        model_lm, transform = geometry.prepare_label_map(
-            lm, reference=reference, size=size, interpolation=interpolation
-        )
-        record["register_to"] = str(register_to)
-    bar.update(1)
-    bar.set_postfix_str("round trip to its grid")
-    back = geometry.unprepare(model_lm, transform, interpolation)
-    record["roundtrip_dice"] = {
-        t: round(v, 4) for t, v in geometry.dice(back.data, np.asarray(lm.data)).items()
-    }
-    bar.update(1)
-    bar.close()
-    return Twin(
-        LabelMap(model_lm.data, target_affine),
-        path,
-        digest,
-        kind,
-        space,
-        transform=transform,
-        original=LabelMap(np.asarray(lm.data, np.uint8), lm.affine, xform_codes=lm.xform_codes),
-        record=record,
-    )
 
 
 # ---------------------------------------------------------------------------------
@@ -331,31 +127,46 @@ def check_settings(
     negative dilation or number of inversion steps, an unknown keep mode.
     """
     if method not in METHOD_NAMES:
-        raise ValueError(f"unknown editing method {method!r}; use 'perturb' or 'local'")
+        raise InputError(
+            f"unknown editing {{method}} {method!r}; use 'perturb' or 'local'",
+            arguments=("method",),
+        )
     if int(invert_steps) < 0:
-        raise ValueError(f"--invert-steps must be 0 or more, got {invert_steps}")
+        raise InputError(
+            f"{{invert_steps}} must be 0 or more, got {invert_steps}", arguments=("invert_steps",)
+        )
     for name, value in (("n", n), ("steps", steps), ("batch", batch)):
         if int(value) < 1:
-            raise ValueError(f"--{name} must be at least 1, got {value}")
+            raise InputError(f"{{{name}}} must be at least 1, got {value}", arguments=(name,))
     regen: tuple[str, ...] = ()
     if method == "perturb":
         if psi is None:
-            raise ValueError("perturbational editing needs --psi in (0, 1]")
+            raise InputError("perturbational editing needs {psi} in (0, 1]", arguments=("psi",))
         try:
             start_step(float(psi), int(steps))
         except ValueError as exc:
-            raise ValueError(f"--psi: {exc}") from None
+            raise InputError(f"{{psi}}: {exc}", arguments=("psi",)) from None
     else:
         if not regenerate:
-            raise ValueError("localized editing needs --regenerate TISSUE (e.g. LV, or LV,RV)")
+            raise InputError(
+                "localized editing needs {regenerate} TISSUE (e.g. LV, or LV,RV)",
+                arguments=("regenerate",),
+            )
         names: list[str] = []
         for item in [regenerate] if isinstance(regenerate, str) else regenerate:
             names += [s.strip() for s in str(item).split(",") if s.strip()]
-        regen = tuple(sorted(regenerated_tissues(names, with_myocardium)))
+        try:
+            regen = tuple(sorted(regenerated_tissues(names, with_myocardium)))
+        except InputError:
+            raise
+        except ValueError as exc:  # an unknown tissue name (anatomy's own error)
+            raise InputError(str(exc)) from None
         if dilate is not None and int(dilate) < 0:
-            raise ValueError(f"--dilate must be 0 or more, got {dilate}")
+            raise InputError(f"{{dilate}} must be 0 or more, got {dilate}", arguments=("dilate",))
         if keep not in KEEP_MODES:
-            raise ValueError(f"--keep must be 'exact' or 'latent', got {keep!r}")
+            raise InputError(
+                f"{{keep}} must be 'exact' or 'latent', got {keep!r}", arguments=("keep",)
+            )
     return EditSettings(
         method=method,  # type: ignore[arg-type]
         n=int(n),
@@ -380,10 +191,11 @@ def check_output(out: PathLike, overwrite: bool = False) -> Path:
     """Refuse an output path that is a file, or a non-empty folder unless ``overwrite``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out}: exists and is not a folder")
+        raise OutputExistsError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out}: folder exists and is not empty; choose a new folder or pass --overwrite"
+        raise OutputExistsError(
+            f"{out}: folder exists and is not empty; choose a new folder or set {{overwrite}}",
+            arguments=("overwrite",),
         )
     return out
 
@@ -491,16 +303,16 @@ def run_edit(
         Sibling ``i`` depends only on (twin, method parameters, seed, i).
     psi : sampling ratio ψ ∈ (0, 1] of perturbational editing.
     regenerate, dilate, keep_background, with_myocardium, fresh_noise : localized
-        editing (:func:`siblings.diffusion.edit.inpaint`).
+        editing (:func:`siblings.models.edits.inpaint`).
     keep : localized editing: ``"exact"`` (default) composes every sibling with the twin
         in label space (:func:`siblings.diffusion.keep.compose_exact`), on the model grid
         and again on the twin's own grid with its original voxels, so kept tissues are
         the twin's exactly in both; ``"latent"`` is the paper's eq. 5 alone.
     invert_steps : the twin's latent is its posterior mean refined by this many steps of
-        inversion (:func:`siblings.diffusion.edit.encode_twin`; 0 = the paper's posterior
+        inversion (:func:`siblings.models.edits.encode_twin`; 0 = the paper's posterior
         mean). Its round-trip Dice per tissue before and after is in ``run.json``, every
         manifest and the report; below
-        :data:`~siblings.diffusion.edit.OOD_DICE_THRESHOLD` for any tissue, the run warns
+        :data:`~siblings.models.edits.OOD_DICE_THRESHOLD` for any tissue, the run warns
         that the twin is out of the model's distribution.
     register_to, interpolation : preparation of a twin from another space.
     reference : optional folder of real maps on the model grid: the siblings are also
@@ -533,7 +345,7 @@ def run_edit(
         invert_steps=invert_steps,
     )
     if n_boot < 0:
-        raise ValueError(f"--n-boot must be 0 or more, got {n_boot}")
+        raise InputError(f"{{n_boot}} must be 0 or more, got {n_boot}", arguments=("n_boot",))
     out = check_output(out, overwrite)
     size = model.preset.size
     if not isinstance(twin, Twin):

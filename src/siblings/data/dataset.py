@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import anatomy
+from ..errors import InputError
 from ..io import list_label_maps, one_hot, read_label_map
 
 
@@ -55,7 +56,7 @@ class LabelMapDataset(torch.utils.data.Dataset):
         else:
             self.files = [Path(f) for f in source]
             if not self.files:
-                raise ValueError("no label maps given")
+                raise InputError("no label maps given")
         self.size = size
         self.spacing = (
             spacing
@@ -166,7 +167,7 @@ class RandomAffineLabels:
         ``displacement`` (from :meth:`sample_displacement`) likewise for the elastic part.
         """
         if labels.ndim != 4:
-            raise ValueError(f"expected labels (B, D, H, W), got {tuple(labels.shape)}")
+            raise InputError(f"expected labels (B, D, H, W), got {tuple(labels.shape)}")
         b, d, h, w = labels.shape
         if theta is None:
             theta = self.sample_theta(b, max(d, h, w), generator)
@@ -193,4 +194,4 @@ class RandomAffineLabels:
                 oh, grid, mode="bilinear", padding_mode="zeros", align_corners=False
             )
             return out.argmax(1).to(labels.dtype)
-        raise ValueError(f"unknown interpolation mode {self.mode!r}; use 'onehot' or 'nearest'")
+        raise InputError(f"unknown interpolation mode {self.mode!r}; use 'onehot' or 'nearest'")

@@ -59,6 +59,7 @@ from scipy import ndimage
 
 from .. import anatomy
 from ..boxes import bounding_box
+from ..errors import InputError
 from ..io import LabelMap, LabelMapError, centred_affine, write_json
 from ..metrics.overlap import tissue_dice
 
@@ -169,7 +170,7 @@ def heart_centre(centroids: dict[str, np.ndarray], counts: dict[str, int]) -> np
     """Centroid of Myo ∪ LV ∪ RV ∪ LA ∪ RA from the per-tissue centroids (disjoint sets)."""
     present = [t for t in HEART_TISSUES if t in centroids]
     if not present:
-        raise ValueError("no heart tissue (Myo, LV, RV, LA, RA) in the label map")
+        raise InputError("no heart tissue (Myo, LV, RV, LA, RA) in the label map")
     w = np.array([counts[t] for t in present], float)
     return np.sum([centroids[t] * wi for t, wi in zip(present, w, strict=True)], axis=0) / w.sum()
 
@@ -326,7 +327,7 @@ def _resample_hard(
     each channel only where its label is in the cell (elsewhere it is exactly 0).
     """
     if interpolation not in ("linear", "nearest"):
-        raise ValueError(f"unknown interpolation {interpolation!r}; use 'linear' or 'nearest'")
+        raise InputError(f"unknown interpolation {interpolation!r}; use 'linear' or 'nearest'")
     out = np.zeros(shape, np.uint8)
     box = _foreground_box(data)
     if box is None:
@@ -496,7 +497,7 @@ class PreparedTransform:
     ) -> PreparedTransform:
         where = f"{path}: " if path is not None else ""
         if not isinstance(d, dict) or d.get("format") != TRANSFORM_FORMAT:
-            raise ValueError(
+            raise InputError(
                 f"{where}not a digital-siblings transform (expected format {TRANSFORM_FORMAT!r})"
             )
         try:
@@ -508,19 +509,19 @@ class PreparedTransform:
             codes = d["source"].get("xform_codes")
             src_codes = None if codes is None else (int(codes[0]), int(codes[1]))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise ValueError(f"{where}malformed transform ({exc})") from None
+            raise InputError(f"{where}malformed transform ({exc})") from None
         for name, m in (
             ("matrix", matrix),
             ("source affine", src_affine),
             ("target affine", tgt_affine),
         ):
             if m.shape != (4, 4) or not np.all(np.isfinite(m)):
-                raise ValueError(f"{where}{name} must be a finite 4x4 matrix")
+                raise InputError(f"{where}{name} must be a finite 4x4 matrix")
         if len(src_shape) != 3 or len(tgt_shape) != 3:
-            raise ValueError(f"{where}grid shapes must have 3 entries")
+            raise InputError(f"{where}grid shapes must have 3 entries")
         r = matrix[:3, :3]
         if not np.allclose(r.T @ r, np.eye(3), atol=1e-6) or np.linalg.det(r) < 0:
-            raise ValueError(f"{where}matrix is not a rigid transform (rotation + translation)")
+            raise InputError(f"{where}matrix is not a rigid transform (rotation + translation)")
         return cls(
             matrix,
             src_shape,  # type: ignore[arg-type]
@@ -544,7 +545,7 @@ class PreparedTransform:
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no such file") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+            raise InputError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_dict(d, path)
 
 
@@ -805,7 +806,7 @@ def register_rigid(
     elif engine == "ants":
         matrix, info = _register_ants(moving, fixed, grid_affine, init, seed)
     else:
-        raise ValueError(f"unknown registration engine {engine!r}; use 'simpleitk' or 'ants'")
+        raise InputError(f"unknown registration engine {engine!r}; use 'simpleitk' or 'ants'")
     n = moving.shape[1:]
     f1 = smooth_channels(fixed, 1.0)
     before = smooth_channels(soft_resample_channels(moving, init, n, grid_affine), 1.0)
@@ -845,7 +846,7 @@ def _register_ants(moving, fixed, grid_affine, init, seed):
     except ImportError:
         raise RuntimeError(
             "registration engine 'ants' needs antspyx, which is not installed; "
-            "install it with `pip install antspyx` (the [ants] extra) or use --engine simpleitk"
+            "install it with `pip install antspyx` (the [ants] extra) or use engine 'simpleitk'"
         ) from None
 
     lps = RAS_TO_LPS @ np.asarray(grid_affine, float)
@@ -965,7 +966,7 @@ def prepare_label_map(
     True
     """
     if size < 8:
-        raise ValueError(f"prepared grid size must be at least 8, got {size}")
+        raise InputError(f"prepared grid size must be at least 8, got {size}")
     target_affine = centred_affine(size)
     target_shape = (size, size, size)
     subject_c, counts = label_centroids(lm)

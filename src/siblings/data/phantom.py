@@ -62,6 +62,7 @@ from scipy import ndimage
 
 from .. import anatomy
 from ..boxes import bounding_box
+from ..errors import InputError
 from ..io import LabelMap, centred_affine, write_label_map, write_text
 
 L = anatomy.LABELS
@@ -524,9 +525,9 @@ def make_phantom(
         measured volumes in mL of every tissue, and the defects applied.
     """
     if not 0.0 <= defect_rate <= 1.0:
-        raise ValueError(f"defect rate must be in [0, 1], got {defect_rate}")
+        raise InputError(f"defect rate must be in [0, 1], got {defect_rate}")
     if size < 16:
-        raise ValueError(f"grid size must be at least 16 voxels, got {size}")
+        raise InputError(f"grid size must be at least 16 voxels, got {size}")
     rng = np.random.default_rng([int(seed), int(index)])
     p = _draw_parameters(rng)
     if overrides:
@@ -577,14 +578,14 @@ def _override(p: dict, overrides: Mapping[str, Any]) -> dict:
     allowed = set(p) | {"aorta_arch"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"unknown phantom parameter(s) {', '.join(unknown)}; use {', '.join(sorted(allowed))}"
         )
     out = {**p, **overrides}
     if "target" in overrides:
         bad = sorted(set(overrides["target"]) - set(MEDIAN_VOLUME_ML))
         if bad:
-            raise ValueError(f"unknown chamber(s) {', '.join(bad)} in target; use LV, RV, LA, RA")
+            raise InputError(f"unknown chamber(s) {', '.join(bad)} in target; use LV, RV, LA, RA")
         out["target"] = {**p["target"], **{k: float(v) for k, v in overrides["target"].items()}}
     return out
 
@@ -620,7 +621,7 @@ def generate_cohort(
     same bytes. Returns the ground-truth rows written to ``parameters.csv``.
     """
     if n < 1:
-        raise ValueError(f"--n must be at least 1, got {n}")
+        raise InputError(f"{{n}} must be at least 1, got {n}", arguments=("n",))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(i, size, seed, defect_rate, str(out)) for i in range(n)]

@@ -39,6 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from .. import anatomy
+from ..errors import InputError
 from ..io import LabelMap, write_bytes, write_text
 from .phantom import make_phantom
 
@@ -92,7 +93,7 @@ def scanner_affine(
     """
     signs = {"RAS": (1.0, 1.0, 1.0), "LPS": (-1.0, -1.0, 1.0)}
     if orientation not in signs:
-        raise ValueError(f"orientation must be 'RAS' or 'LPS', got {orientation!r}")
+        raise InputError(f"orientation must be 'RAS' or 'LPS', got {orientation!r}")
     direction = np.diag(signs[orientation])
     if tilt is not None:
         direction = np.asarray(tilt, float) @ direction
@@ -201,7 +202,7 @@ def write_totalseg_subject(
         )
         written.append(write_bytes(sub / "aorta.nii.gz", _nifti_bytes(data == L["Ao"], affine)))
     else:
-        raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+        raise InputError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     return written
 
 

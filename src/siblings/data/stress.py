@@ -39,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..io import LabelMap
 from .phantom import VOLUME_BOUNDS_ML, make_phantom
 
@@ -92,7 +93,7 @@ def stress_case(kind: str, index: int, size: int = 64, seed: int = 1) -> LabelMa
     defect-free.
     """
     if kind not in STRESS_KINDS:
-        raise ValueError(f"unknown stress case {kind!r}; use one of {', '.join(STRESS_KINDS)}")
+        raise InputError(f"unknown stress case {kind!r}; use one of {', '.join(STRESS_KINDS)}")
     i = STRESS_INDEX0 + int(index)
     lm, _ = make_phantom(i, size=size, seed=seed, defect_rate=0.0, overrides=_OVERRIDES.get(kind))
     if kind == "elastic":

@@ -50,6 +50,7 @@ import nibabel as nib
 import numpy as np
 
 from .. import anatomy
+from ..errors import InputError
 from ..io import (
     LabelMap,
     read_json,
@@ -151,7 +152,7 @@ def read_meta(src: PathLike) -> dict[str, str]:
     text = path.read_text(encoding="utf-8-sig")
     rows = list(csv.DictReader(_io.StringIO(text), delimiter=";"))
     if not rows or "image_id" not in rows[0]:
-        raise ValueError(f"{path}: expected ';'-separated columns including image_id and split")
+        raise InputError(f"{path}: expected ';'-separated columns including image_id and split")
     return {r["image_id"].strip(): (r.get("split") or "").strip() for r in rows}
 
 
@@ -171,7 +172,9 @@ def find_subjects(src: PathLike, split: str | None = None) -> list[Subject]:
         return [Subject(src.name, src, own)]
     meta = read_meta(src)
     if split is not None and not meta:
-        raise ValueError(f"{src}: --split needs a meta.csv with a split column")
+        raise InputError(
+            f"{src}: {{split}} needs a meta.csv with a split column", arguments=("split",)
+        )
     subjects = {}
     for d in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
         layout = detect_layout(d)
@@ -319,12 +322,12 @@ def parse_volume_bounds(items: Sequence[str] | None) -> dict[str, tuple[float, f
     for item in items or ():
         m = re.fullmatch(r"\s*(\w+)\s*=\s*([0-9.]+)\s*:\s*([0-9.]+)\s*", item)
         if not m or m.group(1) not in anatomy.CHAMBERS:
-            raise ValueError(
+            raise InputError(
                 f"volume bound {item!r} is not CHAMBER=MIN:MAX with CHAMBER in {', '.join(anatomy.CHAMBERS)}"
             )
         lo, hi = float(m.group(2)), float(m.group(3))
         if not 0 <= lo < hi:
-            raise ValueError(f"volume bound {item!r}: need 0 <= MIN < MAX")
+            raise InputError(f"volume bound {item!r}: need 0 <= MIN < MAX")
         bounds[m.group(1)] = (lo, hi)
     return bounds
 
@@ -705,29 +708,30 @@ def prepare_totalsegmentator(
     """
     src, out = Path(src), Path(out)
     if size < 16:
-        raise ValueError(f"--size must be at least 16, got {size}")
+        raise InputError(f"{{size}} must be at least 16, got {size}", arguments=("size",))
     if engine not in ("simpleitk", "ants"):
-        raise ValueError(f"unknown registration engine {engine!r}; use 'simpleitk' or 'ants'")
+        raise InputError(f"unknown registration engine {engine!r}; use 'simpleitk' or 'ants'")
     if interpolation not in ("linear", "nearest"):
-        raise ValueError(f"unknown interpolation {interpolation!r}; use 'linear' or 'nearest'")
+        raise InputError(f"unknown interpolation {interpolation!r}; use 'linear' or 'nearest'")
     if engine == "ants":
         try:
             import ants  # type: ignore[import-not-found]  # noqa: F401
         except ImportError:
-            raise ValueError(
-                "--engine ants needs antspyx, which is not installed; "
-                "install it with `pip install antspyx` or use --engine simpleitk"
+            raise InputError(
+                "{engine} ants needs antspyx, which is not installed; "
+                "install it with `pip install antspyx` or use {engine} simpleitk",
+                arguments=("engine",),
             ) from None
     bounds = volume_bounds if volume_bounds is not None else dict(DEFAULT_VOLUME_BOUNDS_ML)
     subjects = find_subjects(src, split)
     if not subjects:
-        raise ValueError(
+        raise InputError(
             f"{src}: no TotalSegmentator subjects found (expected <subject>/segmentations/"
             "<class>.nii.gz, <subject>/heartchambers_highres.nii.gz or "
             "<subject>/heartchambers_highres/<class>.nii.gz)"
         )
     if all(s.layout == "v2-total" for s in subjects):
-        raise ValueError(
+        raise InputError(
             f"{src}: TotalSegmentator v2 `total` layout (segmentations/heart.nii.gz): it has only "
             "the whole heart, not the four chambers and the myocardium that preparation needs; "
             "run the heartchambers_highres task (TotalSegmentator -i ct.nii.gz -o "

@@ -52,6 +52,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+
 InversionLoss = Literal["dice", "cross_entropy"]
 LOSSES: tuple[str, ...] = ("dice", "cross_entropy")
 
@@ -214,15 +216,15 @@ def invert_latent(
         invert one map at a time for latents that depend on their map alone.
     """
     if steps < 0:
-        raise ValueError(f"invert steps must be 0 or more, got {steps}")
+        raise InputError(f"invert steps must be 0 or more, got {steps}")
     if not lr > 0:
-        raise ValueError(f"invert learning rate must be positive, got {lr}")
+        raise InputError(f"invert learning rate must be positive, got {lr}")
     if loss not in _LOSS_FUNCTIONS:
-        raise ValueError(f"unknown inversion loss {loss!r}; use {' or '.join(LOSSES)}")
+        raise InputError(f"unknown inversion loss {loss!r}; use {' or '.join(LOSSES)}")
     if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+        raise InputError(f"temperature must be positive, got {temperature}")
     if patience < 1:
-        raise ValueError(f"patience must be at least 1, got {patience}")
+        raise InputError(f"patience must be at least 1, got {patience}")
     loss_fn = _LOSS_FUNCTIONS[loss]
     with _deterministic():
         z = z0.detach().clone().requires_grad_(steps > 0)

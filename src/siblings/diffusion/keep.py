@@ -34,6 +34,7 @@ from scipy import ndimage
 
 from .. import anatomy
 from ..boxes import bounding_box
+from ..errors import InputError
 
 KeepMode = Literal["exact", "latent"]
 KEEP_MODES: tuple[str, ...] = ("exact", "latent")
@@ -133,11 +134,11 @@ def compose_exact(
     twin = np.asarray(twin)
     decoded = np.asarray(decoded)
     if twin.shape != decoded.shape:
-        raise ValueError(f"twin {twin.shape} and decoded {decoded.shape} grids differ")
+        raise InputError(f"twin {twin.shape} and decoded {decoded.shape} grids differ")
     kept_lut = np.zeros(256, bool)
     kept_lut[list(kept_labels)] = True
     if kept_lut[1 : anatomy.NUM_LABELS].all():
-        raise ValueError("every tissue is kept: there is nothing to regenerate")
+        raise InputError("every tissue is kept: there is nothing to regenerate")
     # Outside the box around both foregrounds, twin and decoded map are background, and
     # so is the result whichever way background goes.
     out = np.zeros(twin.shape, np.uint8)

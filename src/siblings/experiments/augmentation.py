@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..io import read_label_map
 from ..metrics.cohort import CohortSummary
 from ..report.html import interval, number
 from ..report.plots import figure_png
 from .cohorts import DECODE_COST, CohortSpec, heun_calls
+from .context import ExperimentContext, Section
 from .figures import augmentation_figure
-from .run import ExperimentContext, Section
 from .tables import METRIC_HEADERS, METRIC_KEYS, Table, estimates
 
 NAME = "augment"
@@ -75,7 +76,7 @@ def _spec(ctx: ExperimentContext, strategy: str, rare_fraction: float) -> Cohort
 def plan(ctx: ExperimentContext) -> list[CohortSpec]:
     rare = _rare_mask(ctx)
     if rare.sum() < ctx.k + 1:
-        raise ValueError(
+        raise InputError(
             f"augment: {int(rare.sum())} of {len(ctx.real)} real maps meet {ctx.where!r}; "
             f"evaluating against the rare cohort needs at least {ctx.k + 1}"
         )

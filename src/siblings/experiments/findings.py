@@ -39,7 +39,7 @@ from ..metrics.frechet import normalisation
 from ..metrics.precision_recall import coverage, knn_radii
 
 if TYPE_CHECKING:
-    from .run import ExperimentContext, Section
+    from .context import ExperimentContext, Section
 
 FINDINGS = "findings"
 HOLDS = "holds"
@@ -471,6 +471,6 @@ def section(ctx: ExperimentContext) -> Section | None:
         caption="Each finding is judged by the rule listed below the table, on this run's numbers.",
         notes=[f"{i}. Rule: {f.rule}" for i, f in enumerate(found, 1)],
     )
-    from .run import Section
+    from .context import Section
 
     return Section(FINDINGS, tables=[table], results={"findings": [f.to_dict() for f in found]})

@@ -47,6 +47,7 @@ import math
 import numpy as np
 from scipy.spatial.distance import cdist
 
+from ..errors import InputError
 from .frechet import gaussian_fit, gaussian_frechet_distance
 from .precision_recall import coverage, knn_radii
 
@@ -59,7 +60,7 @@ _NEIGHBOURS = 32
 def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> list[float]:
     """``[lo, hi]`` percentile interval of bootstrap replicates (along axis 0)."""
     if not 0 < level < 1:
-        raise ValueError(f"interval level must be in (0, 1), got {level}")
+        raise InputError(f"interval level must be in (0, 1), got {level}")
     a = (1.0 - level) / 2.0
     lo, hi = np.percentile(
         np.asarray(replicates, dtype=np.float64), [100 * a, 100 * (1 - a)], axis=0
@@ -161,7 +162,7 @@ def bootstrap_metrics(
     viol = np.asarray(violations, dtype=bool)
     n = fake.shape[0]
     if viol.shape[0] != n:
-        raise ValueError(f"{viol.shape[0]} rows of checks for {n} feature rows")
+        raise InputError(f"{viol.shape[0]} rows of checks for {n} feature rows")
     idx = bootstrap_indices(n, n_boot, seed) if indices is None else np.asarray(indices)
     mu_r, cov_r = gaussian_fit(real)
     covered_fake = coverage(fake, real, knn_radii(real, k))  # fixed reference balls
@@ -193,7 +194,7 @@ def bootstrap_metrics(
 def acceptance_rate(accepted: int, attempted: int) -> float:
     """``accepted / attempted`` (NaN when nothing was attempted)."""
     if accepted < 0 or attempted < 0 or accepted > attempted:
-        raise ValueError(f"need 0 <= accepted <= attempted, got {accepted} of {attempted}")
+        raise InputError(f"need 0 <= accepted <= attempted, got {accepted} of {attempted}")
     return accepted / attempted if attempted else float("nan")
 
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from .. import __version__, anatomy
 from ..boxes import bounding_box
+from ..errors import InputError
 from ..io import LabelMap, LabelMapError, list_label_maps, read_label_map
 from .bootstrap import bootstrap_interval, bootstrap_metrics, percentile_interval
 from .frechet import frechet_distance, normalisation
@@ -133,15 +134,15 @@ def _validated_labels(array: object, name: str) -> np.ndarray:
         array = array.detach().cpu().numpy()  # type: ignore[union-attr]
     lab = np.asarray(array)
     if lab.ndim != 3:
-        raise ValueError(f"{name}: expected a 3D label map, got shape {lab.shape}")
+        raise InputError(f"{name}: expected a 3D label map, got shape {lab.shape}")
     if lab.dtype.kind == "f":
         if not np.array_equal(lab, np.round(lab)):
-            raise ValueError(f"{name}: non-integer values; a label map holds integers 0–6")
+            raise InputError(f"{name}: non-integer values; a label map holds integers 0–6")
     elif lab.dtype.kind not in "iub":
-        raise ValueError(f"{name}: data type {lab.dtype}; a label map holds integers 0–6")
+        raise InputError(f"{name}: data type {lab.dtype}; a label map holds integers 0–6")
     lo, hi = (lab.min(), lab.max()) if lab.size else (0, 0)
     if lo < 0 or hi >= anatomy.NUM_LABELS:
-        raise ValueError(f"{name}: labels outside 0–{anatomy.NUM_LABELS - 1} (min {lo}, max {hi})")
+        raise InputError(f"{name}: labels outside 0–{anatomy.NUM_LABELS - 1} (min {lo}, max {hi})")
     return lab if lab.dtype == np.uint8 else lab.astype(np.uint8)
 
 
@@ -223,16 +224,16 @@ def summarise_maps(
             sp = lm.spacing
         else:
             if spacing_mm is None:
-                raise ValueError(f"{name}: a bare label array needs spacing_mm (voxel size in mm)")
+                raise InputError(f"{name}: a bare label array needs spacing_mm (voxel size in mm)")
             lm = _validated_labels(item, name)
             sp = tuple(float(s) for s in np.broadcast_to(np.asarray(spacing_mm, float), (3,)))
         if spacing is None:
             spacing = sp
         elif not np.allclose(sp, spacing, atol=1e-3):
-            raise ValueError(f"{name}: voxel size {sp} mm differs from the cohort's {spacing} mm")
+            raise InputError(f"{name}: voxel size {sp} mm differs from the cohort's {spacing} mm")
         lab = lm.data if isinstance(lm, LabelMap) else lm
         if occ.shape is not None and lab.shape != occ.shape:
-            raise ValueError(f"{name}: grid is {lab.shape}, the cohort's is {occ.shape}")
+            raise InputError(f"{name}: grid is {lab.shape}, the cohort's is {occ.shape}")
         f, v = _measure(
             lab,
             linear_map(lm, None if isinstance(lm, LabelMap) else spacing_mm),
@@ -446,7 +447,8 @@ def _cohort_files(folder: PathLike, min_count: int, role: str, k: int | None = N
         raise LabelMapError(
             folder,
             f"holds {len(files)} label map(s); {why} at least {min_count} in the {role} "
-            f"(add maps or lower --k)",
+            "(add maps or lower {k})",
+            arguments=("k",),
         )
     return files
 
@@ -485,7 +487,7 @@ def summarise_folder(
 def _check_size(summary: CohortSummary, k: int, role: str) -> None:
     if len(summary) < k + 1:
         where = f"{summary.source}: " if summary.source is not None else ""
-        raise ValueError(
+        raise InputError(
             f"{where}the {role} has {len(summary)} map(s); precision/recall with k = {k} "
             f"need at least {k + 1}"
         )
@@ -515,11 +517,11 @@ def compare(
         standard deviations, and the settings used.
     """
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise InputError(f"k must be at least 1, got {k}")
     _check_size(cohort, k, "cohort")
     _check_size(reference, k, "reference")
     if cohort.occupancy.shape != reference.occupancy.shape:
-        raise ValueError(
+        raise InputError(
             f"cohort grid {cohort.occupancy.shape} differs from reference grid "
             f"{reference.occupancy.shape}"
         )
@@ -649,7 +651,7 @@ def evaluate_maps(
         and coh.spacing_mm
         and not np.allclose(ref.spacing_mm, coh.spacing_mm, atol=1e-3)
     ):
-        raise ValueError(
+        raise InputError(
             f"cohort voxel size {coh.spacing_mm} mm differs from the reference's {ref.spacing_mm} mm"
         )
     metrics = compare(coh, ref, k=k, n_boot=n_boot, seed=seed, level=level)
@@ -693,7 +695,7 @@ def evaluate(
         first reference map's.
     """
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise InputError(f"k must be at least 1, got {k}")
     t0 = time.perf_counter()
     ref_files = _cohort_files(reference_dir, k + 1, "reference", k)
     coh_files = _cohort_files(cohort_dir, k + 1, "cohort", k)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import anatomy
+from ..errors import InputError, SiblingsError
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -45,7 +46,7 @@ _CLAUSE_NUM_FIRST = re.compile(rf"^\s*({_NUMBER})\s*({_OP})\s*({_NAME})\s*$")
 _AND = re.compile(r"\band\b", re.IGNORECASE)
 
 
-class ConditionError(ValueError):
+class ConditionError(SiblingsError, ValueError):
     """A condition that cannot be parsed; the message says what is wrong and what is allowed."""
 
 
@@ -83,7 +84,7 @@ class Condition:
             return all(c.holds(features[c.column]) for c in self.clauses)
         vec = np.asarray(features, dtype=np.float64).reshape(-1)
         if vec.size != len(anatomy.MORPHOLOGY_COLUMNS):
-            raise ValueError(f"expected {len(anatomy.MORPHOLOGY_COLUMNS)} features, got {vec.size}")
+            raise InputError(f"expected {len(anatomy.MORPHOLOGY_COLUMNS)} features, got {vec.size}")
         idx = anatomy.MORPHOLOGY_COLUMNS.index
         return all(c.holds(vec[idx(c.column)]) for c in self.clauses)
 

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import anatomy
+from ..errors import InputError
 from ..io import LabelMap
 
 # A solid ellipsoid's variance along a semi-axis a is a²/5, so the full axis is sqrt(20 λ).
@@ -52,13 +53,13 @@ def linear_map(
         if s.shape == (3, 3):
             return s
         if s.ndim > 1 or s.size not in (1, 3) or not np.all(np.isfinite(s)) or np.any(s <= 0):
-            raise ValueError(
+            raise InputError(
                 f"spacing_mm must be one or three positive numbers, got {spacing_mm!r}"
             )
         return np.diag(np.broadcast_to(s.reshape(-1), (3,)))
     if isinstance(label_map, LabelMap):
         return np.asarray(label_map.affine, dtype=np.float64)[:3, :3]
-    raise ValueError("a bare label array needs spacing_mm (the voxel size in mm)")
+    raise InputError("a bare label array needs spacing_mm (the voxel size in mm)")
 
 
 def chamber_moments(labels: np.ndarray) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
@@ -69,7 +70,7 @@ def chamber_moments(labels: np.ndarray) -> dict[str, tuple[int, np.ndarray, np.n
     """
     lab = np.asarray(labels)
     if lab.ndim != 3:
-        raise ValueError(f"expected a 3D label map, got shape {lab.shape}")
+        raise InputError(f"expected a 3D label map, got shape {lab.shape}")
     values = np.array([anatomy.LABELS[c] for c in anatomy.CHAMBERS])
     lo = int(values.min())
     flat = lab.reshape(-1)

@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import anatomy
 from ..boxes import bounding_box
+from ..errors import InputError
 
 _NEIGHBOUR_OFFSETS = {
     # Half of each neighbourhood (one of each +o/-o pair): contact is symmetric.
@@ -49,7 +50,7 @@ def contact_matrix(label_map: np.ndarray, connectivity: int = 26) -> np.ndarray:
     neighbours (6, 18 or 26). The diagonal is left False.
     """
     if connectivity not in _NEIGHBOUR_OFFSETS:
-        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
+        raise InputError(f"connectivity must be 6, 18 or 26, got {connectivity}")
     lab = np.asarray(label_map)
     n = anatomy.NUM_LABELS
     seen = np.zeros(n * n, dtype=bool)
@@ -79,7 +80,7 @@ def tissue_contacts(label_map: np.ndarray, connectivity: int = 26) -> set[tuple[
     in one C pass by ``cc3d.region_graph`` on the map's bounding box.
     """
     if connectivity not in _NEIGHBOUR_OFFSETS:
-        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
+        raise InputError(f"connectivity must be 6, 18 or 26, got {connectivity}")
     lab = np.ascontiguousarray(_crop(np.asarray(label_map)))
     if lab.size == 0:
         return set()
@@ -126,7 +127,7 @@ def topology_checks(
     """
     lab = np.asarray(label_map)
     if lab.ndim != 3:
-        raise ValueError(f"expected a 3D label map, got shape {lab.shape}")
+        raise InputError(f"expected a 3D label map, got shape {lab.shape}")
     lab = _crop(lab)
     counts = component_counts(lab, min_component_voxels)
     touch = tissue_contacts(lab, contact_connectivity)
@@ -152,7 +153,7 @@ def violation_rates(checks: list[dict[str, bool]] | np.ndarray) -> dict[str, flo
     """Per-check breakdown: the fraction of maps violating each of the 12 checks."""
     arr = checks if isinstance(checks, np.ndarray) else checks_array(checks)
     if arr.shape[0] == 0:
-        raise ValueError("violation rates of an empty cohort are undefined")
+        raise InputError("violation rates of an empty cohort are undefined")
     return {
         col: float(v) for col, v in zip(anatomy.TOPOLOGY_COLUMNS, arr.mean(axis=0), strict=True)
     }
@@ -166,5 +167,5 @@ def tv_percent(checks: list[dict[str, bool]] | np.ndarray) -> float:
         else checks.astype(float)
     )
     if arr.size == 0:
-        raise ValueError("TV% of an empty cohort is undefined")
+        raise InputError("TV% of an empty cohort is undefined")
     return float(100.0 * arr.mean())

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import anatomy
+from ..errors import InputError
 from .bootstrap import bootstrap_indices, percentile_interval
 from .cohort import CohortSummary
 from .overlap import tissue_dice
@@ -83,7 +84,7 @@ def twin_metrics(
     (what the edit itself changed, the autoencoder's loss taken out).
     """
     if len(twin) != 1:
-        raise ValueError(f"expected one twin map, got {len(twin)}")
+        raise InputError(f"expected one twin map, got {len(twin)}")
     n = len(siblings)
     tv = siblings.tv_percent
     rates = siblings.violated.mean(axis=0)

@@ -20,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .. import anatomy
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -138,13 +139,13 @@ PRESETS: dict[str, Preset] = {
 def get_preset(name: str, **overrides) -> Preset:
     """The preset called ``name`` with fields replaced by ``overrides``."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     preset = PRESETS[name]
     if overrides:
         fields = {f.name: f for f in dataclasses.fields(Preset)}
         bad = [k for k in overrides if k not in fields]
         if bad:
-            raise ValueError(
+            raise InputError(
                 f"unknown preset field(s) {', '.join(bad)}; valid: {', '.join(fields)}"
             )
         preset = dataclasses.replace(preset, **overrides)
@@ -166,28 +167,38 @@ def parse_overrides(items: list[str] | None) -> dict:
     fields = {f.name: f for f in dataclasses.fields(Preset)}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
+            raise InputError(
+                f"{{overrides}} expects FIELD=VALUE, got {item!r}", arguments=("overrides",)
+            )
         key, value = item.split("=", 1)
         key = key.strip()
         if key not in fields:
-            raise ValueError(f"unknown preset field {key!r}; valid: {', '.join(fields)}")
+            raise InputError(f"unknown preset field {key!r}; valid: {', '.join(fields)}")
         if key == "name":
-            raise ValueError("--set name=... is not an override; choose the preset with --preset")
-        default = getattr(PRESETS["tiny"], key)
-        if isinstance(default, bool):
-            out[key] = value.lower() in ("1", "true", "yes")
-        elif isinstance(default, int):
-            out[key] = int(value)
-        elif isinstance(default, float):
-            out[key] = float(value)
-        elif isinstance(default, tuple):
-            parts = [p for p in value.strip("()").split(",") if p.strip()]
-            conv = (
-                (lambda s: s.strip().lower() in ("1", "true"))
-                if isinstance(default[0], bool)
-                else type(default[0])
+            raise InputError(
+                "name=... is not an override in {overrides}; choose the preset with {preset}",
+                arguments={"overrides": "overrides", "preset": "get_preset(name)"},
             )
-            out[key] = tuple(conv(p) for p in parts)
-        else:
-            out[key] = value
+        try:
+            default = getattr(PRESETS["tiny"], key)
+            if isinstance(default, bool):
+                out[key] = value.lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                out[key] = int(value)
+            elif isinstance(default, float):
+                out[key] = float(value)
+            elif isinstance(default, tuple):
+                parts = [p for p in value.strip("()").split(",") if p.strip()]
+                conv = (
+                    (lambda s: s.strip().lower() in ("1", "true"))
+                    if isinstance(default[0], bool)
+                    else type(default[0])
+                )
+                out[key] = tuple(conv(p) for p in parts)
+            else:
+                out[key] = value
+        except ValueError as exc:  # int(), float(): a value that is no number
+            raise InputError(
+                f"{{overrides}} {key}={value!r}: {exc}", arguments=("overrides",)
+            ) from None
     return out
