@@ -17,16 +17,19 @@ import siblings.train as T
 from conftest import micro_cli_set
 from siblings.checkpoint import load_tensors
 from siblings.cli import main
+from siblings.diffusion import edm
 from siblings.diffusion.edm import EDMPrecond
 from siblings.models.networks import build_denoiser_net
 
-VAE_LOSS, EDM_LOSS = T.vae_loss, T.edm_loss  # the real ones, before any spy
+# The real losses, before any spy (training calls edm_loss through EDMLoss.loss).
+VAE_LOSS, EDM_LOSS = T.vae_loss, edm.edm_loss
 
 
-def spy_first_call(monkeypatch, name: str) -> dict:
-    """Record the weights, arguments and torch RNG state of the first call of ``T.<name>``."""
+def spy_first_call(monkeypatch, name: str, module=T) -> dict:
+    """Record the weights, arguments and torch RNG state of the first call of
+    ``module.<name>``."""
     seen: dict = {}
-    real = getattr(T, name)
+    real = getattr(module, name)
 
     def spy(model, *args, **kwargs):
         if not seen:
@@ -34,7 +37,7 @@ def spy_first_call(monkeypatch, name: str) -> dict:
             seen["weights"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(T, name, spy)
+    monkeypatch.setattr(module, name, spy)
     return seen
 
 
@@ -84,7 +87,7 @@ def fp32_ldm(micro, tmp_path_factory) -> Path:
 
 
 def test_denoiser_fine_tuning_starts_from_the_init_weights(micro, fp32_ldm, tmp_path, monkeypatch):
-    seen = spy_first_call(monkeypatch, "edm_loss")
+    seen = spy_first_call(monkeypatch, "edm_loss", module=edm)
     out = tmp_path / "ft"
     vae = micro.checkpoint / "vae.safetensors"
     T.train_ldm(micro.data, out, vae, preset=micro.preset, batch=4, init=fp32_ldm, **RUN)
