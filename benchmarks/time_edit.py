@@ -25,6 +25,11 @@ import siblings
 import siblings.editing as editing
 from siblings.data import geometry
 
+try:  # where the run lives now; an older checkout ran it in siblings.editing
+    import siblings.pipelines.edit as edit_pipeline
+except ImportError:
+    edit_pipeline = editing
+
 TIMES: dict[str, list] = {"prepare_twin": [], "unprepare": [], "compose": [], "write_scanner": []}
 
 
@@ -47,9 +52,10 @@ def _timed(key, fn, when=lambda *a, **k: True):
 
 def main() -> None:
     geometry.unprepare = _timed("unprepare", geometry.unprepare)
-    editing.resolve_twin = _timed("prepare_twin", editing.resolve_twin)
-    editing.write_label_map = _timed(
-        "write_scanner", editing.write_label_map, lambda path, lm: _big(lm.shape)
+    run = edit_pipeline if hasattr(edit_pipeline, "resolve_twin") else editing
+    run.resolve_twin = _timed("prepare_twin", run.resolve_twin)
+    run.write_label_map = _timed(
+        "write_scanner", run.write_label_map, lambda path, lm: _big(lm.shape)
     )
     if hasattr(editing, "compose_exact"):
         editing.compose_exact = _timed(

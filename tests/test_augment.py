@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from siblings import anatomy
-from siblings.augment import AugmentStopped, augment, plan_attempt
+from siblings.augment import AugmentStopped, plan_attempt
 from siblings.cli import main
 from siblings.io import LabelMap, read_label_map, write_label_map
 from siblings.metrics.bootstrap import acceptance_rate, wilson_interval
@@ -21,6 +21,7 @@ from siblings.metrics.cohort import HEADLINE_KEYS, measure_map
 from siblings.metrics.condition import Clause, Condition, ConditionError, parse_condition
 from siblings.models.edits import inpaint, perturb
 from siblings.models.ldm import LatentDiffusionModel
+from siblings.pipelines.augment import augment
 
 L = anatomy.LABELS
 STEPS = 2  # sampler steps in these tests: the micro model's maps are noise anyway
@@ -583,7 +584,7 @@ def test_resume_continues_an_interrupted_run_to_the_same_bytes(
 def test_resume_refuses_another_run_and_skips_a_finished_one(
     model, micro, twin_rv, sample_rv, tmp_path, monkeypatch
 ):
-    import siblings.augment as aug
+    import siblings.pipelines.augment as aug
 
     where = filtering_condition(twin_rv, sample_rv)
     out = tmp_path / "out"
@@ -598,7 +599,7 @@ def test_resume_refuses_another_run_and_skips_a_finished_one(
     def no_work(*args, **kwargs):
         raise AssertionError("a finished run was generated again")
 
-    monkeypatch.setattr(aug, "_generate", no_work)
+    monkeypatch.setattr(aug, "generate", no_work)
     again = run_augment(model, micro, out, where, n=3, seed=3, evaluate=False, resume=True)
     assert (again.files, again.attempted) == (first.files, first.attempted)
     assert folder_bytes(out) == before

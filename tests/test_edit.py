@@ -21,13 +21,14 @@ from siblings.data.phantom import make_phantom
 from siblings.data.phantom_scans import place_in_scanner, scanner_affine, write_totalseg_subject
 from siblings.diffusion.edit import start_step
 from siblings.diffusion.edm import karras_sigmas
-from siblings.editing import check_settings, run_edit
+from siblings.editing import check_settings
 from siblings.io import LabelMap, centred_affine, read_label_map, sha256_file, write_label_map
 from siblings.metrics import morphology, topology_checks
 from siblings.metrics.cohort import HEADLINE_KEYS
 from siblings.metrics.twin import dice_table, twin_metrics
 from siblings.models.edits import encode_twin, inpaint, perturb
 from siblings.models.ldm import LatentDiffusionModel
+from siblings.pipelines.edit import run_edit
 from siblings.report.editing import siblings_figure
 
 L = anatomy.LABELS

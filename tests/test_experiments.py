@@ -205,7 +205,7 @@ def test_augmentation_table_has_one_row_per_strategy(full_run):
 
 
 def test_a_strategy_that_accepts_nothing_is_reported_not_fatal(model, micro, tmp_path, monkeypatch):
-    import siblings.augment as api
+    import siblings.pipelines.augment as api
 
     def stops_empty(model, data, where, strategy, n, seed, out, **kw):
         out.mkdir(parents=True)
@@ -306,7 +306,7 @@ def test_cohorts_made_in_two_processes_equal_those_made_in_one(full_run, model, 
 def test_interrupted_augmentation_continues_where_it_stopped(model, micro, tmp_path, monkeypatch):
     import functools
 
-    import siblings.augment as api
+    import siblings.pipelines.augment as api
 
     real = api.augment
 

@@ -16,12 +16,10 @@ import pytest
 import torch
 
 from siblings import anatomy
-from siblings.augment import augment
 from siblings.cli import main
 from siblings.data.phantom import make_phantom
 from siblings.diffusion import edit as diffusion_edit
 from siblings.diffusion.inversion import cross_entropy, invert_latent, soft_dice_loss
-from siblings.editing import run_edit
 from siblings.io import LabelMap, centred_affine, write_label_map
 from siblings.metrics.overlap import kept_tissue_dice
 from siblings.models import edits as edit_mod
@@ -34,6 +32,8 @@ from siblings.models.edits import (
     perturb,
 )
 from siblings.models.ldm import LatentDiffusionModel
+from siblings.pipelines.augment import augment
+from siblings.pipelines.edit import run_edit
 
 
 @pytest.fixture(scope="module")
@@ -417,7 +417,7 @@ def test_the_papers_experiments_encode_with_the_posterior_mean(monkeypatch, tmp_
     """The experiments measure the method as published: every edit asks for 0 steps."""
     from types import SimpleNamespace
 
-    import siblings.augment
+    import siblings.pipelines.augment
     from siblings.experiments import augmentation, makers
 
     asked = {}
@@ -429,7 +429,7 @@ def test_the_papers_experiments_encode_with_the_posterior_mean(monkeypatch, tmp_
         asked.update(kwargs)
         raise Asked
 
-    target = siblings.augment if maker == "augment" else edit_mod
+    target = siblings.pipelines.augment if maker == "augment" else edit_mod
     monkeypatch.setattr(target, "augment" if maker == "augment" else maker, spy)
     seed = SimpleNamespace(key="large", index=0)
     ctx = SimpleNamespace(

@@ -1,4 +1,12 @@
-"""Targeted cohort augmentation: grow a rare subgroup with generated maps (paper §4.5).
+"""Targeted cohort augmentation: the strategies, the attempt plan, the checks and records.
+
+``siblings augment`` grows a rare subgroup with generated maps (paper §4.5); the run
+that reads and writes files is :func:`siblings.pipelines.augment.augment`. This module
+owns what it computes: the settings and their checks (:func:`check_settings`,
+:func:`check_output`, which only looks at the folder), the attempt plan
+(:func:`plan_attempt`), the rare twins' latents and keep masks (:func:`encode_twins`),
+a batch of attempts' maps (:func:`generate`, :func:`attempt_map`), and the records as
+dicts (:func:`accepted_manifest`, :func:`run_summary`); it writes no file.
 
 The rare cohort is every map of a data folder that meets a morphology condition such as
 ``"RV_volume_ml > 115"`` (the paper's 47 twins with a large right ventricle). New maps are
@@ -52,7 +60,8 @@ accepted cohort against the rare cohort). ``OUT`` must be empty or absent.
 Example
 -------
 >>> from siblings.models.ldm import LatentDiffusionModel
->>> from siblings.augment import augment, parse_condition
+>>> from siblings.augment import parse_condition
+>>> from siblings.pipelines.augment import augment
 >>> parse_condition("RV_volume_ml > 115 and LV_volume_ml <= 200").columns
 ('RV_volume_ml', 'LV_volume_ml')
 >>> model = LatentDiffusionModel.load()                                 # doctest: +SKIP
@@ -69,7 +78,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,26 +87,20 @@ import numpy as np
 import torch
 
 from . import anatomy
-from .data.twin import Twin, read_rare_twins
+from .data.twin import Twin
 from .diffusion.edit import latent_keep_mask, regenerated_tissues, start_step
-from .diffusion.inversion import DEFAULT_INVERT_STEPS
 from .diffusion.keep import KEEP_MODES, KeepMode, compose_exact
 from .errors import InputError, OutputExistsError, SiblingsError
 from .io import (
     LabelMap,
-    read_json,
-    read_label_map,
     stem,
-    write_json,
-    write_label_map,
 )
 from .manifest import provenance
 from .metrics.bootstrap import acceptance_rate, wilson_interval
-from .metrics.cohort import HEADLINE_KEYS, evaluate_maps, measure_map, summarise_maps
+from .metrics.cohort import measure_map
 from .metrics.condition import Condition, parse_condition
-from .models.edits import TwinEncoding, encode_twin, ood_warning
+from .models.edits import TwinEncoding, encode_twin
 from .models.ldm import LatentDiffusionModel
-from .report.evaluation import write_evaluation
 
 PathLike = str | os.PathLike
 
@@ -166,7 +168,7 @@ class AugmentResult:
 # Attempts.
 # ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Attempt:
+class Attempt:
     """One attempt: its index, the twin it edits (if any) and the method parameter."""
 
     index: int
@@ -196,10 +198,10 @@ def plan_attempt(
     raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
-def _generate(
+def generate(
     model: LatentDiffusionModel,
     strategy: str,
-    attempts: list[_Attempt],
+    attempts: list[Attempt],
     latents: dict[int, torch.Tensor],
     masks: dict[int, np.ndarray],
     seed: int,
@@ -216,7 +218,7 @@ def _generate(
         labels = model.decode(model.sample_latents(idx, steps, seed))
         return dict(zip(idx, labels, strict=True))
     # Attempts sharing ψ (perturb) or region (local) share one noise schedule: one run each.
-    groups: dict[Any, list[_Attempt]] = {}
+    groups: dict[Any, list[Attempt]] = {}
     for a in attempts:
         groups.setdefault(a.param, []).append(a)
     for param, group in groups.items():
@@ -232,176 +234,53 @@ def _generate(
 
 
 # ---------------------------------------------------------------------------------
-# Inputs.
+# Settings and inputs.
 # ---------------------------------------------------------------------------------
-def _morphology(lm: LabelMap) -> dict[str, float]:
-    """A map's SPEC §7 morphology by column, as ``siblings evaluate`` measures it."""
-    feats, _ = measure_map(lm)
-    return dict(zip(anatomy.MORPHOLOGY_COLUMNS, feats.tolist(), strict=True))
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Checked parameters of one augment run (see :func:`check_settings`)."""
+
+    condition: Condition
+    strategy: str
+    n: int
+    steps: int
+    batch: int
+    max_attempts: int
+    psis: tuple[float, ...]
+    regions: tuple[str, ...]
+    regen_sets: dict[str, frozenset[str]]
+    dilate: int
+    keep: KeepMode
+    invert_steps: int
+    prefix: str
+
+    def kept_labels(self, region: str) -> list[int]:
+        """Labels a localized attempt regenerating ``region`` keeps."""
+        regen = self.regen_sets[region]
+        return [anatomy.LABELS[x] for x in anatomy.TISSUES if x not in regen]
 
 
-_OURS = re.compile(r"^(?P<prefix>.+)_(?P<k>\d{5})\.(?:nii\.gz|json)$")
-
-
-def _existing(out: Path, prefix: str, resume: bool) -> list[Path]:
-    """Files already in ``out`` (refused unless resuming a folder holding only our files)."""
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: exists and is not a folder")
-    present = sorted(out.iterdir()) if out.exists() else []
-    if present and not resume:
-        raise OutputExistsError(
-            f"{out}: folder is not empty; augment writes into an empty or new folder "
-            "(choose another {out}, remove this one, or {resume} an interrupted run)",
-            arguments=("out", "resume"),
-        )
-    for p in present:
-        m = _OURS.match(p.name)
-        ours = (
-            p.name.startswith(".")
-            or p.name == "augment.json"
-            or (p.name == "report" and p.is_dir())
-            or (m is not None and m["prefix"] == prefix)
-        )
-        if not ours:
-            raise OutputExistsError(
-                f"{out}: holds {p.name}, which augment did not write with prefix {prefix!r}; "
-                "resume only into a folder of a previous augment run"
-            )
-    return present
-
-
-def _resumed(
-    out: Path, prefix: str, signature: dict, condition: Condition
-) -> tuple[list[Path], list[int]]:
-    """Accepted maps of an interrupted run with the same ``signature``, checked again.
-
-    Returns the files and their attempt indices; a half-written last map (a manifest
-    without its map, or the reverse) is removed, to be made again.
-    """
-    files, attempts = [], []
-    k = 0
-    while True:
-        nii, js = out / f"{prefix}_{k:05d}.nii.gz", out / f"{prefix}_{k:05d}.json"
-        if not (nii.exists() and js.exists()):
-            break
-        meta = read_json(js)
-        run = meta.get("augment", {}).get("run")
-        if run != signature:
-            diff = sorted(
-                key
-                for key in set(signature) | set(run or {})
-                if (run or {}).get(key) != signature.get(key)
-            )
-            raise OutputExistsError(
-                f"{js}: made by an augment run with other settings ({', '.join(diff)} differ); "
-                "use another {out}",
-                arguments=("out",),
-            )
-        feats, _ = measure_map(read_label_map(nii))
-        if not condition(feats):
-            raise OutputExistsError(
-                f"{nii}: does not meet {condition}; use another {{out}}", arguments=("out",)
-            )
-        attempt = int(meta["augment"]["attempt"])
-        if attempts and attempt <= attempts[-1]:
-            raise OutputExistsError(
-                f"{js}: attempt {attempt} is out of order; use another {{out}}",
-                arguments=("out",),
-            )
-        files.append(nii)
-        attempts.append(attempt)
-        k += 1
-    for p in out.iterdir() if out.exists() else []:
-        m = _OURS.match(p.name)
-        if m is not None and m["prefix"] == prefix and int(m["k"]) >= k:
-            p.unlink()  # the half-written map of the interruption
-    return files, attempts
-
-
-# ---------------------------------------------------------------------------------
-# The command.
-# ---------------------------------------------------------------------------------
-def augment(
-    model: LatentDiffusionModel,
-    data: PathLike,
+def check_settings(
     where: str | Condition,
     strategy: str,
     n: int,
-    seed: int = 0,
-    out: PathLike = "augmented",
     *,
-    steps: int = 20,
-    batch: int = 8,
-    max_attempts: int | None = None,
-    psis: Sequence[float] = DEFAULT_PSIS,
-    regions: Sequence[str] = DEFAULT_REGIONS,
-    dilate: int | None = None,
-    prefix: str | None = None,
-    resume: bool = False,
-    evaluate: bool = True,
-    k: int = 3,
-    n_boot: int = 1000,
-    figures: bool = True,
-    progress: bool = False,
-    keep: KeepMode = "exact",
-    invert_steps: int = DEFAULT_INVERT_STEPS,
-) -> AugmentResult:
-    """Grow the rare cohort of ``data`` (maps meeting ``where``) by ``n`` accepted maps.
+    steps: int,
+    batch: int,
+    max_attempts: int | None,
+    psis: Sequence[float],
+    regions: Sequence[str],
+    dilate: int | None,
+    default_dilate: int,
+    keep: str,
+    invert_steps: int,
+    prefix: str | None,
+) -> AugmentSettings:
+    """Validate an augment run's parameters; :class:`InputError` naming the argument otherwise.
 
-    Parameters
-    ----------
-    model : the latent diffusion model (:meth:`LatentDiffusionModel.load`).
-    data : folder of real label maps on the model's grid; the rare twins are those
-        meeting ``where``.
-    where : condition on the SPEC §7 morphology columns (:func:`parse_condition`).
-    strategy : ``uncond``, ``perturb`` or ``local`` (module docstring).
-    n : number of maps to accept (≥ 1).
-    seed : RNG seed; attempt ``a`` depends only on ``(seed, a)``.
-    out : output folder, new or empty (or, with ``resume``, a previous run's).
-    steps : sampler steps N (default 20).
-    batch : attempts generated together (does not change the output).
-    max_attempts : stop after this many attempts (default ``max(1000, 50 n)``).
-    psis : perturb's sampling ratios, cycled over twins and rounds (default 0.5, 0.35).
-    regions : local's regenerated tissues, one per twin in turn (default LV, RV; a region
-        may name several tissues, ``"LV,RV"``); a ventricle also regenerates the
-        myocardium (SPEC §4).
-    dilate : local's latent keep-mask dilations (default: the preset's).
-    keep : local's keep mode: ``"exact"`` (default) composes each decoded map with its
-        twin in label space before judging it; ``"latent"``: eq. 5 alone (the paper).
-    invert_steps : perturb and local: each rare twin's latent is its posterior mean
-        refined by this many steps of inversion
-        (:func:`siblings.models.edits.encode_twin`; 0 = the paper's posterior mean).
-        Its round-trip Dice before and after is in ``augment.json`` and every manifest;
-        twins below :data:`~siblings.models.edits.OOD_DICE_THRESHOLD` for a tissue get
-        one ``UserWarning`` line (also in ``augment.json``'s ``warnings``).
-    prefix : file name prefix (default: the strategy).
-    resume : continue an interrupted run in ``out`` (same data, condition, strategy,
-        seed, steps and model; ``n`` and ``max_attempts`` may grow). The result is the
-        same, byte for byte, as an uninterrupted run. A finished run with the same
-        ``n`` is returned as it is, without new work.
-    evaluate : evaluate the accepted cohort against the rare cohort into ``out/report``
-        (skipped, with the reason in ``augment.json``, when either has fewer than k + 1 maps).
-    k, n_boot : precision/recall neighbour rank and bootstrap resamples of the evaluation.
-    figures : PNG figures in the report.
-    progress : show progress bars.
-
-    Returns
-    -------
-    AugmentResult
-
-    Raises
-    ------
-    ValueError (ConditionError, LabelMapError)
-        bad condition, strategy or options; an empty data folder, a bad map in it, a map
-        off the model's grid; no map meeting the condition. Nothing is written.
-    FileExistsError
-        ``out`` is not empty (or, with ``resume``, holds another run). Nothing is written.
-    AugmentStopped
-        ``max_attempts`` reached before ``n`` accepted maps (what was accepted is kept).
+    ``default_dilate`` is the model preset's keep-mask dilation, used when ``dilate`` is
+    None; ``max_attempts`` defaults to ``max(1000, 50 n)`` and ``prefix`` to the strategy.
     """
-    from tqdm.auto import tqdm
-
-    # -- Check everything before writing anything. ---------------------------------
     condition = parse_condition(where)
     if strategy not in STRATEGIES:
         raise InputError(
@@ -444,7 +323,7 @@ def augment(
             raise
         except ValueError as exc:  # an unknown tissue name (anatomy's own error)
             raise InputError(str(exc)) from None
-    dilate_n = model.preset.inpaint_dilations if dilate is None else int(dilate)
+    dilate_n = default_dilate if dilate is None else int(dilate)
     if dilate_n < 0:
         raise InputError(f"{{dilate}} must be >= 0, got {dilate_n}", arguments=("dilate",))
     if keep not in KEEP_MODES:
@@ -456,194 +335,167 @@ def augment(
             f"{{invert_steps}} must be a whole number, 0 or more, got {invert_steps}",
             arguments=("invert_steps",),
         )
-    invert_steps = int(invert_steps)
     prefix = prefix or strategy
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prefix):
         raise InputError(
             f"{{prefix}} {prefix!r}: use letters, digits, '_', '-' or '.'", arguments=("prefix",)
         )
-    out = Path(out)
-    present = _existing(out, prefix, resume)
-    size, voxel = model.preset.size, model.preset.voxel_mm
-    twins = read_rare_twins(
-        data, size, voxel, condition, _morphology, grid_name=model.preset.name, progress=progress
+    return AugmentSettings(
+        condition=condition,
+        strategy=strategy,
+        n=n,
+        steps=steps,
+        batch=batch,
+        max_attempts=max_attempts,
+        psis=psis,
+        regions=regions,
+        regen_sets=regen_sets,
+        dilate=dilate_n,
+        keep=keep,  # type: ignore[arg-type]
+        invert_steps=int(invert_steps),
+        prefix=prefix,
     )
 
-    signature = {
+
+def map_morphology(lm: LabelMap) -> dict[str, float]:
+    """A map's SPEC §7 morphology by column, as ``siblings evaluate`` measures it."""
+    feats, _ = measure_map(lm)
+    return dict(zip(anatomy.MORPHOLOGY_COLUMNS, feats.tolist(), strict=True))
+
+
+OUR_FILE = re.compile(r"^(?P<prefix>.+)_(?P<k>\d{5})\.(?:nii\.gz|json)$")
+
+
+def check_output(out: Path, prefix: str, resume: bool) -> list[Path]:
+    """Files already in ``out`` (refused unless resuming a folder holding only our files)."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a folder")
+    present = sorted(out.iterdir()) if out.exists() else []
+    if present and not resume:
+        raise OutputExistsError(
+            f"{out}: folder is not empty; augment writes into an empty or new folder "
+            "(choose another {out}, remove this one, or {resume} an interrupted run)",
+            arguments=("out", "resume"),
+        )
+    for p in present:
+        m = OUR_FILE.match(p.name)
+        ours = (
+            p.name.startswith(".")
+            or p.name == "augment.json"
+            or (p.name == "report" and p.is_dir())
+            or (m is not None and m["prefix"] == prefix)
+        )
+        if not ours:
+            raise OutputExistsError(
+                f"{out}: holds {p.name}, which augment did not write with prefix {prefix!r}; "
+                "resume only into a folder of a previous augment run"
+            )
+    return present
+
+
+def run_signature(
+    settings: AugmentSettings, seed: int, twins: list[Twin], model: LatentDiffusionModel
+) -> dict[str, Any]:
+    """What a resumed run must share with the interrupted one (in every manifest)."""
+    strategy = settings.strategy
+    return {
         "strategy": strategy,
-        "condition": str(condition),
+        "condition": str(settings.condition),
         "seed": seed,
-        "steps": steps,
-        "psis": list(psis) if strategy == "perturb" else None,
-        "regions": list(regions) if strategy == "local" else None,
-        "dilate": dilate_n if strategy == "local" else None,
-        **({"keep": keep} if strategy == "local" else {}),
-        **({"invert_steps": invert_steps} if strategy != "uncond" else {}),
+        "steps": settings.steps,
+        "psis": list(settings.psis) if strategy == "perturb" else None,
+        "regions": list(settings.regions) if strategy == "local" else None,
+        "dilate": settings.dilate if strategy == "local" else None,
+        **({"keep": settings.keep} if strategy == "local" else {}),
+        **({"invert_steps": settings.invert_steps} if strategy != "uncond" else {}),
         "rare_twins_sha256": [t.sha256 for t in twins],
         "checkpoint_sha256": model.checkpoint_sha256,
     }
-    files: list[Path] = []
-    attempts: list[int] = []
-    if present:
-        files, attempts = _resumed(out, prefix, signature, condition)
-        if len(files) > n:
-            raise OutputExistsError(
-                f"{out}: holds {len(files)} accepted maps, more than {{n}} = {n}; "
-                "use another {out}",
-                arguments=("n", "out"),
-            )
-        done = out / "augment.json"
-        if len(files) == n and done.exists():
-            summary = read_json(done)
-            if summary.get("complete") and summary.get("run") == signature:
-                return _result_from(out, summary, condition, twins, files, attempts)
-    attempted = attempts[-1] + 1 if attempts else 0
 
-    # -- Per-twin latents (posterior means, inverted) and keep masks, once. ----------
-    latents: dict[int, torch.Tensor] = {}
-    masks: dict[int, np.ndarray] = {}
-    encodings: dict[int, TwinEncoding] = {}
-    run_warnings: list[str] = []
-    if strategy != "uncond" and len(files) < n:
-        for j, t in enumerate(
-            tqdm(twins, desc="encode twins", unit="twin", disable=not progress or not invert_steps)
-        ):
-            encodings[j] = encode_twin(model, t.label_map.data, invert_steps)
-            latents[j] = encodings[j].latent.to(torch.float64)
-            if strategy == "local":
-                regen = regen_sets[regions[j % len(regions)]]
-                kept = [anatomy.LABELS[x] for x in anatomy.TISSUES if x not in regen]
-                masks[j] = latent_keep_mask(
-                    t.label_map.data, kept, model.preset.latent_size, dilate_n
-                ).astype(np.float64)
-        msg = ood_warning({twins[j].source.name: e for j, e in encodings.items()})
-        if msg:
-            run_warnings.append(msg)
-            warnings.warn(msg, UserWarning, stacklevel=2)
 
-    # -- Attempt, judge on the written file, keep or drop. ---------------------------
-    out.mkdir(parents=True, exist_ok=True)
-    staging = out / ".candidate.nii.gz"
+def resume_mismatch(js: Path, run: dict | None, signature: dict) -> OutputExistsError:
+    """The error for manifest ``js``, made by a run whose ``run`` differs from ``signature``."""
+    diff = sorted(
+        key for key in set(signature) | set(run or {}) if (run or {}).get(key) != signature.get(key)
+    )
+    return OutputExistsError(
+        f"{js}: made by an augment run with other settings ({', '.join(diff)} differ); "
+        "use another {out}",
+        arguments=("out",),
+    )
+
+
+# ---------------------------------------------------------------------------------
+# The rare twins' latents and keep masks, and one attempt's map.
+# ---------------------------------------------------------------------------------
+@dataclass
+class EncodedTwins:
+    """Each rare twin's encoding, its latent in float64 and (local) its keep mask."""
+
+    encodings: dict[int, TwinEncoding] = field(default_factory=dict)
+    latents: dict[int, torch.Tensor] = field(default_factory=dict)
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def encode_twins(
+    model: LatentDiffusionModel, twins: list[Twin], settings: AugmentSettings, progress: bool
+) -> EncodedTwins:
+    """Encode every rare twin once (inversion), with its latent keep mask for ``local``."""
+    from tqdm.auto import tqdm
+
+    enc = EncodedTwins()
     bar = tqdm(
-        total=n,
-        initial=len(files),
-        desc=f"augment {strategy} ({len(twins)} twins)",
-        unit="map",
-        disable=not progress,
+        twins, desc="encode twins", unit="twin", disable=not progress or not settings.invert_steps
     )
-    try:
-        a0 = attempted
-        while len(files) < n and a0 < max_attempts:
-            todo = [
-                _Attempt(a, *plan_attempt(a, strategy, len(twins), psis, regions))
-                for a in range(a0, min(a0 + batch, max_attempts))
-            ]
-            a0 += len(todo)
-            labels = _generate(model, strategy, todo, latents, masks, seed, steps)
-            for att in todo:
-                if len(files) >= n:
-                    break
-                attempted = att.index + 1
-                lab, seam = labels[att.index], None
-                if strategy == "local" and keep == "exact":
-                    regen = regen_sets[str(att.param)]
-                    kept = [anatomy.LABELS[x] for x in anatomy.TISSUES if x not in regen]
-                    composed = compose_exact(twins[att.twin].label_map.data, lab, kept)  # type: ignore[index]
-                    lab, seam = composed.labels, composed.record()
-                # Judge the file itself: written, read back, measured as `evaluate` does.
-                write_label_map(staging, LabelMap(lab, model.affine))
-                feats, violated = measure_map(read_label_map(staging))
-                morph = dict(zip(anatomy.MORPHOLOGY_COLUMNS, feats.tolist(), strict=True))
-                if not condition(morph):
-                    continue
-                name = f"{prefix}_{len(files):05d}"
-                final = out / f"{name}.nii.gz"
-                os.replace(staging, final)
-                manifest = _manifest(
-                    model, signature, att, twins, regen_sets, masks, len(files), morph, violated
-                )
-                if seam is not None:
-                    manifest["seam"] = seam
-                if att.twin is not None:
-                    manifest["encoding"] = encodings[att.twin].to_dict()
-                write_json(out / f"{name}.json", manifest)  # last: marks the map complete
-                files.append(final)
-                attempts.append(att.index)
-                bar.update(1)
-            bar.set_postfix_str(
-                f"{len(files)} accepted / {attempted} attempted "
-                f"({100 * acceptance_rate(len(files), attempted):.1f}%)"
-            )
-    finally:
-        bar.close()
-        if staging.exists():
-            staging.unlink()
-    if len(files) < n:
-        attempted = max(attempted, max_attempts)
+    for j, t in enumerate(bar):
+        enc.encodings[j] = encode_twin(model, t.label_map.data, settings.invert_steps)
+        enc.latents[j] = enc.encodings[j].latent.to(torch.float64)
+        if settings.strategy == "local":
+            kept = settings.kept_labels(settings.regions[j % len(settings.regions)])
+            enc.masks[j] = latent_keep_mask(
+                t.label_map.data, kept, model.preset.latent_size, settings.dilate
+            ).astype(np.float64)
+    return enc
 
-    complete = len(files) >= n
-    result = AugmentResult(
-        out=out,
-        strategy=strategy,
-        condition=condition,
-        seed=seed,
-        n=n,
-        files=files,
-        attempts=attempts,
-        attempted=attempted,
-        rare_twins=[t.source for t in twins],
-        complete=complete,
-    )
 
-    # -- Evaluate the accepted cohort against the rare cohort. ------------------------
-    evaluation: dict[str, Any]
+def attempt_map(
+    label: np.ndarray, attempt: Attempt, twins: list[Twin], settings: AugmentSettings
+) -> tuple[np.ndarray, dict | None]:
+    """An attempt's map as judged, and its seam record (exact keep composes it with its twin)."""
+    if settings.strategy == "local" and settings.keep == "exact":
+        kept = settings.kept_labels(str(attempt.param))
+        composed = compose_exact(twins[attempt.twin].label_map.data, label, kept)  # type: ignore[index]
+        return composed.labels, composed.record()
+    return label, None
+
+
+def evaluation_skipped(evaluate: bool, accepted: int, n_twins: int, k: int) -> dict | None:
+    """Why the accepted cohort is not evaluated (None when it is)."""
     if not evaluate:
-        evaluation = {"skipped": "not asked for"}
-    elif len(files) < k + 1 or len(twins) < k + 1:
-        evaluation = {
+        return {"skipped": "not asked for"}
+    if accepted < k + 1 or n_twins < k + 1:
+        return {
             "skipped": f"precision/recall with k = {k} need at least {k + 1} maps in each "
-            f"cohort (accepted {len(files)}, rare twins {len(twins)})"
+            f"cohort (accepted {accepted}, rare twins {n_twins})"
         }
-    else:
-        ref = summarise_maps([t.label_map for t in twins], names=[t.source.name for t in twins])
-        coh = summarise_maps((read_label_map(p) for p in files), names=[p.name for p in files])
-        ev = evaluate_maps(coh, ref, k=k, n_boot=n_boot, seed=seed)
-        ev.metrics["cohort_dir"] = str(out)
-        ev.metrics["reference_dir"] = f"{data} where {condition}"
-        write_evaluation(
-            ev,
-            out / "report",
-            figures=figures,
-            title=f"augment {strategy}: {condition} (accepted vs rare twins)",
-        )
-        result.metrics = ev.metrics
-        evaluation = {key: ev.metrics.get(key) for key in HEADLINE_KEYS}
-        evaluation["report"] = "report/report.html"
+    return None
 
-    summary = _summary(
-        result, model, signature, twins, data, where, evaluation, batch, max_attempts, prefix
+
+def stopped(result: AugmentResult, max_attempts: int) -> AugmentStopped:
+    """The error of a run that reached ``max_attempts`` before ``n`` accepted maps."""
+    return AugmentStopped(
+        f"stopped after max_attempts = {max_attempts} attempts with {result.accepted} of "
+        f"{result.n} maps accepted (acceptance rate {100 * result.acceptance_rate:.2f}%); the "
+        f"accepted maps are in {result.out}. Raise {{max_attempts}} (and {{resume}}), loosen "
+        "the condition or try another strategy",
+        result,
+        arguments=("max_attempts", "resume"),
     )
-    summary["warnings"] = run_warnings
-    if encodings:
-        for j, entry in enumerate(summary["rare_twins"]):
-            enc = encodings[j].to_dict()
-            entry["roundtrip_dice_posterior_mean"] = enc["roundtrip_dice_posterior_mean"]
-            entry["roundtrip_dice"] = enc["roundtrip_dice"]
-            entry["out_of_distribution"] = enc["out_of_distribution"]
-    result.summary = summary
-    write_json(out / "augment.json", summary)
-    if not complete:
-        raise AugmentStopped(
-            f"stopped after max_attempts = {max_attempts} attempts with {len(files)} of {n} "
-            f"maps accepted (acceptance rate {100 * result.acceptance_rate:.2f}%); the accepted "
-            f"maps are in {out}. Raise {{max_attempts}} (and {{resume}}), loosen the condition "
-            "or try another strategy",
-            result,
-            arguments=("max_attempts", "resume"),
-        )
-    return result
 
 
+# ---------------------------------------------------------------------------------
+# Records (dicts; the pipeline writes them).
+# ---------------------------------------------------------------------------------
 def _tallies(
     strategy: str,
     n_twins: int,
@@ -668,7 +520,7 @@ def _tallies(
     return by_param, by_twin
 
 
-def _summary(
+def run_summary(
     result: AugmentResult,
     model: LatentDiffusionModel,
     signature: dict,
@@ -676,18 +528,19 @@ def _summary(
     data: PathLike,
     where: str | Condition,
     evaluation: dict,
-    batch: int,
-    max_attempts: int,
-    prefix: str,
+    settings: AugmentSettings,
+    warnings_: list[str],
+    encodings: Mapping[int, TwinEncoding],
 ) -> dict[str, Any]:
     """The contents of ``augment.json`` (no timings: same seed, same bytes)."""
+    batch, max_attempts, prefix = settings.batch, settings.max_attempts, settings.prefix
     psis, regions = signature["psis"] or (), signature["regions"] or ()
     by_param, by_twin = _tallies(
         result.strategy, len(twins), psis, regions, result.attempted, result.attempts
     )
     lo, hi = wilson_interval(result.accepted, result.attempted)
     meta = provenance(model, "augment")
-    return {
+    summary = {
         "complete": result.complete,
         "strategy": result.strategy,
         "method": _METHOD[result.strategy],
@@ -734,38 +587,20 @@ def _summary(
         "model": meta["model"],
         "software": meta["software"],
     }
+    summary["warnings"] = warnings_
+    if encodings:
+        for j, entry in enumerate(summary["rare_twins"]):
+            enc = encodings[j].to_dict()
+            entry["roundtrip_dice_posterior_mean"] = enc["roundtrip_dice_posterior_mean"]
+            entry["roundtrip_dice"] = enc["roundtrip_dice"]
+            entry["out_of_distribution"] = enc["out_of_distribution"]
+    return summary
 
 
-def _result_from(
-    out: Path,
-    summary: dict,
-    condition: Condition,
-    twins: list[Twin],
-    files: list[Path],
-    attempts: list[int],
-) -> AugmentResult:
-    """The result of a finished run, from its ``augment.json`` (resume with nothing to do)."""
-    metrics_path = out / "report" / "metrics.json"
-    return AugmentResult(
-        out=out,
-        strategy=summary["strategy"],
-        condition=condition,
-        seed=summary["seed"],
-        n=summary["n"],
-        files=files,
-        attempts=attempts,
-        attempted=summary["attempted"],
-        rare_twins=[t.source for t in twins],
-        complete=True,
-        summary=summary,
-        metrics=read_json(metrics_path) if metrics_path.exists() else None,
-    )
-
-
-def _manifest(
+def accepted_manifest(
     model: LatentDiffusionModel,
     signature: dict,
-    att: _Attempt,
+    att: Attempt,
     twins: list[Twin],
     regen_sets: Mapping[str, Iterable[str]],
     masks: Mapping[int, np.ndarray],
@@ -819,8 +654,23 @@ __all__ = [
     "DEFAULT_PSIS",
     "DEFAULT_REGIONS",
     "STRATEGIES",
+    "Attempt",
     "AugmentResult",
+    "AugmentSettings",
     "AugmentStopped",
-    "augment",
+    "EncodedTwins",
+    "accepted_manifest",
+    "attempt_map",
+    "check_output",
+    "check_settings",
+    "encode_twins",
+    "evaluation_skipped",
+    "generate",
+    "map_morphology",
+    "parse_condition",
     "plan_attempt",
+    "resume_mismatch",
+    "run_signature",
+    "run_summary",
+    "stopped",
 ]

@@ -60,8 +60,9 @@ def run_demo(
     (bf16 autocast) are passed to :meth:`LatentDiffusionModel.load`. The counts are kept
     small so that the whole tour runs in minutes on a CPU.
     """
-    from .editing import format_run, run_edit
+    from .editing import format_run
     from .models.ldm import LatentDiffusionModel
+    from .pipelines.edit import run_edit
     from .pipelines.sample import sample_cohort
 
     t0 = time.perf_counter()

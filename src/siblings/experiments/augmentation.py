@@ -2,7 +2,7 @@
 
 The rare cohort is the real maps meeting ``where`` (default ``RV_volume_ml > 115``; the
 paper's 47 twins). It is grown by 140 accepted maps with each strategy of
-:func:`siblings.augment.augment` (``uncond``: samples, filtered, at most 3600 drawn as in
+:func:`siblings.pipelines.augment.augment` (``uncond``: samples, filtered, at most 3600 drawn as in
 the paper; ``perturb``: siblings of the rare twins at ψ 0.5 and 0.35, filtered;
 ``local``: LV or RV regenerated, filtered), and each grown cohort is evaluated against
 the rare cohort. This module only calls that API; it does not reimplement it.
@@ -37,10 +37,10 @@ LABELS = {
 
 def _api():
     try:
-        from ..augment import augment, parse_condition
+        from ..pipelines.augment import augment, parse_condition
     except ImportError as exc:  # pragma: no cover - only before siblings.augment exists
         raise NotImplementedError(
-            "the augment experiment needs siblings.augment.augment (the `siblings augment` API), "
+            "the augment experiment needs siblings.pipelines.augment.augment (the `siblings augment` API), "
             f"which is not available in this install ({exc}); the other experiments run without it"
         ) from None
     return augment, parse_condition
@@ -86,7 +86,7 @@ def plan(ctx: ExperimentContext) -> list[CohortSpec]:
 def make_augmented(
     ctx: ExperimentContext, spec: CohortSpec, folder: Path
 ) -> tuple[CohortSummary, dict]:
-    """Run :func:`siblings.augment.augment` into ``folder``; summarise what it accepted."""
+    """Run :func:`siblings.pipelines.augment.augment` into ``folder``; summarise what it accepted."""
     augment, _ = _api()
     from ..augment import AugmentStopped
 

@@ -1,24 +1,421 @@
-"""The ``augment`` pipeline: a rare subgroup of a cohort grown with generated maps.
+"""The ``augment`` pipeline: a rare subgroup of a cohort grown with generated maps (paper §4.5).
 
-Steps: parse the condition (:func:`siblings.metrics.condition.parse_condition`) and check
-the counts before the model loads, load it, then :func:`siblings.augment.augment`
-(read the rare twins, generate attempts batch by batch, keep the maps meeting the
-condition, write each accepted map and its manifest atomically, write ``augment.json``
-and evaluate the accepted cohort against the rare twins).
+:func:`augment` composes :mod:`siblings.augment` (the strategies, the attempt plan, the
+checks and the records) with the files: check every setting and the output folder, read
+the rare twins (:func:`siblings.data.twin.read_rare_twins`), pick up an interrupted run
+(``resume``), encode the twins once, then attempt batch by batch, judging each map on
+the written file and keeping it (map, then manifest) when it meets the condition; last,
+evaluate the accepted cohort against the rare twins into ``out/report`` and write
+``augment.json``. :func:`augment_cohort` is the command's entry: it checks the condition
+and the counts before it loads the model.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from ..augment import DEFAULT_PSIS, DEFAULT_REGIONS, AugmentResult, augment
+from .. import anatomy
+from ..augment import (
+    DEFAULT_PSIS,
+    DEFAULT_REGIONS,
+    OUR_FILE,
+    Attempt,
+    AugmentResult,
+    AugmentSettings,
+    AugmentStopped,
+    EncodedTwins,
+    accepted_manifest,
+    attempt_map,
+    check_output,
+    check_settings,
+    encode_twins,
+    evaluation_skipped,
+    generate,
+    map_morphology,
+    plan_attempt,
+    resume_mismatch,
+    run_signature,
+    run_summary,
+    stopped,
+)
+from ..data.twin import Twin, read_rare_twins
 from ..diffusion.inversion import DEFAULT_INVERT_STEPS
-from ..errors import InputError
-from ..metrics.condition import parse_condition
+from ..diffusion.keep import KeepMode
+from ..errors import InputError, OutputExistsError
+from ..io import LabelMap, read_json, read_label_map, write_json, write_label_map
+from ..metrics.bootstrap import acceptance_rate
+from ..metrics.cohort import HEADLINE_KEYS, evaluate_maps, measure_map, summarise_maps
+from ..metrics.condition import Condition, parse_condition
+from ..models.edits import ood_warning
+from ..models.ldm import LatentDiffusionModel
+from ..report.evaluation import write_evaluation
 from .inputs import ModelSource, resolve_model
 
 PathLike = str | os.PathLike
+
+__all__ = ["AugmentResult", "AugmentStopped", "augment", "augment_cohort", "parse_condition"]
+
+
+def augment(
+    model: LatentDiffusionModel,
+    data: PathLike,
+    where: str | Condition,
+    strategy: str,
+    n: int,
+    seed: int = 0,
+    out: PathLike = "augmented",
+    *,
+    steps: int = 20,
+    batch: int = 8,
+    max_attempts: int | None = None,
+    psis: Sequence[float] = DEFAULT_PSIS,
+    regions: Sequence[str] = DEFAULT_REGIONS,
+    dilate: int | None = None,
+    prefix: str | None = None,
+    resume: bool = False,
+    evaluate: bool = True,
+    k: int = 3,
+    n_boot: int = 1000,
+    figures: bool = True,
+    progress: bool = False,
+    keep: KeepMode = "exact",
+    invert_steps: int = DEFAULT_INVERT_STEPS,
+) -> AugmentResult:
+    """Grow the rare cohort of ``data`` (maps meeting ``where``) by ``n`` accepted maps.
+
+    Parameters
+    ----------
+    model : the latent diffusion model (:meth:`LatentDiffusionModel.load`).
+    data : folder of real label maps on the model's grid; the rare twins are those
+        meeting ``where``.
+    where : condition on the SPEC §7 morphology columns (:func:`parse_condition`).
+    strategy : ``uncond``, ``perturb`` or ``local`` (:mod:`siblings.augment`).
+    n : number of maps to accept (≥ 1).
+    seed : RNG seed; attempt ``a`` depends only on ``(seed, a)``.
+    out : output folder, new or empty (or, with ``resume``, a previous run's).
+    steps : sampler steps N (default 20).
+    batch : attempts generated together (does not change the output).
+    max_attempts : stop after this many attempts (default ``max(1000, 50 n)``).
+    psis : perturb's sampling ratios, cycled over twins and rounds (default 0.5, 0.35).
+    regions : local's regenerated tissues, one per twin in turn (default LV, RV; a region
+        may name several tissues, ``"LV,RV"``); a ventricle also regenerates the
+        myocardium (SPEC §4).
+    dilate : local's latent keep-mask dilations (default: the preset's).
+    keep : local's keep mode: ``"exact"`` (default) composes each decoded map with its
+        twin in label space before judging it; ``"latent"``: eq. 5 alone (the paper).
+    invert_steps : perturb and local: each rare twin's latent is its posterior mean
+        refined by this many steps of inversion
+        (:func:`siblings.models.edits.encode_twin`; 0 = the paper's posterior mean).
+        Its round-trip Dice before and after is in ``augment.json`` and every manifest;
+        twins below :data:`~siblings.models.edits.OOD_DICE_THRESHOLD` for a tissue get
+        one ``UserWarning`` line (also in ``augment.json``'s ``warnings``).
+    prefix : file name prefix (default: the strategy).
+    resume : continue an interrupted run in ``out`` (same data, condition, strategy,
+        seed, steps and model; ``n`` and ``max_attempts`` may grow). The result is the
+        same, byte for byte, as an uninterrupted run. A finished run with the same
+        ``n`` is returned as it is, without new work.
+    evaluate : evaluate the accepted cohort against the rare cohort into ``out/report``
+        (skipped, with the reason in ``augment.json``, when either has fewer than k + 1 maps).
+    k, n_boot : precision/recall neighbour rank and bootstrap resamples of the evaluation.
+    figures : PNG figures in the report.
+    progress : show progress bars.
+
+    Returns
+    -------
+    AugmentResult
+
+    Raises
+    ------
+    ValueError (ConditionError, LabelMapError)
+        bad condition, strategy or options; an empty data folder, a bad map in it, a map
+        off the model's grid; no map meeting the condition. Nothing is written.
+    FileExistsError
+        ``out`` is not empty (or, with ``resume``, holds another run). Nothing is written.
+    AugmentStopped
+        ``max_attempts`` reached before ``n`` accepted maps (what was accepted is kept).
+    """
+    settings = check_settings(
+        where,
+        strategy,
+        n,
+        steps=steps,
+        batch=batch,
+        max_attempts=max_attempts,
+        psis=psis,
+        regions=regions,
+        dilate=dilate,
+        default_dilate=model.preset.inpaint_dilations,
+        keep=keep,
+        invert_steps=invert_steps,
+        prefix=prefix,
+    )
+    out = Path(out)
+    present = check_output(out, settings.prefix, resume)
+    twins = read_rare_twins(
+        data,
+        model.preset.size,
+        model.preset.voxel_mm,
+        settings.condition,
+        map_morphology,
+        grid_name=model.preset.name,
+        progress=progress,
+    )
+    signature = run_signature(settings, seed, twins, model)
+    files: list[Path] = []
+    attempts: list[int] = []
+    if present:
+        files, attempts = _resumed(out, settings, signature)
+        finished = _finished(out, settings, signature, twins, files, attempts)
+        if finished is not None:
+            return finished
+    encoded = EncodedTwins()
+    run_warnings: list[str] = []
+    if settings.strategy != "uncond" and len(files) < settings.n:
+        encoded = encode_twins(model, twins, settings, progress)
+        msg = ood_warning({twins[j].source.name: e for j, e in encoded.encodings.items()})
+        if msg:
+            run_warnings.append(msg)
+            warnings.warn(msg, UserWarning, stacklevel=2)
+    attempted = _attempt(
+        model, out, settings, signature, seed, twins, encoded, files, attempts, progress
+    )
+    result = AugmentResult(
+        out=out,
+        strategy=settings.strategy,
+        condition=settings.condition,
+        seed=seed,
+        n=settings.n,
+        files=files,
+        attempts=attempts,
+        attempted=attempted,
+        rare_twins=[t.source for t in twins],
+        complete=len(files) >= settings.n,
+    )
+    evaluation = _evaluate(result, twins, data, settings, evaluate=evaluate, k=k, n_boot=n_boot,
+                           figures=figures)  # fmt: skip
+    result.summary = run_summary(
+        result, model, signature, twins, data, where, evaluation, settings, run_warnings,
+        encoded.encodings,
+    )  # fmt: skip
+    write_json(out / "augment.json", result.summary)
+    if not result.complete:
+        raise stopped(result, settings.max_attempts)
+    return result
+
+
+def _resumed(out: Path, settings: AugmentSettings, signature: dict) -> tuple[list[Path], list[int]]:
+    """Accepted maps of an interrupted run with the same ``signature``, checked again.
+
+    Returns the files and their attempt indices; a half-written last map (a manifest
+    without its map, or the reverse) is removed, to be made again.
+    """
+    prefix, condition = settings.prefix, settings.condition
+    files: list[Path] = []
+    attempts: list[int] = []
+    k = 0
+    while True:
+        nii, js = out / f"{prefix}_{k:05d}.nii.gz", out / f"{prefix}_{k:05d}.json"
+        if not (nii.exists() and js.exists()):
+            break
+        meta = read_json(js)
+        run = meta.get("augment", {}).get("run")
+        if run != signature:
+            raise resume_mismatch(js, run, signature)
+        feats, _ = measure_map(read_label_map(nii))
+        if not condition(feats):
+            raise OutputExistsError(
+                f"{nii}: does not meet {condition}; use another {{out}}", arguments=("out",)
+            )
+        attempt = int(meta["augment"]["attempt"])
+        if attempts and attempt <= attempts[-1]:
+            raise OutputExistsError(
+                f"{js}: attempt {attempt} is out of order; use another {{out}}",
+                arguments=("out",),
+            )
+        files.append(nii)
+        attempts.append(attempt)
+        k += 1
+    for p in out.iterdir() if out.exists() else []:
+        m = OUR_FILE.match(p.name)
+        if m is not None and m["prefix"] == prefix and int(m["k"]) >= k:
+            p.unlink()  # the half-written map of the interruption
+    if len(files) > settings.n:
+        raise OutputExistsError(
+            f"{out}: holds {len(files)} accepted maps, more than {{n}} = {settings.n}; "
+            "use another {out}",
+            arguments=("n", "out"),
+        )
+    return files, attempts
+
+
+def _finished(
+    out: Path,
+    settings: AugmentSettings,
+    signature: dict,
+    twins: list[Twin],
+    files: list[Path],
+    attempts: list[int],
+) -> AugmentResult | None:
+    """The result of a finished run with the same settings, from its ``augment.json``."""
+    done = out / "augment.json"
+    if len(files) != settings.n or not done.exists():
+        return None
+    summary = read_json(done)
+    if not (summary.get("complete") and summary.get("run") == signature):
+        return None
+    metrics_path = out / "report" / "metrics.json"
+    return AugmentResult(
+        out=out,
+        strategy=summary["strategy"],
+        condition=settings.condition,
+        seed=summary["seed"],
+        n=summary["n"],
+        files=files,
+        attempts=attempts,
+        attempted=summary["attempted"],
+        rare_twins=[t.source for t in twins],
+        complete=True,
+        summary=summary,
+        metrics=read_json(metrics_path) if metrics_path.exists() else None,
+    )
+
+
+def _attempt(
+    model: LatentDiffusionModel,
+    out: Path,
+    settings: AugmentSettings,
+    signature: dict,
+    seed: int,
+    twins: list[Twin],
+    encoded: EncodedTwins,
+    files: list[Path],
+    attempts: list[int],
+    progress: bool,
+) -> int:
+    """Attempt batch by batch until ``n`` maps are accepted or the attempts run out.
+
+    Appends each accepted map's path and attempt to ``files`` and ``attempts``; returns
+    the attempts judged (all ``max_attempts`` when stopped early).
+    """
+    from tqdm.auto import tqdm
+
+    n, max_attempts = settings.n, settings.max_attempts
+    attempted = attempts[-1] + 1 if attempts else 0
+    out.mkdir(parents=True, exist_ok=True)
+    candidate = out / ".candidate.nii.gz"
+    bar = tqdm(
+        total=n,
+        initial=len(files),
+        desc=f"augment {settings.strategy} ({len(twins)} twins)",
+        unit="map",
+        disable=not progress,
+    )
+    try:
+        a0 = attempted
+        while len(files) < n and a0 < max_attempts:
+            todo = [
+                Attempt(a, *plan_attempt(a, settings.strategy, len(twins), settings.psis,
+                                         settings.regions))
+                for a in range(a0, min(a0 + settings.batch, max_attempts))
+            ]  # fmt: skip
+            a0 += len(todo)
+            labels = generate(
+                model, settings.strategy, todo, encoded.latents, encoded.masks, seed,
+                settings.steps,
+            )  # fmt: skip
+            for att in todo:
+                if len(files) >= n:
+                    break
+                attempted = att.index + 1
+                if _keep_if_accepted(
+                    model, out, candidate, settings, signature, att, labels[att.index], twins,
+                    encoded, files,
+                ):  # fmt: skip
+                    attempts.append(att.index)
+                    bar.update(1)
+            bar.set_postfix_str(
+                f"{len(files)} accepted / {attempted} attempted "
+                f"({100 * acceptance_rate(len(files), attempted):.1f}%)"
+            )
+    finally:
+        bar.close()
+        if candidate.exists():
+            candidate.unlink()
+    return attempted if len(files) >= n else max(attempted, max_attempts)
+
+
+def _keep_if_accepted(
+    model: LatentDiffusionModel,
+    out: Path,
+    candidate: Path,
+    settings: AugmentSettings,
+    signature: dict,
+    att: Attempt,
+    label: Any,
+    twins: list[Twin],
+    encoded: EncodedTwins,
+    files: list[Path],
+) -> bool:
+    """Judge one attempt on its written file; keep it (map, then manifest) if it passes."""
+    lab, seam = attempt_map(label, att, twins, settings)
+    # Judge the file itself: written, read back, measured as `evaluate` does.
+    write_label_map(candidate, LabelMap(lab, model.affine))
+    feats, violated = measure_map(read_label_map(candidate))
+    morph = dict(zip(anatomy.MORPHOLOGY_COLUMNS, feats.tolist(), strict=True))
+    if not settings.condition(morph):
+        return False
+    name = f"{settings.prefix}_{len(files):05d}"
+    final = out / f"{name}.nii.gz"
+    os.replace(candidate, final)
+    manifest = accepted_manifest(
+        model, signature, att, twins, settings.regen_sets, encoded.masks, len(files), morph,
+        violated,
+    )  # fmt: skip
+    if seam is not None:
+        manifest["seam"] = seam
+    if att.twin is not None:
+        manifest["encoding"] = encoded.encodings[att.twin].to_dict()
+    write_json(out / f"{name}.json", manifest)  # last: marks the map complete
+    files.append(final)
+    return True
+
+
+def _evaluate(
+    result: AugmentResult,
+    twins: list[Twin],
+    data: PathLike,
+    settings: AugmentSettings,
+    *,
+    evaluate: bool,
+    k: int,
+    n_boot: int,
+    figures: bool,
+) -> dict[str, Any]:
+    """Evaluate the accepted cohort against the rare twins into ``out/report``; headline."""
+    skipped = evaluation_skipped(evaluate, result.accepted, len(twins), k)
+    if skipped is not None:
+        return skipped
+    ref = summarise_maps([t.label_map for t in twins], names=[t.source.name for t in twins])
+    coh = summarise_maps(
+        (read_label_map(p) for p in result.files), names=[p.name for p in result.files]
+    )
+    ev = evaluate_maps(coh, ref, k=k, n_boot=n_boot, seed=result.seed)
+    ev.metrics["cohort_dir"] = str(result.out)
+    ev.metrics["reference_dir"] = f"{data} where {result.condition}"
+    write_evaluation(
+        ev,
+        result.out / "report",
+        figures=figures,
+        title=f"augment {result.strategy}: {result.condition} (accepted vs rare twins)",
+    )
+    result.metrics = ev.metrics
+    evaluation: dict[str, Any] = {key: ev.metrics.get(key) for key in HEADLINE_KEYS}
+    evaluation["report"] = "report/report.html"
+    return evaluation
 
 
 def check_counts(
@@ -66,7 +463,7 @@ def augment_cohort(
 
     ``model`` is a loaded model or a function loading it, called once the condition and
     the counts have been checked. The parameters are those of
-    :func:`siblings.augment.augment`; :class:`siblings.augment.AugmentStopped` is raised
+    :func:`augment`; :class:`siblings.augment.AugmentStopped` is raised
     when ``max_attempts`` runs out (what was accepted is kept).
     """
     parse_condition(where)

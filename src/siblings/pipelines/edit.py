@@ -1,24 +1,446 @@
 """The ``edit`` pipeline: digital siblings of one twin, written with a report (SPEC §4).
 
-Steps, in order, nothing written before the last: check the settings
-(:func:`siblings.editing.check_settings`) and the output folder
-(:func:`siblings.editing.check_output`), load the model, then
-:func:`siblings.editing.run_edit` (resolve the twin onto the model grid, encode it, make
-the siblings, measure them and write everything through a staging folder renamed onto
-``out``).
+:func:`run_edit` in four steps, nothing written before the last: check the settings
+(:func:`siblings.editing.check_settings`) and the output folder; resolve the twin onto
+the model grid (:func:`siblings.data.twin.resolve_twin`) and the optional reference
+cohort; encode the twin and make the siblings in memory (:mod:`siblings.models.edits`);
+write the siblings, their manifests, the twin and the report into a staging folder
+renamed onto ``out`` (:func:`siblings.pipelines.staging.staging`). The records are built
+by :mod:`siblings.editing`; this module only reads, composes and writes.
+:func:`edit_twin` is the command's entry: it checks every argument before it loads the
+model.
 """
 
 from __future__ import annotations
 
 import os
+import time
+import warnings
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
+
+from ..data import geometry
+from ..data.twin import Twin, resolve_twin
 from ..diffusion.inversion import DEFAULT_INVERT_STEPS
-from ..editing import EditRun, check_output, check_settings, run_edit
+from ..diffusion.keep import KeepMode
+from ..editing import (
+    EditRecords,
+    EditRun,
+    EditSettings,
+    check_output,
+    check_settings,
+    edit_records,
+    missing_tissue_warning,
+    report_figures,
+    run_metrics,
+    run_record,
+    scanner_manifest,
+    scanner_sibling,
+    sibling_manifest,
+    twin_record,
+)
 from ..errors import InputError
+from ..io import LabelMap, LabelMapError, write_bytes, write_json, write_label_map
+from ..models.edits import EditResult, TwinEncoding, encode_twin, inpaint, ood_warning, perturb
+from ..models.ldm import LatentDiffusionModel
 from .inputs import ModelSource, resolve_model
+from .staging import staging
 
 PathLike = str | os.PathLike
+
+
+def run_edit(
+    model: LatentDiffusionModel,
+    twin: PathLike | Twin,
+    out: PathLike,
+    method: str,
+    *,
+    n: int = 60,
+    steps: int = 20,
+    seed: int = 0,
+    batch: int = 8,
+    psi: float | None = None,
+    regenerate: Iterable[str] | str | None = None,
+    dilate: int | None = None,
+    keep_background: bool = False,
+    with_myocardium: bool = True,
+    fresh_noise: bool = False,
+    keep: KeepMode = "exact",
+    invert_steps: int = DEFAULT_INVERT_STEPS,
+    register_to: PathLike | Literal["phantom", "none"] | None = "phantom",
+    interpolation: geometry.Interpolation = "linear",
+    reference: PathLike | None = None,
+    n_boot: int = 1000,
+    figure_siblings: int = 5,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> EditRun:
+    """Make ``n`` siblings of ``twin`` and write them, their manifests and a report.
+
+    Parameters
+    ----------
+    model : the latent diffusion model (:meth:`LatentDiffusionModel.load`).
+    twin : a twin file or TotalSegmentator subject folder
+        (:func:`siblings.data.twin.resolve_twin`), or a resolved :class:`Twin`.
+    out : output folder (must not exist or be empty, unless ``overwrite``).
+    method : ``"perturb"`` (needs ``psi``) or ``"local"`` (needs ``regenerate``).
+    n, steps, seed, batch : number of siblings, sampler steps, RNG seed, maps per batch.
+        Sibling ``i`` depends only on (twin, method parameters, seed, i).
+    psi : sampling ratio ψ ∈ (0, 1] of perturbational editing.
+    regenerate, dilate, keep_background, with_myocardium, fresh_noise : localized
+        editing (:func:`siblings.models.edits.inpaint`).
+    keep : localized editing: ``"exact"`` (default) composes every sibling with the twin
+        in label space (:func:`siblings.diffusion.keep.compose_exact`), on the model grid
+        and again on the twin's own grid with its original voxels, so kept tissues are
+        the twin's exactly in both; ``"latent"`` is the paper's eq. 5 alone.
+    invert_steps : the twin's latent is its posterior mean refined by this many steps of
+        inversion (:func:`siblings.models.edits.encode_twin`; 0 = the paper's posterior
+        mean). Its round-trip Dice per tissue before and after is in ``run.json``, every
+        manifest and the report; below
+        :data:`~siblings.models.edits.OOD_DICE_THRESHOLD` for any tissue, the run warns
+        that the twin is out of the model's distribution.
+    register_to, interpolation : preparation of a twin from another space.
+    reference : optional folder of real maps on the model grid: the siblings are also
+        evaluated against it (FD, precision, recall), in ``out/report/reference/``.
+    n_boot : bootstrap resamples for the report's intervals.
+    figure_siblings : siblings shown beside the twin in ``report/siblings.png``.
+    overwrite : replace an existing non-empty ``out``.
+    progress : progress bar.
+
+    Returns
+    -------
+    EditRun
+        What was written and measured.
+
+    Warnings (``UserWarning``, also in ``run.json``'s ``warnings``) name the tissues a
+    twin lacks, and the tissues its round trip does not reconstruct (out of the model's
+    distribution), one line each. Every input is checked before the first sibling is
+    computed; files appear in ``out`` only when the whole run has succeeded.
+    """
+    t0 = time.perf_counter()
+    settings = check_settings(
+        method,
+        n=n,
+        steps=steps,
+        seed=seed,
+        batch=batch,
+        psi=psi,
+        regenerate=regenerate,
+        dilate=dilate,
+        keep_background=keep_background,
+        with_myocardium=with_myocardium,
+        fresh_noise=fresh_noise,
+        keep=keep,
+        invert_steps=invert_steps,
+    )
+    if n_boot < 0:
+        raise InputError(f"{{n_boot}} must be 0 or more, got {n_boot}", arguments=("n_boot",))
+    out = check_output(out, overwrite)
+    twin = _resolve(model, twin, register_to, interpolation, progress)
+    ref_summary = _reference_summary(model, twin, reference)
+    run_warnings: list[str] = []
+    msg = missing_tissue_warning(twin)
+    if msg:
+        run_warnings.append(msg)
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    encoding = _encode(model, twin, settings)
+    msg = ood_warning({str(twin.source): encoding})
+    if msg:
+        run_warnings.append(msg)
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    result = _make_siblings(model, twin, settings, encoding, progress)
+    return _write_run(
+        model,
+        twin,
+        out,
+        settings,
+        result,
+        encoding.reconstruction,
+        ref_summary,
+        reference,
+        n_boot=n_boot,
+        figure_siblings=figure_siblings,
+        warnings_=run_warnings,
+        t0=t0,
+        progress=progress,
+    )
+
+
+def _resolve(
+    model: LatentDiffusionModel,
+    twin: PathLike | Twin,
+    register_to: PathLike | str | None,
+    interpolation: geometry.Interpolation,
+    progress: bool,
+) -> Twin:
+    """The twin on the model's grid: read and, from another space, prepared."""
+    size = model.preset.size
+    if not isinstance(twin, Twin):
+        twin = resolve_twin(
+            twin, size, register_to=register_to, interpolation=interpolation, progress=progress
+        )
+    if twin.label_map.shape != (size,) * 3:
+        raise LabelMapError(twin.source, f"twin is not on the model's {size}³ grid")
+    return twin
+
+
+def _reference_summary(
+    model: LatentDiffusionModel, twin: Twin, reference: PathLike | None
+) -> Any | None:
+    """The measured reference cohort on the twin's grid (None without ``reference``)."""
+    if reference is None:
+        return None
+    from ..metrics.cohort import Grid, summarise_folder
+
+    grid = Grid.of(LabelMap(twin.label_map.data, model.affine))
+    return summarise_folder(reference, grid=grid, workers=1)
+
+
+def _encode(model: LatentDiffusionModel, twin: Twin, settings: EditSettings) -> TwinEncoding:
+    """The latent the edits start from, and whether the model reconstructs this twin."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="twin has no")  # reported by run_edit
+        return encode_twin(model, twin.label_map.data, settings.invert_steps)
+
+
+def _make_siblings(
+    model: LatentDiffusionModel,
+    twin: Twin,
+    settings: EditSettings,
+    encoding: TwinEncoding,
+    progress: bool,
+) -> EditResult:
+    """The siblings, in memory (the model-space maps are small: 60 × 64³ bytes = 16 MB)."""
+    arr = twin.label_map.data
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="twin has no")  # reported by run_edit
+        if settings.method == "perturb":
+            assert settings.psi is not None
+            return perturb(
+                model,
+                arr,
+                settings.psi,
+                settings.n,
+                settings.steps,
+                settings.seed,
+                batch=settings.batch,
+                progress=progress,
+                encoding=encoding,
+            )
+        return inpaint(
+            model,
+            arr,
+            regenerate=settings.regenerate,
+            n=settings.n,
+            dilate=settings.dilate,
+            keep_background=settings.keep_background,
+            with_myocardium=settings.with_myocardium,
+            fresh_noise=settings.fresh_noise,
+            steps=settings.steps,
+            seed=settings.seed,
+            batch=settings.batch,
+            progress=progress,
+            keep=settings.keep or "exact",
+            encoding=encoding,
+        )
+
+
+def _write_run(
+    model: LatentDiffusionModel,
+    twin: Twin,
+    out: Path,
+    settings: EditSettings,
+    result: EditResult,
+    reconstruction: np.ndarray,
+    ref_summary: Any | None,
+    reference: PathLike | None,
+    *,
+    n_boot: int,
+    figure_siblings: int,
+    warnings_: list[str],
+    t0: float,
+    progress: bool,
+) -> EditRun:
+    """Everything the run writes, through a staging folder renamed onto ``out``."""
+    from tqdm.auto import tqdm
+
+    records = edit_records(twin, settings, result, reconstruction)
+    bar = tqdm(
+        total=len(records.names) * (2 if twin.in_other_space else 1),
+        desc="write",
+        unit="map",
+        disable=not progress,
+    )
+    with staging(out) as stage:
+        sib_paths = _write_siblings(stage, out, model, twin, settings, result, records, bar)
+        scan_paths, scanner_kept_dice = _write_scanner_siblings(
+            stage, out, twin, settings, result, records, bar
+        )
+        bar.close()
+        _write_twin(stage, model, twin, reconstruction, records)
+        metrics, seconds = _write_report(
+            stage,
+            out,
+            model,
+            twin,
+            settings,
+            result,
+            records,
+            reconstruction,
+            scanner_kept_dice,
+            ref_summary,
+            reference,
+            n_boot=n_boot,
+            figure_siblings=figure_siblings,
+            warnings_=warnings_,
+            t0=t0,
+        )
+    return EditRun(
+        out=out,
+        twin=twin,
+        result=result,
+        siblings=sib_paths,
+        scanner=scan_paths,
+        metrics=metrics,
+        warnings=warnings_,
+        seconds=seconds,
+    )
+
+
+def _write_siblings(
+    stage: Path,
+    out: Path,
+    model: LatentDiffusionModel,
+    twin: Twin,
+    settings: EditSettings,
+    result: EditResult,
+    records: EditRecords,
+    bar: Any,
+) -> list[Path]:
+    """Model-space siblings and their manifests; their final paths under ``out``."""
+    paths = []
+    for k, (name, lab) in enumerate(zip(records.names, result.labels, strict=True)):
+        write_label_map(stage / f"{name}.nii.gz", LabelMap(lab, model.affine))
+        manifest = sibling_manifest(model, settings, result, records, k, twin.in_other_space)
+        write_json(stage / f"{name}.json", manifest)
+        paths.append(out / f"{name}.nii.gz")
+        bar.update(1)
+    return paths
+
+
+def _write_scanner_siblings(
+    stage: Path,
+    out: Path,
+    twin: Twin,
+    settings: EditSettings,
+    result: EditResult,
+    records: EditRecords,
+    bar: Any,
+) -> tuple[list[Path], list[dict[str, float]]]:
+    """The siblings on the twin's original grid, one at a time (scan grids are large).
+
+    Returns their final paths and their kept-tissue Dice (empty without another space).
+    """
+    paths: list[Path] = []
+    kept_dice: list[dict[str, float]] = []
+    if not twin.in_other_space:
+        return paths, kept_dice
+    for name, lab in zip(records.names, result.labels, strict=True):
+        back, record = scanner_sibling(lab, twin, settings, kept=result.kept)
+        write_label_map(stage / "scanner" / f"{name}.nii.gz", back)
+        if "kept_dice" in record:
+            kept_dice.append(record["kept_dice"])
+        write_json(
+            stage / "scanner" / f"{name}.json", scanner_manifest(name, twin, records, back, record)
+        )
+        paths.append(out / "scanner" / f"{name}.nii.gz")
+        bar.update(1)
+    return paths, kept_dice
+
+
+def _write_twin(
+    stage: Path,
+    model: LatentDiffusionModel,
+    twin: Twin,
+    reconstruction: np.ndarray,
+    records: EditRecords,
+) -> None:
+    """``twin/``: the twin in model space, its VAE reconstruction, transform and record."""
+    affine = model.affine
+    write_label_map(stage / "twin" / "twin.nii.gz", LabelMap(twin.label_map.data, affine))
+    write_label_map(
+        stage / "twin" / "twin_vae_reconstruction.nii.gz", LabelMap(reconstruction, affine)
+    )
+    if twin.transform is not None:
+        twin.transform.save(stage / "twin" / "twin.xfm.json")
+    write_json(stage / "twin" / "twin.json", twin_record(twin, affine, records))
+
+
+def _write_report(
+    stage: Path,
+    out: Path,
+    model: LatentDiffusionModel,
+    twin: Twin,
+    settings: EditSettings,
+    result: EditResult,
+    records: EditRecords,
+    reconstruction: np.ndarray,
+    scanner_kept_dice: list[dict[str, float]],
+    ref_summary: Any | None,
+    reference: PathLike | None,
+    *,
+    n_boot: int,
+    figure_siblings: int,
+    warnings_: list[str],
+    t0: float,
+) -> tuple[dict[str, Any], float]:
+    """``report/`` and ``run.json``; the run's metrics and its seconds."""
+    from ..metrics.cohort import HEADLINE_KEYS, evaluate_maps, summarise_maps
+    from ..report import editing as report
+    from ..report.evaluation import write_evaluation
+
+    affine = model.affine
+    sib_summary = summarise_maps(
+        [LabelMap(x, affine) for x in result.labels],
+        names=[f"{m}.nii.gz" for m in records.names],
+    )
+    twin_summary = summarise_maps([LabelMap(twin.label_map.data, affine)], names=["twin.nii.gz"])
+    metrics = run_metrics(
+        sib_summary,
+        twin_summary,
+        settings,
+        result,
+        records,
+        reconstruction,
+        scanner_kept_dice,
+        n_boot,
+    )
+    if ref_summary is not None:
+        ev = evaluate_maps(sib_summary, ref_summary, n_boot=n_boot, seed=settings.seed)
+        ev.metrics["cohort_dir"] = f"{out} (siblings)"
+        ev.metrics["reference_dir"] = str(reference)
+        write_evaluation(
+            ev, stage / "report" / "reference", title="siblings against a reference cohort"
+        )
+        metrics["against_reference"] = {key: ev.metrics.get(key) for key in HEADLINE_KEYS}
+        metrics["against_reference"]["reference_dir"] = str(reference)
+    figures = report_figures(
+        twin, settings, result, sib_summary, twin_summary, metrics, figure_siblings
+    )
+    seconds = time.perf_counter() - t0
+    record = run_record(model, twin, settings, result, records, warnings_, seconds)
+    page = report.edit_report_html(metrics, figures, record, sib_summary)
+    for fname, data in figures.items():
+        write_bytes(stage / "report" / fname, data)
+    write_bytes(stage / "report" / "per_map.csv", sib_summary.per_map_csv().encode())
+    write_bytes(stage / "report" / "twin_per_map.csv", twin_summary.per_map_csv().encode())
+    write_json(stage / "report" / "metrics.json", metrics)
+    write_bytes(stage / "report" / "report.html", page.encode())
+    write_json(stage / "run.json", record)
+    return metrics, seconds
 
 
 def edit_twin(
@@ -50,7 +472,7 @@ def edit_twin(
 
     ``model`` is a loaded model or a function loading it, called once every argument and
     the output folder have been checked. The other parameters are those of
-    :func:`siblings.editing.run_edit`. Returns the run (what :func:`format_run` prints).
+    :func:`run_edit`. Returns the run (what :func:`siblings.editing.format_run` prints).
     """
     local = method == "local"
     check_settings(
