@@ -35,6 +35,11 @@ from siblings.data import totalseg as ts
 from siblings.data.phantom_scans import EXPECTED_REASON, make_totalseg_dataset
 from siblings.io import read_label_map
 
+try:  # the run that writes the folder; an older checkout had it in siblings.data.totalseg
+    from siblings.pipelines.prepare import prepare_totalsegmentator
+except ImportError:
+    prepare_totalsegmentator = ts.prepare_totalsegmentator
+
 L = anatomy.LABELS
 FAULTS = {2: "missing_class", 5: "empty_class", 7: "truncated"}
 
@@ -101,11 +106,11 @@ def main() -> None:
             seed=args.seed,
         )
         t1 = time.perf_counter()
-        summary = ts.prepare_totalsegmentator(
+        summary = prepare_totalsegmentator(
             root / "src", root / "out", size=args.size, workers=args.workers, progress=False
         )
         t2 = time.perf_counter()
-        rerun = ts.prepare_totalsegmentator(
+        rerun = prepare_totalsegmentator(
             root / "src", root / "out", size=args.size, workers=args.workers, progress=False
         )
         t3 = time.perf_counter()

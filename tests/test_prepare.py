@@ -22,6 +22,7 @@ from siblings.data.phantom_scans import (
     write_totalseg_subject,
 )
 from siblings.io import centred_affine, list_label_maps, read_json, read_label_map
+from siblings.pipelines.prepare import prepare_totalsegmentator
 
 L = anatomy.LABELS
 FAULTS = {
@@ -230,7 +231,7 @@ def test_rerun_skips_finished_subjects_and_redoes_only_missing_ones(prepared, tm
     )
     stamps = {p: p.stat().st_mtime_ns for p in files if p.name != "prepare.json"}
 
-    summary = ts.prepare_totalsegmentator(prepared["src"], out, size=64, workers=1, progress=False)
+    summary = prepare_totalsegmentator(prepared["src"], out, size=64, workers=1, progress=False)
     assert summary["skipped"] == len(subjects) + 1  # + the meta.csv-only subject
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
@@ -238,7 +239,7 @@ def test_rerun_skips_finished_subjects_and_redoes_only_missing_ones(prepared, tm
     before = (out / f"{redo}.nii.gz").read_bytes()
     for suffix in (".nii.gz", ".xfm.json", ".json"):
         (out / f"{redo}{suffix}").unlink()
-    summary = ts.prepare_totalsegmentator(prepared["src"], out, size=64, workers=1, progress=False)
+    summary = prepare_totalsegmentator(prepared["src"], out, size=64, workers=1, progress=False)
     assert summary["skipped"] == len(subjects)
     assert (out / f"{redo}.nii.gz").read_bytes() == before  # same reference, same bytes
     changed = [p.name for p, t in stamps.items() if p.stat().st_mtime_ns != t]
@@ -251,7 +252,7 @@ def test_rerun_skips_finished_subjects_and_redoes_only_missing_ones(prepared, tm
 def test_v2_total_only_dataset_is_refused_with_a_clear_reason(tmp_path, capsys):
     make_totalseg_dataset(tmp_path / "v2", n=2, phantom_size=32, layouts=("v2-total",))
     with pytest.raises(ValueError, match="only the whole heart") as err:
-        ts.prepare_totalsegmentator(tmp_path / "v2", tmp_path / "out", size=32, progress=False)
+        prepare_totalsegmentator(tmp_path / "v2", tmp_path / "out", size=32, progress=False)
     assert "heartchambers_highres" in str(err.value)
     code = cli.main(
         ["prepare", "totalsegmentator", str(tmp_path / "v2"), "--out", str(tmp_path / "o")]
@@ -293,7 +294,7 @@ def test_given_reference_and_in_process_run(prepared, tmp_path):
     src = tmp_path / "ds"
     make_totalseg_dataset(src, n=2, phantom_size=64, seed=5)
     ref = prepared["out"] / f"{kept_rows(prepared)[0]['subject']}.nii.gz"
-    summary = ts.prepare_totalsegmentator(
+    summary = prepare_totalsegmentator(
         src, tmp_path / "out", size=64, workers=1, reference=ref, progress=False
     )
     assert summary["prepared"] == 2
@@ -412,7 +413,7 @@ def test_issue_acceptance_at_paper_resolution(tmp_path):
         seed=1,
     )
     out = tmp_path / "out"
-    ts.prepare_totalsegmentator(tmp_path / "src", out, size=128, workers=2, progress=False)
+    prepare_totalsegmentator(tmp_path / "src", out, size=128, workers=2, progress=False)
     exclusions = ts.read_exclusions(out)
     assert {s: r.split(":")[0] for s, r in exclusions.items()} == {
         f"s{i:04d}": EXPECTED_REASON[f] for i, f in faults.items()

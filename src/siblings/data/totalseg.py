@@ -1,4 +1,7 @@
-"""TotalSegmentator ingest, quality control and cohort preparation (SPEC §2).
+"""TotalSegmentator ingest, quality control and per-subject preparation (SPEC §2).
+
+This module reads and computes; it writes no file. The cohort run that writes the
+prepared folder is :func:`siblings.pipelines.prepare.prepare_totalsegmentator`.
 
 Layouts (one folder per subject under the dataset root, subject name = folder name):
 
@@ -14,7 +17,7 @@ Layouts (one folder per subject under the dataset root, subject name = folder na
 - **v2 total only** (``<subject>/segmentations/heart.nii.gz``, no chambers) is refused
   with a reason saying how to get the chambers.
 
-Per subject (each step recorded in ``DIR/<subject>.json``): completeness (all six
+Per subject (:func:`prepare_subject`; each step recorded in ``DIR/<subject>.json``): completeness (all six
 classes present and non-empty), truncation (no chamber or myocardium voxel on the
 scan's outer faces), plausible chamber volumes, then
 :func:`siblings.data.geometry.prepare_label_map` (resample, reorient, crop, rigid
@@ -24,7 +27,8 @@ nothing is dropped silently.
 
 Example
 -------
->>> from siblings.data.totalseg import format_summary, prepare_totalsegmentator
+>>> from siblings.data.totalseg import format_summary
+>>> from siblings.pipelines.prepare import prepare_totalsegmentator
 >>> summary = prepare_totalsegmentator("Totalsegmentator_dataset", "prepared128")  # doctest: +SKIP
 >>> print(format_summary(summary))  # kept/excluded counts, reference, reasons  # doctest: +SKIP
 """
@@ -34,14 +38,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import io as _io
-import multiprocessing
 import os
 import re
 import traceback
 import xml.etree.ElementTree as ET
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,10 +56,6 @@ from ..io import (
     LabelMap,
     read_json,
     read_label_map,
-    sha256_file,
-    write_json,
-    write_label_map,
-    write_text,
 )
 from ..manifest import software_versions
 from ..metrics.overlap import dice_matrix
@@ -407,11 +404,11 @@ def _load_and_check(
     return lm, steps
 
 
-def _survey(job: dict) -> dict:
+def survey_subject(job: dict) -> dict:
     """Pass 1 (medoid search): QC plus the reoriented, centred map on a coarse grid.
 
-    Subjects that fail QC get their (final) manifest here; it does not depend on the
-    reference.
+    A subject that fails QC comes back with its (final) ``manifest``, for the caller to
+    write; it does not depend on the reference.
     """
     subject = _subject(job["subject"])
     try:
@@ -423,8 +420,7 @@ def _survey(job: dict) -> dict:
     except Excluded as exc:
         manifest = _base_manifest(subject, job["settings"], None)
         manifest.update(steps=exc.record, status="excluded", reason=exc.reason)
-        _write_manifest(Path(job["out"]), manifest)
-        return {"subject": subject.name, "ok": False, "reason": exc.reason}
+        return {"subject": subject.name, "ok": False, "reason": exc.reason, "manifest": manifest}
     except Exception as exc:  # reported by pass 2, which tries this subject again
         return {
             "subject": subject.name,
@@ -433,7 +429,8 @@ def _survey(job: dict) -> dict:
         }
 
 
-def _outputs(out: Path, name: str) -> dict[str, Path]:
+def subject_outputs(out: Path, name: str) -> dict[str, Path]:
+    """The prepared map, transform and manifest paths of subject ``name`` in ``out``."""
     return {
         "map": out / f"{name}.nii.gz",
         "transform": out / f"{name}.xfm.json",
@@ -451,20 +448,16 @@ def _base_manifest(subject: Subject, settings: dict, reference: dict | None) -> 
     }
 
 
-def _write_manifest(out: Path, manifest: dict) -> None:
-    paths = _outputs(out, manifest["subject"])
-    if manifest["status"] == "excluded":
-        for key in ("map", "transform"):  # no stale outputs from an earlier run
-            paths[key].unlink(missing_ok=True)
-    write_json(paths["manifest"], manifest)
+def prepare_subject(job: dict) -> tuple[dict[str, Any], LabelMap | None, Any]:
+    """Pass 2: one subject from its TotalSegmentator files to its prepared map, in memory.
 
-
-def _prepare_one(job: dict) -> dict:
-    """Pass 2: one subject from its TotalSegmentator files to the prepared outputs."""
+    Returns the subject's manifest, its prepared map and its forward transform; an
+    excluded subject (or one whose preparation raised) has a manifest with ``status``
+    ``"excluded"`` and its ``reason``, and no map. A prepared subject's manifest gets its
+    ``status`` when its files are written.
+    """
     subject = _subject(job["subject"])
     settings = job["settings"]
-    out = Path(job["out"])
-    paths = _outputs(out, subject.name)
     manifest = _base_manifest(subject, settings, job["reference"])
     try:
         lm, steps = _load_and_check(subject, job["bounds"])
@@ -505,13 +498,7 @@ def _prepare_one(job: dict) -> dict:
                 f"field_of_view: {', '.join(cut)} reach{'es' if len(cut) == 1 else ''} the edge of the "
                 f"{anatomy.FIELD_OF_VIEW_MM:g} mm prepared grid (heart larger than the field of view)"
             )
-        write_label_map(paths["map"], prepared)
-        transform.save(paths["transform"])
-        manifest.update(
-            status="prepared",
-            reason="",
-            files={"map": paths["map"].name, "transform": paths["transform"].name},
-        )
+        return manifest, prepared, transform
     except Excluded as exc:
         manifest.setdefault("steps", exc.record)
         manifest.update(status="excluded", reason=exc.reason)
@@ -521,55 +508,12 @@ def _prepare_one(job: dict) -> dict:
             reason=f"error: {type(exc).__name__}: {exc}",
             traceback=traceback.format_exc(),
         )
-    _write_manifest(out, manifest)
-    return manifest
+    return manifest, None, None
 
 
 # ---------------------------------------------------------------------------------
 # The cohort.
 # ---------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _single_threaded_children() -> Iterator[None]:
-    """Worker processes use one BLAS/OpenMP thread each: the parallelism is across
-    subjects, and oversubscribed BLAS threads spin-wait (slower by several times)."""
-    keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update(dict.fromkeys(keys, "1"))
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _run_jobs(
-    fn: Callable[[dict], dict], jobs: list[dict], workers: int, desc: str, progress: bool
-) -> Iterator[dict]:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(jobs), desc=desc, unit="subject", disable=not progress or not jobs)
-    try:
-        if workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                yield fn(job)
-                bar.update()
-            return
-        ctx = multiprocessing.get_context("spawn")
-        with (
-            _single_threaded_children(),
-            ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool,
-        ):
-            futures = [pool.submit(fn, job) for job in jobs]
-            for fut in as_completed(futures):
-                yield fut.result()
-                bar.update()
-    finally:
-        bar.close()
-
-
 def medoid(coarse: dict[str, np.ndarray]) -> tuple[str, dict[str, float]]:
     """The subject with the highest mean Dice (over tissues and other subjects).
 
@@ -590,9 +534,52 @@ def medoid(coarse: dict[str, np.ndarray]) -> tuple[str, dict[str, float]]:
     return names[best], {n: round(float(s), 5) for n, s in zip(names, score, strict=True)}
 
 
-def _settings(
-    size, interpolation, engine, register_size, keep_axis, seed, bounds
+def check_options(size: int, engine: str, interpolation: str) -> None:
+    """Refuse a grid below 16, an unknown engine or interpolation, and ants uninstalled."""
+    if size < 16:
+        raise InputError(f"{{size}} must be at least 16, got {size}", arguments=("size",))
+    if engine not in ("simpleitk", "ants"):
+        raise InputError(f"unknown registration engine {engine!r}; use 'simpleitk' or 'ants'")
+    if interpolation not in ("linear", "nearest"):
+        raise InputError(f"unknown interpolation {interpolation!r}; use 'linear' or 'nearest'")
+    if engine == "ants":
+        try:
+            import ants  # type: ignore[import-not-found]  # noqa: F401
+        except ImportError:
+            raise InputError(
+                "{engine} ants needs antspyx, which is not installed; "
+                "install it with `pip install antspyx` or use {engine} simpleitk",
+                arguments=("engine",),
+            ) from None
+
+
+def check_subjects(src: Path, subjects: list[Subject]) -> None:
+    """Refuse a dataset with no subject, or with only v2 ``total`` subjects (no chambers)."""
+    if not subjects:
+        raise InputError(
+            f"{src}: no TotalSegmentator subjects found (expected <subject>/segmentations/"
+            "<class>.nii.gz, <subject>/heartchambers_highres.nii.gz or "
+            "<subject>/heartchambers_highres/<class>.nii.gz)"
+        )
+    if all(s.layout == "v2-total" for s in subjects):
+        raise InputError(
+            f"{src}: TotalSegmentator v2 `total` layout (segmentations/heart.nii.gz): it has only "
+            "the whole heart, not the four chambers and the myocardium that preparation needs; "
+            "run the heartchambers_highres task (TotalSegmentator -i ct.nii.gz -o "
+            "<subject>/heartchambers_highres -ta heartchambers_highres) and prepare again"
+        )
+
+
+def prepare_settings(
+    size: int,
+    interpolation: str,
+    engine: str,
+    register_size: int,
+    keep_axis: bool,
+    seed: int,
+    bounds: dict[str, tuple[float, float]],
 ) -> dict[str, Any]:
+    """The settings every manifest records; a re-run with other settings redoes all."""
     return {
         "size": int(size),
         "voxel_mm": anatomy.voxel_size_mm(size),
@@ -618,9 +605,9 @@ def _reference_key(info: dict | None) -> str:
     return str(info.get("kind"))
 
 
-def _finished(out: Path, subject: str, settings: dict, reference: dict) -> dict | None:
+def finished_manifest(out: Path, subject: str, settings: dict, reference: dict) -> dict | None:
     """The manifest of a subject already done with these settings, else None."""
-    paths = _outputs(out, subject)
+    paths = subject_outputs(out, subject)
     if not paths["manifest"].is_file():
         return None
     try:
@@ -642,6 +629,7 @@ def _finished(out: Path, subject: str, settings: dict, reference: dict) -> dict 
 
 
 def exclusions_csv(rows: list[tuple[str, str]]) -> str:
+    """``exclusions.csv``'s text: a ``subject,reason`` header, then one row per subject."""
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["subject", "reason"])
@@ -649,7 +637,8 @@ def exclusions_csv(rows: list[tuple[str, str]]) -> str:
     return buf.getvalue()
 
 
-def _job(subject: Subject) -> dict:
+def subject_job(subject: Subject) -> dict:
+    """A subject as a picklable dict (what a worker process gets)."""
     d = asdict(subject)
     d["folder"] = str(subject.folder)
     return d
@@ -657,189 +646,6 @@ def _job(subject: Subject) -> dict:
 
 def _subject(d: dict) -> Subject:
     return Subject(**{**d, "folder": Path(d["folder"])})
-
-
-def prepare_totalsegmentator(
-    src: PathLike,
-    out: PathLike,
-    size: int = 128,
-    workers: int | None = None,
-    reference: PathLike | None = None,
-    engine: geometry.Engine = "simpleitk",
-    seed: int = 0,
-    volume_bounds: dict[str, tuple[float, float]] | None = None,
-    interpolation: geometry.Interpolation = "linear",
-    register_size: int = 48,
-    keep_axis: bool = True,
-    split: str | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Prepare a TotalSegmentator dataset as a cohort of model-space label maps (SPEC §2).
-
-    Parameters
-    ----------
-    src : dataset root (one folder per subject, v1 or v2 layout), or one subject folder.
-    out : output folder; gets ``<subject>.nii.gz`` (prepared map), ``<subject>.xfm.json``
-        (forward transform), ``<subject>.json`` (manifest) for each kept subject,
-        ``<subject>.json`` for each excluded one, ``exclusions.csv`` and ``prepare.json``.
-    size : prepared grid (voxel 179.2 / size mm; 128 → 1.4 mm as in the paper).
-    workers : processes (default: all cores; 1 runs in this process).
-    reference : a prepared map (``size``³, 179.2 mm field of view) to register to;
-        default: the medoid subject, the one with the highest mean Dice to the others
-        after reorientation and centring, on a 32³ grid.
-    engine : registration engine, ``"simpleitk"`` or ``"ants"``.
-    seed : passed to engines that sample randomly (the default engine does not).
-    volume_bounds : plausible chamber volumes in mL (default
-        :data:`DEFAULT_VOLUME_BOUNDS_ML`).
-    interpolation : ``"linear"`` (one-hot + argmax) or ``"nearest"``.
-    register_size : grid of the registration (same field of view, coarser).
-    keep_axis : put the LV→LA axis back on +z after registration.
-    split : keep only subjects of this ``meta.csv`` split.
-    progress : show progress bars.
-
-    Re-running with the same settings skips finished subjects (kept or excluded) and
-    keeps the recorded reference; changed settings redo everything.
-
-    Returns
-    -------
-    dict
-        ``subjects``, ``prepared``, ``excluded``, ``skipped`` (already finished),
-        ``reasons`` (count per kind), ``reference`` and the paths written.
-    """
-    src, out = Path(src), Path(out)
-    if size < 16:
-        raise InputError(f"{{size}} must be at least 16, got {size}", arguments=("size",))
-    if engine not in ("simpleitk", "ants"):
-        raise InputError(f"unknown registration engine {engine!r}; use 'simpleitk' or 'ants'")
-    if interpolation not in ("linear", "nearest"):
-        raise InputError(f"unknown interpolation {interpolation!r}; use 'linear' or 'nearest'")
-    if engine == "ants":
-        try:
-            import ants  # type: ignore[import-not-found]  # noqa: F401
-        except ImportError:
-            raise InputError(
-                "{engine} ants needs antspyx, which is not installed; "
-                "install it with `pip install antspyx` or use {engine} simpleitk",
-                arguments=("engine",),
-            ) from None
-    bounds = volume_bounds if volume_bounds is not None else dict(DEFAULT_VOLUME_BOUNDS_ML)
-    subjects = find_subjects(src, split)
-    if not subjects:
-        raise InputError(
-            f"{src}: no TotalSegmentator subjects found (expected <subject>/segmentations/"
-            "<class>.nii.gz, <subject>/heartchambers_highres.nii.gz or "
-            "<subject>/heartchambers_highres/<class>.nii.gz)"
-        )
-    if all(s.layout == "v2-total" for s in subjects):
-        raise InputError(
-            f"{src}: TotalSegmentator v2 `total` layout (segmentations/heart.nii.gz): it has only "
-            "the whole heart, not the four chambers and the myocardium that preparation needs; "
-            "run the heartchambers_highres task (TotalSegmentator -i ct.nii.gz -o "
-            "<subject>/heartchambers_highres -ta heartchambers_highres) and prepare again"
-        )
-    workers = workers or os.cpu_count() or 1
-    settings = _settings(size, interpolation, engine, register_size, keep_axis, seed, bounds)
-    out.mkdir(parents=True, exist_ok=True)
-    summary_path = out / "prepare.json"
-    by_name = {s.name: s for s in subjects}
-    existed = {s.name for s in subjects if _outputs(out, s.name)["manifest"].is_file()}
-
-    # The reference: given, recorded by an earlier run with these settings, or the medoid.
-    ref_info: dict[str, Any]
-    ref_path: Path | None = None
-    medoid_scores: dict[str, float] = {}
-    if reference is not None:
-        ref_path = Path(reference)
-        read_label_map(ref_path, shape=(size,) * 3, spacing=anatomy.voxel_size_mm(size))
-        ref_info = {"kind": "file", "file": str(ref_path), "sha256": sha256_file(ref_path)}
-    else:
-        previous = read_json(summary_path) if summary_path.is_file() else {}
-        recorded = previous.get("reference", {}) if previous.get("settings") == settings else {}
-        if recorded.get("kind") == "medoid" and recorded.get("subject") in by_name:
-            candidates = [(recorded["subject"], recorded["mean_dice"])]
-        else:
-            survey = [
-                {"subject": _job(s), "bounds": bounds, "settings": settings, "out": str(out)}
-                for s in subjects
-                if _finished(out, s.name, settings, {}) is None
-            ]
-            coarse: dict[str, np.ndarray] = {}
-            for r in _run_jobs(_survey, survey, workers, "survey", progress):
-                if r["ok"]:
-                    coarse[r["subject"]] = r["coarse"]
-            candidates = []
-            if coarse:
-                _, medoid_scores = medoid(coarse)
-                candidates = sorted(medoid_scores.items(), key=lambda kv: (-kv[1], kv[0]))
-        # The reference is the medoid's own prepared map (reoriented and centred, not
-        # registered). Should the medoid fail its last check, the next best one serves.
-        ref_info = {"kind": "none", "reason": "no subject passed quality control"}
-        for name, score in candidates:
-            info = {"kind": "medoid", "subject": name, "mean_dice": score, "grid": MEDOID_SIZE}
-            if _finished(out, name, settings, info) is None:
-                m = _prepare_one(
-                    {
-                        "subject": _job(by_name[name]),
-                        "bounds": bounds,
-                        "settings": settings,
-                        "out": str(out),
-                        "reference": info,
-                        "reference_path": None,
-                        "is_reference": True,
-                    }
-                )
-                if m["status"] != "prepared":
-                    continue
-            ref_info, ref_path = info, _outputs(out, name)["map"]
-            break
-    write_json(
-        summary_path,
-        {"source": str(src), "settings": settings, "reference": ref_info, "status": "running"},
-    )
-
-    manifests: dict[str, dict] = {}
-    todo = []
-    skipped = 0
-    for s in subjects:
-        done = _finished(out, s.name, settings, ref_info)
-        if done is not None:
-            manifests[s.name] = done
-            skipped += s.name in existed
-        else:
-            todo.append(
-                {
-                    "subject": _job(s),
-                    "bounds": bounds,
-                    "settings": settings,
-                    "out": str(out),
-                    "reference": ref_info,
-                    "reference_path": str(ref_path) if ref_path else None,
-                    "is_reference": ref_info.get("subject") == s.name,
-                }
-            )
-    for m in _run_jobs(_prepare_one, todo, workers, "prepare", progress):
-        manifests[m["subject"]] = m
-
-    rows = sorted((n, m["reason"]) for n, m in manifests.items() if m["status"] != "prepared")
-    write_text(out / "exclusions.csv", exclusions_csv(rows))
-    kept = sorted(n for n, m in manifests.items() if m["status"] == "prepared")
-    reasons = Counter(r.split(":", 1)[0] for _, r in rows)
-    summary = {
-        "source": str(src),
-        "settings": settings,
-        "reference": ref_info,
-        "medoid_mean_dice": medoid_scores or None,
-        "status": "done",
-        "subjects": len(subjects),
-        "prepared": len(kept),
-        "excluded": len(rows),
-        "skipped": skipped,
-        "reasons": dict(sorted(reasons.items())),
-        "kept": kept,
-    }
-    write_json(summary_path, summary)
-    summary["out"] = str(out)
-    return summary
 
 
 def read_exclusions(out: PathLike) -> dict[str, str]:
