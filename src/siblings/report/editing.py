@@ -4,7 +4,9 @@
   orthogonal slices through the twin's heart, the twin's outline drawn on every
   sibling (the paper's Fig. 3);
 - :func:`twin_figures`: the evaluation figures with the twin as reference;
-- :func:`edit_report_html`: the self-contained ``report.html``.
+- :func:`edit_report_html`: the self-contained ``report.html``, one section each from
+  :func:`summary_html`, :func:`encoding_html`, :func:`dice_html`, :func:`features_html`,
+  :func:`checks_html` and :func:`settings_html`.
 
 It formats and draws; the numbers (Dice against the twin, TV% and its interval, feature
 changes) come from :func:`siblings.metrics.twin.twin_metrics`.
@@ -257,33 +259,23 @@ def encoding_html(encoding: dict | None) -> str:
     return table + f'<p class="meta">{H.esc(note)}</p>'
 
 
-def edit_report_html(
-    metrics: dict,
-    figures: dict[str, bytes],
-    run: dict,
-    siblings: CohortSummary,
-    title: str | None = None,
-) -> str:
-    """The self-contained report page of one editing run."""
-    m = metrics
-    method = run["method"]
+def method_text(run: dict) -> str:
+    """The run's method in words: ψ and recomputed steps, or what is regenerated and kept."""
     params = run["parameters"]
-    if method == "perturbational":
-        what = (
+    if run["method"] == "perturbational":
+        return (
             f"perturbational editing, ψ = {params['psi']:g} (the last "
             f"{params['recomputed_steps']} of {params['steps']} steps recomputed)"
         )
-    else:
-        what = (
-            f"localized editing, regenerating {', '.join(params['regenerate'])}"
-            f" (kept: {', '.join(params['kept']) or 'nothing'}; keep mask dilated "
-            f"{params['dilate']}×{', background kept' if params['keep_background'] else ''})"
-        )
+    return (
+        f"localized editing, regenerating {', '.join(params['regenerate'])}"
+        f" (kept: {', '.join(params['kept']) or 'nothing'}; keep mask dilated "
+        f"{params['dilate']}×{', background kept' if params['keep_background'] else ''})"
+    )
 
-    def fig(name: str) -> str:
-        return H.figure(figures[name], FIGURES[name]) if name in figures else ""
 
-    ref = m["reference"]
+def summary_html(m: dict) -> str:
+    """The summary table (counts, violations, FD/P/R against a reference) and its note."""
     summary_rows = [
         ["siblings", m["n"], "", "1 twin"],
         *H.violation_rows(m),
@@ -322,7 +314,11 @@ def edit_report_html(
         )
         + "</p>"
     )
-    # Dice against the twin.
+    return summary + note
+
+
+def dice_html(m: dict) -> str:
+    """Dice of each tissue against the twin and its VAE reconstruction ("" without any)."""
     dice_rows = []
     kept = m.get("kept_dice", {})
     recon = m.get("vae_reconstruction_dice", {})
@@ -338,7 +334,9 @@ def edit_report_html(
                 _fmt(vs_recon[t]["mean"]) if t in vs_recon else "–",
             ]
         )
-    dice_html = (
+    if not dice_rows:
+        return ""
+    return (
         H.table(
             [
                 "tissue",
@@ -354,10 +352,12 @@ def edit_report_html(
         "VAE reconstruction (encode, decode) is what a kept tissue can at best keep through "
         "the autoencoder; the last column compares the siblings with that reconstruction, "
         "i.e. what the edit itself changed.</p>"
-        if dice_rows
-        else ""
     )
-    feats = H.table(
+
+
+def features_html(m: dict) -> str:
+    """The morphology table: each feature of the twin against the siblings' mean and change."""
+    return H.table(
         ["feature", "twin", "siblings mean ± sd", "mean change", "mean |change| (%)"],
         [
             [
@@ -370,9 +370,13 @@ def edit_report_html(
             for col, f in m["features"].items()
         ],
     )
+
+
+def checks_html(m: dict) -> str:
+    """The topology table: each check's rule, siblings' violation rate and the twin's."""
     rules = {r.column: r for r in anatomy.TOPOLOGY_RULES}
     ci = m.get("violation_rate_ci") or {}
-    checks = H.table(
+    return H.table(
         ["check", "rule", "siblings (% of maps)", "95% interval", "twin"],
         [
             [
@@ -380,22 +384,25 @@ def edit_report_html(
                 H.esc(rules[c].description),
                 f"{100 * m['violation_rate'][c]:.1f}",
                 _ci(ci.get(c), 1, 100.0),
-                "violated" if c in ref["violated"] else "ok",
+                "violated" if c in m["reference"]["violated"] else "ok",
             ]
             for c in anatomy.TOPOLOGY_COLUMNS
         ],
         row_classes=["bad" if m["violation_rate"][c] > 0 else "" for c in anatomy.TOPOLOGY_COLUMNS],
         raw=True,
     )
-    model = run["model"]
-    twin = run["twin"]
+
+
+def settings_html(m: dict, run: dict, siblings: CohortSummary) -> str:
+    """The settings table (twin, method, model, bootstrap, software, time) and file names."""
+    params, model, twin = run["parameters"], run["model"], run["twin"]
     settings = H.table(
         ["setting", "value"],
         [
             ["twin", f"{twin['file']} ({twin['kind']})"],
             ["twin sha256", twin["sha256"]],
             ["twin space", twin["space"]],
-            ["method", what],
+            ["method", method_text(run)],
             ["siblings", f"{m['n']}, seed {params['seed']}, {params['steps']} steps"],
             [
                 "model",
@@ -413,32 +420,53 @@ def edit_report_html(
         ],
     )
     names = ", ".join(siblings.names[:3]) + (" …" if len(siblings) > 3 else "")
+    return settings + f'<p class="meta">Sibling files: {H.esc(names)}</p>'
+
+
+def edit_report_html(
+    metrics: dict,
+    figures: dict[str, bytes],
+    run: dict,
+    siblings: CohortSummary,
+    title: str | None = None,
+) -> str:
+    """The self-contained report page of one editing run."""
+
+    def fig(name: str) -> str:
+        return H.figure(figures[name], FIGURES[name]) if name in figures else ""
+
     warnings_html = "".join(
         f'<p class="warning">warning: {H.esc(w)}</p>' for w in run.get("warnings", [])
     )
     sections = [
         *([("Warnings", warnings_html)] if warnings_html else []),
         ("Twin and siblings", fig("siblings.png")),
-        ("Summary", summary + note),
+        ("Summary", summary_html(metrics)),
         ("Encoding of the twin", encoding_html(run.get("encoding"))),
-        ("Preservation of the twin", dice_html),
-        ("Morphology", fig("volumes.png") + feats),
-        ("Topology", fig("violations.png") + checks),
+        ("Preservation of the twin", dice_html(metrics)),
+        ("Morphology", fig("volumes.png") + features_html(metrics)),
+        ("Topology", fig("violations.png") + checks_html(metrics)),
         ("Occupancy", fig("occupancy_heart.png") + fig("occupancy.png")),
-        ("Settings", settings + f'<p class="meta">Sibling files: {H.esc(names)}</p>'),
+        ("Settings", settings_html(metrics, run, siblings)),
     ]
     when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    subtitle = f"{H.esc(what)} of {H.esc(twin['file'])} · {when}"
+    subtitle = f"{H.esc(method_text(run))} of {H.esc(run['twin']['file'])} · {when}"
     return H.page(title or "digital-siblings: siblings of a twin", sections, subtitle)
 
 
 __all__ = [
     "FIGURES",
+    "checks_html",
+    "dice_html",
     "edit_report_html",
     "encoding_html",
+    "features_html",
     "heart_box",
     "heart_centre_index",
     "label_colormap",
+    "method_text",
+    "settings_html",
     "siblings_figure",
+    "summary_html",
     "twin_figures",
 ]
