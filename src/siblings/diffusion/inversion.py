@@ -14,8 +14,8 @@ against the one-hot map, averaged over the labels the map holds; and
 ``"cross_entropy"``, the mean cross-entropy over voxels. The shipped decoders were
 trained with an MSE on one-hot maps, so their outputs lie near [0, 1]: read as logits
 at T = 1 they give a flat softmax, and the mean cross-entropy is lowered mostly by
-making the 90% background more confident. Measured on held-out phantoms
-(docs/editing.md), cross-entropy at T = 1 lowered its loss while the LV's round-trip
+making the 90% background more confident. Measured on held-out phantoms during
+development (not among docs/editing.md's tables), cross-entropy at T = 1 lowered its loss while the LV's round-trip
 Dice fell from 0.96 to 0.29 in 50 steps; the soft Dice at T = 0.1 weighs each tissue
 equally, as the Dice reported does, and raised every tissue's.
 
@@ -59,12 +59,13 @@ LOSSES: tuple[str, ...] = ("dice", "cross_entropy")
 
 DEFAULT_INVERT_STEPS = 50
 """The product's step budget (``--invert-steps``); 0 is the paper's posterior mean.
-Chosen by measurement (benchmarks/bench_inversion.py, docs/editing.md)."""
+Measured with benchmarks/bench_inversion.py (docs/editing.md, "Encoding by inversion"):
+every twin there used all 50 steps, so a larger budget is still to be measured."""
 DEFAULT_INVERT_LR = 0.02
 """Adam's learning rate, in units of the scaled latent (standard deviation 0.5). Adam's
 first steps move every element by about this much: 0.05 lowered the round trip of
 twins the VAE reconstructs well, 0.01 gained half as much as 0.02 on twins it does not
-(docs/editing.md)."""
+(measured during development; not re-measured with the current weights)."""
 DEFAULT_LOSS: InversionLoss = "dice"
 DEFAULT_TEMPERATURE = 0.1
 """Decoder outputs are divided by this before the softmax (see the module docstring)."""
