@@ -530,6 +530,16 @@ def test_twin_with_missing_chambers_warns_naming_them(micro, twin, tmp_path, cap
     err = capsys.readouterr().err
     assert "siblings edit: warning:" in err and "has no RA, LA" in err
     assert "has no RA, LA" in json.loads((out / "run.json").read_text())["warnings"][0]
+    assert err.count("has no RA, LA") == 1  # once, though encoding and editing both see it
+
+
+def test_a_missing_tissue_warns_with_its_own_category(model, twin):
+    from siblings.errors import MissingTissueWarning
+
+    data = twin.copy()
+    data[data == L["LA"]] = 0
+    with pytest.warns(MissingTissueWarning, match="twin has no LA"):
+        encode_twin(model, data, invert_steps=0)
 
 
 def test_a_failure_while_writing_leaves_nothing_behind(model, twin_file, tmp_path, monkeypatch):

@@ -78,3 +78,11 @@ class InputError(SiblingsError, ValueError):
 
 class OutputExistsError(SiblingsError, FileExistsError):
     """An output path is in the way (also a :class:`FileExistsError`)."""
+
+
+class MissingTissueWarning(UserWarning):
+    """A twin lacks a tissue: its siblings are edited around it.
+
+    A category of its own, so that a caller reporting it once (the edit pipeline) can
+    silence the repeats by category instead of by the text of the message.
+    """

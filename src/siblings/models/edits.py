@@ -49,7 +49,7 @@ from .. import anatomy
 from ..diffusion.edit import latent_keep_mask, regenerated_tissues, start_step
 from ..diffusion.inversion import DEFAULT_INVERT_LR, DEFAULT_INVERT_STEPS, InversionRecord
 from ..diffusion.keep import KEEP_MODES, KeepMode, compose_exact
-from ..errors import InputError
+from ..errors import InputError, MissingTissueWarning
 from ..io import LabelMap
 from ..metrics.overlap import kept_tissue_dice
 from .ldm import LatentDiffusionModel
@@ -97,6 +97,7 @@ def _twin_array(model: LatentDiffusionModel, twin: LabelMap | np.ndarray) -> np.
     if missing:
         warnings.warn(
             f"twin has no {', '.join(missing)}: siblings will be edited around missing tissue",
+            MissingTissueWarning,
             stacklevel=3,
         )
     return arr.astype(np.uint8)

@@ -42,7 +42,7 @@ from ..editing import (
     sibling_manifest,
     twin_record,
 )
-from ..errors import InputError
+from ..errors import InputError, MissingTissueWarning
 from ..io import LabelMap, LabelMapError, write_bytes, write_json, write_label_map
 from ..models.edits import EditResult, TwinEncoding, encode_twin, inpaint, ood_warning, perturb
 from ..models.ldm import LatentDiffusionModel
@@ -202,7 +202,7 @@ def _reference_summary(
 def _encode(model: LatentDiffusionModel, twin: Twin, settings: EditSettings) -> TwinEncoding:
     """The latent the edits start from, and whether the model reconstructs this twin."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="twin has no")  # reported by run_edit
+        warnings.simplefilter("ignore", MissingTissueWarning)  # reported by run_edit
         return encode_twin(model, twin.label_map.data, settings.invert_steps)
 
 
@@ -216,7 +216,7 @@ def _make_siblings(
     """The siblings, in memory (the model-space maps are small: 60 × 64³ bytes = 16 MB)."""
     arr = twin.label_map.data
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="twin has no")  # reported by run_edit
+        warnings.simplefilter("ignore", MissingTissueWarning)  # reported by run_edit
         if settings.method == "perturb":
             assert settings.psi is not None
             return perturb(
