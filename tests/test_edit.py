@@ -669,3 +669,17 @@ def test_overwrite_replaces_the_whole_output_folder(micro, twin_file, tmp_path):
     ]
     assert not (out / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+
+
+def test_an_encoding_from_another_inversion_budget_is_refused(model, twin_file, tmp_path):
+    import siblings.errors as siblings_errors
+
+    enc = encode_twin(model, read_label_map(twin_file).data, invert_steps=0)
+    with pytest.raises(
+        siblings_errors.InputError, match="made with 0 inversion steps, not invert_steps = 3"
+    ):
+        run_edit(
+            model, twin_file, tmp_path / "x", "perturb", psi=0.5, n=1, steps=2, n_boot=0,
+            progress=False, invert_steps=3, encoding=enc,
+        )  # fmt: skip
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())

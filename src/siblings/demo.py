@@ -89,7 +89,12 @@ def run_demo(
     perturbed = run_edit(model, twin_path, out / "perturb_psi0.5", "perturb", psi=0.5, **common)
     print(format_run(perturbed))
     print(f"\nlocalized editing of {twin_path}: regenerate LV")
-    local = run_edit(model, twin_path, out / "local_LV", "local", regenerate="LV", **common)
+    # The same twin: prepared and encoded once, by the first run.
+    encoding = perturbed.result.encoding
+    local = run_edit(
+        model, perturbed.twin, out / "local_LV", "local", regenerate="LV", encoding=encoding,
+        **common,
+    )  # fmt: skip
     print(format_run(local))
     paths = {
         "phantom": out / "phantom",

@@ -77,6 +77,7 @@ def run_edit(
     figure_siblings: int = 5,
     overwrite: bool = False,
     progress: bool = True,
+    encoding: TwinEncoding | None = None,
 ) -> EditRun:
     """Make ``n`` siblings of ``twin`` and write them, their manifests and a report.
 
@@ -109,6 +110,10 @@ def run_edit(
     figure_siblings : siblings shown beside the twin in ``report/siblings.png``.
     overwrite : replace an existing non-empty ``out``.
     progress : progress bar.
+    encoding : this twin's encoding from an earlier run with the same ``invert_steps``
+        (``EditRun.result.encoding``), so that a second edit of one resolved twin
+        (``EditRun.twin``) neither prepares nor inverts it again; by default it is
+        encoded here.
 
     Returns
     -------
@@ -146,7 +151,14 @@ def run_edit(
     if msg:
         run_warnings.append(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)
-    encoding = _encode(model, twin, settings)
+    if encoding is None:
+        encoding = _encode(model, twin, settings)
+    elif encoding.invert_steps != settings.invert_steps:
+        raise InputError(
+            f"the encoding given was made with {encoding.invert_steps} inversion steps, "
+            f"not {{invert_steps}} = {settings.invert_steps}",
+            arguments=("invert_steps",),
+        )
     msg = ood_warning({str(twin.source): encoding})
     if msg:
         run_warnings.append(msg)
