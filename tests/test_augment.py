@@ -607,3 +607,44 @@ def test_resume_refuses_another_run_and_skips_a_finished_one(
     (out / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match=r"notes\.txt"):
         run_augment(model, micro, out, where, n=4, seed=3, evaluate=False, resume=True)
+
+
+def test_uncond_reuses_written_samples_without_changing_a_byte(model, micro, tmp_path):
+    # Known answer: attempt a of `uncond` is sample a, so a folder written by the sample
+    # pipeline with the same seed and steps holds the same maps; reading them gives the
+    # same accepted files as sampling again. Every map passes the condition here, so the
+    # accepted maps are attempts 0..3.
+    from siblings.pipelines.augment import reusable_samples
+    from siblings.pipelines.sample import sample_cohort
+
+    where = "RV_volume_ml > -1"
+    pool = tmp_path / "pool"
+    sample_cohort(model, pool, 3, steps=STEPS, seed=3, batch=2, progress=False)
+    sample_cohort(model, tmp_path / "other", 2, steps=STEPS, seed=4, progress=False)
+    reuse = reusable_samples(pool, model, seed=3, steps=STEPS)
+    assert sorted(reuse) == [0, 1, 2]
+    assert reusable_samples(tmp_path / "other", model, seed=3, steps=STEPS) == {}
+    assert reusable_samples(pool, model, seed=3, steps=STEPS + 1) == {}
+
+    plain = run_augment(model, micro, tmp_path / "plain", where, n=4, seed=3, batch=3)
+    again = run_augment(model, micro, tmp_path / "reuse", where, n=4, seed=3, batch=3,
+                        reuse=reuse)  # fmt: skip
+    assert plain.attempts == again.attempts == [0, 1, 2, 3]
+    for a, b in zip(plain.files, again.files, strict=True):
+        np.testing.assert_array_equal(read_label_map(a).data, read_label_map(b).data)
+        assert json.loads(a.with_name(a.name[:-7] + ".json").read_text()) == json.loads(
+            b.with_name(b.name[:-7] + ".json").read_text()
+        )
+    summary = json.loads((tmp_path / "reuse" / "augment.json").read_text())
+    assert summary["reused_samples"] == {"offered": 3, "read": 3}
+    assert "reused_samples" not in json.loads((tmp_path / "plain" / "augment.json").read_text())
+
+    # The reused file is what is judged and kept: plant a phantom twin as sample 1.
+    planted = read_label_map(sorted(micro.data.glob("*.nii.gz"))[0])
+    assert not np.array_equal(planted.data, read_label_map(plain.files[1]).data)
+    write_label_map(pool / "sample_00001.nii.gz", planted)
+    third = run_augment(model, micro, tmp_path / "planted", where, n=2, seed=3, reuse=reuse)
+    np.testing.assert_array_equal(read_label_map(third.files[1]).data, planted.data)
+
+    with pytest.raises(ValueError, match="uncond"):
+        run_augment(model, micro, tmp_path / "bad", where, strategy="perturb", n=1, reuse=reuse)

@@ -13,6 +13,7 @@ from siblings.cli import main
 from siblings.experiments import Counts, pick_seeds, run_experiments
 from siblings.experiments.counts import PAPER, scale_count
 from siblings.experiments.seeds import percentile_ranks
+from siblings.io import read_label_map
 from siblings.models.ldm import LatentDiffusionModel
 
 # Small settings for the micro model: few steps, few maps.
@@ -498,3 +499,30 @@ def test_publish_copies_report_tables_and_figures_but_no_maps(full_run, tmp_path
     assert all(p.is_relative_to(dest) for p in written)
     with pytest.raises(FileNotFoundError, match=r"no report\.html"):
         publish(tmp_path / "empty", tmp_path / "x")
+
+
+def test_uncond_augmentation_reuses_the_unconditional_cohort(full_run):
+    # Attempt a of the uncond strategy is unconditional sample a (same seed and steps);
+    # every map passes "RV_volume_ml >= 0", so the 4 accepted maps are samples 0..3 of
+    # the unconditional cohort, read from it rather than sampled again.
+    out, _ = full_run
+    summary = json.loads((out / "augment" / "uncond" / "augment.json").read_text())
+    assert summary["attempt_of_file"] == [0, 1, 2, 3]
+    assert summary["reused_samples"] == {"offered": TINY.unconditional, "read": TINY.augment}
+    for a in range(TINY.augment):
+        got = read_label_map(out / "augment" / "uncond" / f"uncond_{a:05d}.nii.gz").data
+        want = read_label_map(out / "unconditional" / "synthetic" / f"sample_{a:05d}.nii.gz")
+        np.testing.assert_array_equal(got, want.data)
+
+
+def test_cohorts_another_reuses_start_first_then_costliest_first():
+    from siblings.experiments.cohorts import CohortSpec
+    from siblings.experiments.run import schedule_order
+
+    small = CohortSpec("u", "synthetic", "sample", 10, cost=1.0)
+    big = CohortSpec("a", "uncond", "augment", 10, cost=100.0, after=("u/synthetic",))
+    mid = CohortSpec("s", "steps", "sample", 10, cost=50.0)
+    assert [s.key for s in schedule_order([mid, big, small])] == [
+        "u/synthetic", "a/uncond", "s/steps"
+    ]  # fmt: skip
+    assert [s.key for s in schedule_order([mid, big])] == ["a/uncond", "s/steps"]

@@ -25,6 +25,7 @@ from .cohorts import DECODE_COST, CohortSpec, heun_calls
 from .context import ExperimentContext, Section
 from .figures import augmentation_figure
 from .tables import METRIC_HEADERS, METRIC_KEYS, Table, estimates
+from .unconditional import synthetic_spec
 
 NAME = "augment"
 STRATEGIES: tuple[str, ...] = ("uncond", "perturb", "local")
@@ -37,13 +38,13 @@ LABELS = {
 
 def _api():
     try:
-        from ..pipelines.augment import augment, parse_condition
+        from ..pipelines.augment import augment, parse_condition, reusable_samples
     except ImportError as exc:  # pragma: no cover - only before siblings.augment exists
         raise NotImplementedError(
             "the augment experiment needs siblings.pipelines.augment.augment (the `siblings augment` API), "
             f"which is not available in this install ({exc}); the other experiments run without it"
         ) from None
-    return augment, parse_condition
+    return augment, parse_condition, reusable_samples
 
 
 def _percent(rate: float, lo: float, hi: float) -> str:
@@ -54,12 +55,16 @@ def _percent(rate: float, lo: float, hi: float) -> str:
 
 
 def _rare_mask(ctx: ExperimentContext) -> np.ndarray:
-    _, parse_condition = _api()
+    _, parse_condition, _ = _api()
     return parse_condition(ctx.where).mask(ctx.real.features)
 
 
 def _spec(ctx: ExperimentContext, strategy: str, rare_fraction: float) -> CohortSpec:
     c = ctx.counts
+    # Attempt a of `uncond` is unconditional sample a (same seed and steps): the
+    # unconditional experiment's cohort already holds its first attempts.
+    synthetic = synthetic_spec(ctx)
+    reuse = strategy == "uncond" and synthetic.params == {"steps": c.steps, "seed": ctx.seed}
     # Progress weight per accepted map: attempts per acceptance (unknown in advance; the
     # rare fraction of the real cohort for unconditional sampling, ~0.7 for edits).
     accept = max(rare_fraction, 1e-3) if strategy == "uncond" else 0.7
@@ -70,6 +75,7 @@ def _spec(ctx: ExperimentContext, strategy: str, rare_fraction: float) -> Cohort
         {"strategy": strategy, "where": ctx.where, "steps": c.steps, "seed": ctx.seed,
          "max_attempts": c.augment_pool if strategy == "uncond" else None},
         (heun_calls(c.steps) + DECODE_COST) / accept,
+        after=(synthetic.key,) if reuse else (),
     )  # fmt: skip
 
 
@@ -87,7 +93,7 @@ def make_augmented(
     ctx: ExperimentContext, spec: CohortSpec, folder: Path
 ) -> tuple[CohortSummary, dict]:
     """Run :func:`siblings.pipelines.augment.augment` into ``folder``; summarise what it accepted."""
-    augment, _ = _api()
+    augment, _, reusable_samples = _api()
     from ..augment import AugmentStopped
 
     p = spec.params
@@ -98,6 +104,12 @@ def make_augmented(
         kwargs["keep"] = "latent"  # the paper's method as published, not exact keep
     if p["max_attempts"] is not None:
         kwargs["max_attempts"] = p["max_attempts"]
+    reuse: dict[int, Path] = {}
+    for key in spec.after:  # finished cohorts only (another process may be writing)
+        if (ctx.out / key / "done.json").exists():
+            reuse.update(reusable_samples(ctx.out / key, ctx.model, p["seed"], p["steps"]))
+    if reuse:
+        kwargs["reuse"] = reuse
     if folder.exists():
         # An interrupted earlier run: let augment continue it (byte-identical to an
         # uninterrupted run), after removing what this module writes beside its files.
@@ -188,7 +200,7 @@ def run(ctx: ExperimentContext) -> Section:
         ],
     )
     sec = Section(NAME, tables=[table], results=results)
-    _, parse_condition = _api()
+    _, parse_condition, _ = _api()
     lines = {}
     for clause in parse_condition(ctx.where).clauses:
         if clause.column == "LV_volume_ml":

@@ -38,6 +38,9 @@ class CohortSpec:
     n: int
     params: dict = field(default_factory=dict, hash=False, compare=False)
     cost: float = 0.0  # progress units per map (denoiser calls + decoding)
+    # Cohorts whose maps this one may reuse (keys): made first when they are planned too.
+    # Not part of the identity: reusing them does not change a byte of this cohort.
+    after: tuple[str, ...] = field(default=(), hash=False, compare=False)
 
     @property
     def key(self) -> str:

@@ -354,11 +354,20 @@ def _worker_make(spec: CohortSpec) -> float:
     return _WORKER["ctx"].cohort(spec).seconds
 
 
-def _make_in_parallel(ctx: ExperimentContext, pending: list[CohortSpec], jobs: int) -> None:
-    """Make ``pending`` cohorts in ``jobs`` processes, the costliest first (LPT order).
+def schedule_order(pending: list[CohortSpec]) -> list[CohortSpec]:
+    """The order cohorts start in: those another cohort reuses (``after``) first, then
+    the costliest first (LPT)."""
+    needed = {k for s in pending for k in s.after}
+    return sorted(pending, key=lambda s: (s.key not in needed, -s.n * s.cost))
 
-    Each process loads the model again and makes whole cohorts (written to disk with
-    their done-markers); the experiments then reload them as finished cohorts.
+
+def _make_in_parallel(ctx: ExperimentContext, pending: list[CohortSpec], jobs: int) -> None:
+    """Make ``pending`` cohorts in ``jobs`` processes (order: :func:`schedule_order`).
+
+    A cohort starts only once the planned cohorts it reuses (``spec.after``) are done, as
+    soon as a process is free and before any cheaper ready cohort. Each process loads the
+    model again and makes whole cohorts (written to disk with their done-markers); the
+    experiments then reload them as finished cohorts.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -375,7 +384,9 @@ def _make_in_parallel(ctx: ExperimentContext, pending: list[CohortSpec], jobs: i
         "seed": ctx.seed, "batch": ctx.batch, "n_boot": ctx.n_boot, "k": ctx.k,
         "where": ctx.where,
     }  # fmt: skip
-    order = sorted(pending, key=lambda s: -s.n * s.cost)
+    waiting = schedule_order(pending)
+    planned = {s.key for s in pending}
+    finished: set[str] = set()
     mp = multiprocessing.get_context("spawn")
     queue = mp.Queue()  # progress units from the workers (each cohort sends n × cost)
 
@@ -386,21 +397,33 @@ def _make_in_parallel(ctx: ExperimentContext, pending: list[CohortSpec], jobs: i
             except Empty:
                 return
 
+    def ready(spec: CohortSpec) -> bool:
+        return all(k not in planned or k in finished for k in spec.after)
+
     with ProcessPoolExecutor(
         max_workers=jobs, mp_context=mp, initializer=_worker_init, initargs=(options, queue),
     ) as pool:  # fmt: skip
-        futures = {pool.submit(_worker_make, s): s for s in order}
+        running: dict = {}
         try:
-            todo = set(futures)
-            while todo:
-                done, todo = wait(todo, timeout=1.0, return_when=FIRST_COMPLETED)
+            while waiting or running:
+                while len(running) < jobs:
+                    nxt = next((s for s in waiting if ready(s)), None)
+                    if nxt is None:
+                        break
+                    waiting.remove(nxt)
+                    running[pool.submit(_worker_make, nxt)] = nxt
+                if not running:
+                    raise RuntimeError(f"cohorts wait on each other: {[s.key for s in waiting]}")
+                done, _ = wait(set(running), timeout=1.0, return_when=FIRST_COMPLETED)
                 drain()
                 for fut in done:
                     fut.result()
+                    spec = running.pop(fut)
+                    finished.add(spec.key)
                     if ctx.bar is not None:
-                        ctx.bar.set_postfix_str(f"{futures[fut].key} done")
+                        ctx.bar.set_postfix_str(f"{spec.key} done")
         except BaseException:
-            for fut in futures:
+            for fut in running:
                 fut.cancel()
             raise
     drain()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,14 @@ from .inputs import ModelSource, resolve_model
 
 PathLike = str | os.PathLike
 
-__all__ = ["AugmentResult", "AugmentStopped", "augment", "augment_cohort", "parse_condition"]
+__all__ = [
+    "AugmentResult",
+    "AugmentStopped",
+    "augment",
+    "augment_cohort",
+    "parse_condition",
+    "reusable_samples",
+]
 
 
 def augment(
@@ -84,6 +91,7 @@ def augment(
     progress: bool = False,
     keep: KeepMode = "exact",
     invert_steps: int = DEFAULT_INVERT_STEPS,
+    reuse: Mapping[int, Path] | None = None,
 ) -> AugmentResult:
     """Grow the rare cohort of ``data`` (maps meeting ``where``) by ``n`` accepted maps.
 
@@ -123,6 +131,10 @@ def augment(
     k, n_boot : precision/recall neighbour rank and bootstrap resamples of the evaluation.
     figures : PNG figures in the report.
     progress : show progress bars.
+    reuse : ``uncond`` only: attempt index → the file of that same unconditional sample,
+        already made (:func:`reusable_samples`: same checkpoint, precision, seed and
+        steps). Such attempts are read instead of sampled again; the accepted maps are
+        the same bytes either way, and ``augment.json`` records how many were reused.
 
     Returns
     -------
@@ -172,6 +184,8 @@ def augment(
         finished = _finished(out, settings, signature, twins, files, attempts)
         if finished is not None:
             return finished
+    if reuse and settings.strategy != "uncond":
+        raise ValueError("reuse holds unconditional samples: only the uncond strategy uses it")
     encoded = EncodedTwins()
     run_warnings: list[str] = []
     if settings.strategy != "uncond" and len(files) < settings.n:
@@ -180,9 +194,11 @@ def augment(
         if msg:
             run_warnings.append(msg)
             warnings.warn(msg, UserWarning, stacklevel=2)
+    reused: list[int] = []
     attempted = _attempt(
-        model, out, settings, signature, seed, twins, encoded, files, attempts, progress
-    )
+        model, out, settings, signature, seed, twins, encoded, files, attempts, progress,
+        reuse or {}, reused,
+    )  # fmt: skip
     result = AugmentResult(
         out=out,
         strategy=settings.strategy,
@@ -201,10 +217,44 @@ def augment(
         result, model, signature, twins, data, where, evaluation, settings, run_warnings,
         encoded.encodings,
     )  # fmt: skip
+    if reuse:
+        result.summary["reused_samples"] = {"offered": len(reuse), "read": len(reused)}
     write_json(out / "augment.json", result.summary)
     if not result.complete:
         raise stopped(result, settings.max_attempts)
     return result
+
+
+def reusable_samples(
+    folder: PathLike, model: LatentDiffusionModel, seed: int, steps: int
+) -> dict[int, Path]:
+    """Unconditional samples in ``folder`` that are attempts of an ``uncond`` run.
+
+    Attempt ``a`` of the ``uncond`` strategy is unconditional sample ``a`` of
+    :meth:`LatentDiffusionModel.sample_latents` with the same seed, so a cohort written
+    by ``siblings sample`` (or the unconditional experiment) with the same checkpoint,
+    precision, seed and steps already holds those attempts. Returns index → map file for
+    every map whose manifest says so (``method`` unconditional, no churn); others are
+    left out.
+    """
+    found: dict[int, Path] = {}
+    for js in sorted(Path(folder).glob("*.json")):
+        nii = js.with_name(js.name[: -len(".json")] + ".nii.gz")
+        if not nii.exists():
+            continue
+        meta = read_json(js)
+        m = meta.get("model", {}) if isinstance(meta, dict) else {}
+        if (
+            meta.get("method") == "unconditional"
+            and meta.get("seed") == seed
+            and meta.get("steps") == steps
+            and not meta.get("churn")
+            and m.get("checkpoint_sha256") == model.checkpoint_sha256
+            and bool(m.get("bf16")) == bool(model.amp)
+            and isinstance(meta.get("index"), int)
+        ):
+            found[meta["index"]] = nii
+    return found
 
 
 def _resumed(out: Path, settings: AugmentSettings, signature: dict) -> tuple[list[Path], list[int]]:
@@ -295,11 +345,14 @@ def _attempt(
     files: list[Path],
     attempts: list[int],
     progress: bool,
+    reuse: Mapping[int, Path],
+    reused: list[int],
 ) -> int:
     """Attempt batch by batch until ``n`` maps are accepted or the attempts run out.
 
-    Appends each accepted map's path and attempt to ``files`` and ``attempts``; returns
-    the attempts judged (all ``max_attempts`` when stopped early).
+    Appends each accepted map's path and attempt to ``files`` and ``attempts``, and the
+    attempts read from ``reuse`` (instead of generated) to ``reused``; returns the
+    attempts judged (all ``max_attempts`` when stopped early).
     """
     from tqdm.auto import tqdm
 
@@ -323,17 +376,25 @@ def _attempt(
                 for a in range(a0, min(a0 + settings.batch, max_attempts))
             ]  # fmt: skip
             a0 += len(todo)
-            labels = generate(
-                model, settings.strategy, todo, encoded.latents, encoded.masks, seed,
-                settings.steps,
-            )  # fmt: skip
+            labels: dict[int, Any] = {}
             for att in todo:
                 if len(files) >= n:
                     break
                 attempted = att.index + 1
+                if att.index in reuse:
+                    label = read_label_map(reuse[att.index]).data
+                    reused.append(att.index)
+                else:
+                    if att.index not in labels:  # the batch's remaining fresh attempts
+                        fresh = [t for t in todo if t.index >= att.index and t.index not in reuse]
+                        labels.update(generate(
+                            model, settings.strategy, fresh, encoded.latents, encoded.masks,
+                            seed, settings.steps,
+                        ))  # fmt: skip
+                    label = labels[att.index]
                 if _keep_if_accepted(
-                    model, out, candidate, settings, signature, att, labels[att.index], twins,
-                    encoded, files,
+                    model, out, candidate, settings, signature, att, label, twins, encoded,
+                    files,
                 ):  # fmt: skip
                     attempts.append(att.index)
                     bar.update(1)
