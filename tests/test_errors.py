@@ -76,3 +76,53 @@ def test_library_errors_speak_of_arguments_not_flags():
         check_settings("local", n=1, regenerate="LV", dilate=-1)
     assert str(info.value) == "dilate must be 0 or more, got -1"
     assert info.value.worded(cli.flag) == "--dilate must be 0 or more, got -1"
+
+
+def test_internal_invariants_are_plain_errors_not_user_errors():
+    # A broken invariant between the library's own arrays is a bug: an ordinary
+    # ValueError (traceback kept by the CLI), not an InputError worded as a user error.
+    import numpy as np
+
+    from siblings.metrics.bootstrap import acceptance_rate
+    from siblings.metrics.frechet import gaussian_frechet_distance
+    from siblings.metrics.topology import tv_percent
+
+    for call in (
+        lambda: acceptance_rate(3, 2),
+        lambda: gaussian_frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3)),
+        lambda: tv_percent(np.zeros((0, 12), bool)),
+    ):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert not isinstance(info.value, SiblingsError)
+
+
+def test_a_label_map_error_from_a_cohort_worker_keeps_its_arguments(monkeypatch, tmp_path):
+    # The worker sends the error whole: an argument in its reason stays an argument.
+    import numpy as np
+
+    import siblings.metrics.cohort as cohort
+    from siblings.io import LabelMap, write_label_map
+
+    path = tmp_path / "a.nii.gz"
+    write_label_map(path, LabelMap(np.zeros((8, 8, 8), np.uint8), np.eye(4)))
+
+    def bad(p, grid):
+        raise LabelMapError(None, "unusable; lower {k}", arguments=("k",))
+
+    monkeypatch.setattr(cohort, "_read_on_grid", bad)
+    with pytest.raises(LabelMapError) as info:
+        cohort.summarise_folder(tmp_path, workers=1)
+    assert str(info.value) == f"{path}: unusable; lower k"
+    assert info.value.worded(cli.flag) == f"{path}: unusable; lower --k"
+
+
+def test_library_texts_name_no_flags():
+    from siblings.metrics.cohort import compare
+    from siblings.metrics.twin import UNDEFINED_AGAINST_ONE_MAP
+
+    assert "--" not in UNDEFINED_AGAINST_ONE_MAP and "reference" in UNDEFINED_AGAINST_ONE_MAP
+    with pytest.raises(InputError) as info:
+        compare(None, None, k=0)  # type: ignore[arg-type]  # k is checked first
+    assert str(info.value) == "k must be at least 1, got 0"
+    assert info.value.worded(cli.flag) == "--k must be at least 1, got 0"

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import InputError
 
 
 def _torch() -> str:
@@ -66,7 +65,7 @@ def software_versions(stack: str = "model") -> dict[str, str]:
     stack : ``"model"`` (the default) or ``"prepare"``, a key of :data:`SOFTWARE`.
     """
     if stack not in SOFTWARE:
-        raise InputError(f"unknown software stack {stack!r}; use one of {', '.join(SOFTWARE)}")
+        raise ValueError(f"unknown software stack {stack!r}; use one of {', '.join(SOFTWARE)}")
     return {name: _VERSION_OF[name]() for name in SOFTWARE[stack]}
 
 

@@ -167,7 +167,7 @@ class RandomAffineLabels:
         ``displacement`` (from :meth:`sample_displacement`) likewise for the elastic part.
         """
         if labels.ndim != 4:
-            raise InputError(f"expected labels (B, D, H, W), got {tuple(labels.shape)}")
+            raise ValueError(f"expected labels (B, D, H, W), got {tuple(labels.shape)}")
         b, d, h, w = labels.shape
         if theta is None:
             theta = self.sample_theta(b, max(d, h, w), generator)

@@ -133,7 +133,7 @@ def _churn_noise(
     if generator is None or isinstance(generator, torch.Generator):
         return torch.randn(x.shape, generator=generator, dtype=torch.float64, device=x.device)
     if len(generator) != x.shape[0]:
-        raise InputError(f"{len(generator)} churn generators for a batch of {x.shape[0]}")
+        raise ValueError(f"{len(generator)} churn generators for a batch of {x.shape[0]}")
     rows = [torch.randn(x.shape[1:], generator=g, dtype=torch.float64) for g in generator]
     return torch.stack(rows).to(x.device)
 

@@ -134,7 +134,7 @@ def compose_exact(
     twin = np.asarray(twin)
     decoded = np.asarray(decoded)
     if twin.shape != decoded.shape:
-        raise InputError(f"twin {twin.shape} and decoded {decoded.shape} grids differ")
+        raise ValueError(f"twin {twin.shape} and decoded {decoded.shape} grids differ")
     kept_lut = np.zeros(256, bool)
     kept_lut[list(kept_labels)] = True
     if kept_lut[1 : anatomy.NUM_LABELS].all():

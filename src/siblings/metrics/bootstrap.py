@@ -162,7 +162,7 @@ def bootstrap_metrics(
     viol = np.asarray(violations, dtype=bool)
     n = fake.shape[0]
     if viol.shape[0] != n:
-        raise InputError(f"{viol.shape[0]} rows of checks for {n} feature rows")
+        raise ValueError(f"{viol.shape[0]} rows of checks for {n} feature rows")
     idx = bootstrap_indices(n, n_boot, seed) if indices is None else np.asarray(indices)
     mu_r, cov_r = gaussian_fit(real)
     covered_fake = coverage(fake, real, knn_radii(real, k))  # fixed reference balls
@@ -194,7 +194,7 @@ def bootstrap_metrics(
 def acceptance_rate(accepted: int, attempted: int) -> float:
     """``accepted / attempted`` (NaN when nothing was attempted)."""
     if accepted < 0 or attempted < 0 or accepted > attempted:
-        raise InputError(f"need 0 <= accepted <= attempted, got {accepted} of {attempted}")
+        raise ValueError(f"need 0 <= accepted <= attempted, got {accepted} of {attempted}")
     return accepted / attempted if attempted else float("nan")
 
 

@@ -317,8 +317,10 @@ def _run_task(task: _Task) -> dict:
     for p in task.paths:
         try:
             lm = _read_on_grid(Path(p), task.grid)
-        except LabelMapError as exc:  # its __init__ takes two arguments: send plain data
-            return {"error": (str(exc.path if exc.path is not None else p), exc.reason)}
+        except LabelMapError as exc:  # sent whole (it pickles), so its arguments stay worded
+            if exc.path is None:
+                exc = LabelMapError(p, exc.reason, arguments=exc.arguments)
+            return {"error": exc}
         f, v = _measure(
             lm.data,
             linear_map(lm, None),
@@ -379,8 +381,7 @@ def _summarise_files(
 
     def take(result: dict, n_maps: int) -> None:
         if "error" in result:
-            path, reason = result["error"]
-            raise LabelMapError(path, reason)
+            raise result["error"]
         c = result["cohort"]
         part: OccupancyPartial = result.pop("occupancy")
         occ[c].merge(part)
@@ -517,7 +518,7 @@ def compare(
         standard deviations, and the settings used.
     """
     if k < 1:
-        raise InputError(f"k must be at least 1, got {k}")
+        raise InputError(f"{{k}} must be at least 1, got {k}", arguments=("k",))
     _check_size(cohort, k, "cohort")
     _check_size(reference, k, "reference")
     if cohort.occupancy.shape != reference.occupancy.shape:
@@ -695,7 +696,7 @@ def evaluate(
         first reference map's.
     """
     if k < 1:
-        raise InputError(f"k must be at least 1, got {k}")
+        raise InputError(f"{{k}} must be at least 1, got {k}", arguments=("k",))
     t0 = time.perf_counter()
     ref_files = _cohort_files(reference_dir, k + 1, "reference", k)
     coh_files = _cohort_files(cohort_dir, k + 1, "cohort", k)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import anatomy
-from ..errors import InputError, SiblingsError
+from ..errors import SiblingsError
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -84,7 +84,7 @@ class Condition:
             return all(c.holds(features[c.column]) for c in self.clauses)
         vec = np.asarray(features, dtype=np.float64).reshape(-1)
         if vec.size != len(anatomy.MORPHOLOGY_COLUMNS):
-            raise InputError(f"expected {len(anatomy.MORPHOLOGY_COLUMNS)} features, got {vec.size}")
+            raise ValueError(f"expected {len(anatomy.MORPHOLOGY_COLUMNS)} features, got {vec.size}")
         idx = anatomy.MORPHOLOGY_COLUMNS.index
         return all(c.holds(vec[idx(c.column)]) for c in self.clauses)
 

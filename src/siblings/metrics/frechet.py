@@ -52,7 +52,7 @@ def gaussian_frechet_distance(
     s1, s2 = np.atleast_2d(np.asarray(sigma1, float)), np.atleast_2d(np.asarray(sigma2, float))
     d = mu1.shape[0]
     if mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
-        raise InputError(
+        raise ValueError(
             f"shapes do not agree: mu1 {mu1.shape}, sigma1 {s1.shape}, mu2 {mu2.shape}, sigma2 {s2.shape}"
         )
     s1, s2 = (s1 + s1.T) / 2.0, (s2 + s2.T) / 2.0
@@ -68,7 +68,7 @@ def gaussian_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (``ddof = 1``) of the rows of ``x`` (n samples × d features)."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
-        raise InputError(f"expected samples × features, got shape {x.shape}")
+        raise ValueError(f"expected samples × features, got shape {x.shape}")
     if x.shape[0] < 2:
         raise InputError(f"a covariance needs at least 2 samples, got {x.shape[0]}")
     if not np.all(np.isfinite(x)):
@@ -91,7 +91,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise InputError(f"expected two samples × features arrays, got {a.shape} and {b.shape}")
+        raise ValueError(f"expected two samples × features arrays, got {a.shape} and {b.shape}")
     return gaussian_frechet_distance(*gaussian_fit(a), *gaussian_fit(b))
 
 
@@ -103,7 +103,7 @@ def normalisation(reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     ref = np.asarray(reference, dtype=np.float64)
     if ref.ndim != 2 or ref.shape[0] < 1:
-        raise InputError(f"expected a non-empty samples × features array, got {ref.shape}")
+        raise ValueError(f"expected a non-empty samples × features array, got {ref.shape}")
     mean = ref.mean(axis=0)
     std = ref.std(axis=0, ddof=0)
     return mean, np.where(std > 0, std, 1.0)

@@ -84,7 +84,7 @@ class Occupancy:
         """Add one label map (3D integer array, values 0–6; C or Fortran order)."""
         lab = np.asarray(label_map)
         if lab.ndim != 3:
-            raise InputError(f"expected a 3D label map, got shape {lab.shape}")
+            raise ValueError(f"expected a 3D label map, got shape {lab.shape}")
         counts = self._ensure(lab.shape)
         d, h, w = lab.shape
         # NIfTI data arrive in Fortran order: walk it in memory order instead of copying.
@@ -146,7 +146,7 @@ class Occupancy:
     def counts(self) -> np.ndarray:
         """Integer counts, shape (7, D, H, W): maps with label c at each voxel."""
         if self._counts is None or self.n == 0:
-            raise InputError("no label maps added")
+            raise ValueError("no label maps added")
         tissue = np.moveaxis(self._counts, -1, 0).astype(np.int64)
         return np.concatenate([self.n - tissue.sum(axis=0, keepdims=True), tissue])
 
@@ -157,7 +157,7 @@ class Occupancy:
     def probability(self, channel: str, dtype: type = np.float32) -> np.ndarray:
         """One channel of ``P`` by tissue name, or ``"heart"`` for ``1 − P_background``."""
         if self._counts is None or self.n == 0:
-            raise InputError("no label maps added")
+            raise ValueError("no label maps added")
         if channel == HEART:
             return (self._counts.sum(axis=-1, dtype=np.int64) / self.n).astype(dtype)
         if channel not in anatomy.LABELS:
@@ -177,6 +177,6 @@ def occupancy_difference(p_synthetic: np.ndarray, p_real: np.ndarray) -> np.ma.M
     """
     a, b = np.asarray(p_synthetic), np.asarray(p_real)
     if a.shape != b.shape:
-        raise InputError(f"occupancy shapes differ: {a.shape} and {b.shape}")
+        raise ValueError(f"occupancy shapes differ: {a.shape} and {b.shape}")
     diff = a.astype(np.float32) - b.astype(np.float32)
     return np.ma.MaskedArray(diff, mask=(a == 0) | (b == 0))

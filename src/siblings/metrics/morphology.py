@@ -70,7 +70,7 @@ def chamber_moments(labels: np.ndarray) -> dict[str, tuple[int, np.ndarray, np.n
     """
     lab = np.asarray(labels)
     if lab.ndim != 3:
-        raise InputError(f"expected a 3D label map, got shape {lab.shape}")
+        raise ValueError(f"expected a 3D label map, got shape {lab.shape}")
     values = np.array([anatomy.LABELS[c] for c in anatomy.CHAMBERS])
     lo = int(values.min())
     flat = lab.reshape(-1)

@@ -56,7 +56,7 @@ def _blocks(a: np.ndarray, b: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
 def _as_points(x: np.ndarray, name: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
-        raise InputError(f"{name}: expected samples × features, got shape {x.shape}")
+        raise ValueError(f"{name}: expected samples × features, got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise InputError(f"{name}: features contain NaN or infinite values")
     return x
@@ -92,7 +92,7 @@ def coverage(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.n
     p, c = _as_points(points, "points"), _as_points(centres, "centres")
     r = np.asarray(radii, dtype=np.float64)
     if p.shape[1] != c.shape[1] or r.shape != (c.shape[0],):
-        raise InputError(
+        raise ValueError(
             f"shapes do not agree: points {p.shape}, centres {c.shape}, radii {r.shape}"
         )
     out = np.empty(p.shape[0], dtype=bool)
@@ -117,7 +117,7 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> Precisio
     """
     r, f = _as_points(real, "real"), _as_points(fake, "fake")
     if r.shape[1] != f.shape[1]:
-        raise InputError(f"real has {r.shape[1]} features, fake has {f.shape[1]}")
+        raise ValueError(f"real has {r.shape[1]} features, fake has {f.shape[1]}")
     precision = coverage(f, r, knn_radii(r, k)).mean()
     recall = coverage(r, f, knn_radii(f, k)).mean()
     return PrecisionRecall(float(precision), float(recall))

@@ -127,7 +127,7 @@ def topology_checks(
     """
     lab = np.asarray(label_map)
     if lab.ndim != 3:
-        raise InputError(f"expected a 3D label map, got shape {lab.shape}")
+        raise ValueError(f"expected a 3D label map, got shape {lab.shape}")
     lab = _crop(lab)
     counts = component_counts(lab, min_component_voxels)
     touch = tissue_contacts(lab, contact_connectivity)
@@ -153,7 +153,7 @@ def violation_rates(checks: list[dict[str, bool]] | np.ndarray) -> dict[str, flo
     """Per-check breakdown: the fraction of maps violating each of the 12 checks."""
     arr = checks if isinstance(checks, np.ndarray) else checks_array(checks)
     if arr.shape[0] == 0:
-        raise InputError("violation rates of an empty cohort are undefined")
+        raise ValueError("violation rates of an empty cohort are undefined")
     return {
         col: float(v) for col, v in zip(anatomy.TOPOLOGY_COLUMNS, arr.mean(axis=0), strict=True)
     }
@@ -167,5 +167,5 @@ def tv_percent(checks: list[dict[str, bool]] | np.ndarray) -> float:
         else checks.astype(float)
     )
     if arr.size == 0:
-        raise InputError("TV% of an empty cohort is undefined")
+        raise ValueError("TV% of an empty cohort is undefined")
     return float(100.0 * arr.mean())

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import anatomy
-from ..errors import InputError
 from .bootstrap import bootstrap_indices, percentile_interval
 from .cohort import CohortSummary
 from .overlap import tissue_dice
@@ -33,8 +32,8 @@ from .overlap import tissue_dice
 UNDEFINED_AGAINST_ONE_MAP = (
     "undefined against a single twin: features are normalised by the reference's standard "
     "deviation (0 for one map), the Fréchet distance needs the reference covariance (ddof = 1, "
-    "at least 2 maps) and precision/recall need k + 1 reference maps; pass a reference cohort "
-    "(--reference DIR) to compute them against it"
+    "at least 2 maps) and precision/recall need k + 1 reference maps; evaluate against a "
+    "reference cohort (the edit's reference argument) to compute them"
 )
 
 
@@ -84,7 +83,7 @@ def twin_metrics(
     (what the edit itself changed, the autoencoder's loss taken out).
     """
     if len(twin) != 1:
-        raise InputError(f"expected one twin map, got {len(twin)}")
+        raise ValueError(f"expected one twin map, got {len(twin)}")
     n = len(siblings)
     tv = siblings.tv_percent
     rates = siblings.violated.mean(axis=0)

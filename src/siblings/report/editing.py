@@ -30,8 +30,6 @@ from collections.abc import Sequence
 
 import matplotlib
 
-from ..errors import InputError
-
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
@@ -114,7 +112,7 @@ def siblings_figure(
     sibs = [np.asarray(s) for s in siblings]
     for s in sibs:
         if s.shape != twin.shape:
-            raise InputError(f"sibling grid {s.shape} differs from the twin's {twin.shape}")
+            raise ValueError(f"sibling grid {s.shape} differs from the twin's {twin.shape}")
     names = list(names) if names is not None else [f"sibling {i}" for i in range(len(sibs))]
     centre = np.asarray(index if index is not None else heart_centre_index(twin))
     box = heart_box([twin, *sibs]) if crop else tuple(slice(0, s) for s in twin.shape)

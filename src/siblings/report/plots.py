@@ -29,8 +29,6 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib
 
-from ..errors import InputError
-
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
@@ -121,11 +119,11 @@ def volume_scatter(
     ylim = ylim or _limits(c[:, 1], r[:, 1])
     try:
         if len(r) < 3:
-            raise InputError("too few points")
+            raise ValueError("too few points")
         gx, gy, dens = _kde_grid(r, xlim, ylim)
         levels = sorted(set(hdr_thresholds(dens, masses)))
         if len(levels) < 2 or not np.all(np.isfinite(levels)):
-            raise InputError("flat density")
+            raise ValueError("flat density")
         ax.contourf(gx, gy, dens, levels=[*levels, dens.max() * 1.0001], cmap="Greys", alpha=0.55)
         ax.contour(gx, gy, dens, levels=levels, colors=REFERENCE_COLOUR, linewidths=0.7)
         kde_note = f"{reference_label} KDE ({', '.join(f'{m:.0%}' for m in masses)} regions)"
