@@ -51,10 +51,11 @@ _VERSION_OF: dict[str, Callable[[], str]] = {
 SOFTWARE: dict[str, tuple[str, ...]] = {
     "model": ("digital_siblings", "torch", "monai", "nibabel", "numpy", "python"),
     "prepare": ("digital_siblings", "numpy", "scipy", "nibabel", "SimpleITK", "python"),
+    "repair": ("digital_siblings", "numpy", "scipy", "nibabel", "python"),
 }
 """The packages each kind of manifest records, in the order it records them: ``model``
 for maps made with the model (sample, edit, augment, experiments), ``prepare`` for the
-TotalSegmentator preparation (which needs no torch)."""
+TotalSegmentator preparation (which needs no torch), ``repair`` for ``siblings repair``."""
 
 
 def software_versions(stack: str = "model") -> dict[str, str]:
