@@ -45,6 +45,8 @@ from .. import anatomy
 from ..errors import InputError
 from .edm import Denoiser, heun_sample
 
+Guide = Callable[[torch.Tensor, float], torch.Tensor]
+
 
 def start_step(psi: float, steps: int) -> int:
     """Index i of the schedule where perturbational editing starts: N − max(1, round(ψN))."""
@@ -97,7 +99,12 @@ def latent_keep_mask(
 
 
 def perturb(
-    denoise: Denoiser, z: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor
+    denoise: Denoiser,
+    z: torch.Tensor,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    guide: Guide | None = None,
 ) -> torch.Tensor:
     """SDEdit (paper §3.3): the Heun sampler from ``z + σ_s·ε`` along ``sigmas``.
 
@@ -108,12 +115,14 @@ def perturb(
     noise : unit Gaussian ε ``(B, C, n, n, n)``, on ``z``'s device and dtype.
     sigmas : the schedule from the start level ``σ_s`` to 0, i.e.
         ``karras_sigmas(N)[start_step(ψ, N):]``.
+    guide : optional classifier guidance added to every denoiser output
+        (:func:`siblings.diffusion.guidance.classifier_guide`).
 
     Returns
     -------
     The edited latents ``(B, C, n, n, n)``, float64.
     """
-    return heun_sample(denoise, z + float(sigmas[0]) * noise, sigmas)
+    return heun_sample(denoise, z + float(sigmas[0]) * noise, sigmas, guide=guide)
 
 
 def inpaint(
@@ -125,6 +134,7 @@ def inpaint(
     sigmas: torch.Tensor,
     *,
     fresh_paste_noise: Callable[[int], torch.Tensor] | None = None,
+    guide: Guide | None = None,
 ) -> torch.Tensor:
     """Inpainting (paper §3.4, eq. 5): sample along ``sigmas`` from ``σ_0·noise``,
     pasting ``(z + σ·ε)·m + (1 − m)·z_σ`` before every denoiser call and at σ = 0.
@@ -139,6 +149,8 @@ def inpaint(
     sigmas : the full schedule ``σ_0 = σmax … 0``.
     fresh_paste_noise : if given, the k-th paste at σ > 0 (k = 1, 2, …) uses
         ``fresh_paste_noise(k)`` instead of ``paste_noise`` (a new ε at every paste).
+    guide : optional classifier guidance added to every denoiser output; the paste
+        still comes first, so the kept region at σ = 0 is ``z`` whatever the guide does.
 
     All tensors on one device. Returns the latents ``(B, C, n, n, n)``, float64.
     """
@@ -152,4 +164,4 @@ def inpaint(
             e = fresh_paste_noise(pastes).to(x.device, torch.float64)
         return (z + sigma * e) * keep + (1 - keep) * x
 
-    return heun_sample(denoise, noise * float(sigmas[0]), sigmas, paste=paste)
+    return heun_sample(denoise, noise * float(sigmas[0]), sigmas, paste=paste, guide=guide)

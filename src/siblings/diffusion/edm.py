@@ -150,6 +150,7 @@ def heun_sample(
     s_noise: float = 1.0,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     paste: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
+    guide: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """EDM's Heun sampler (Algorithm 1 of Karras et al.; stochastic Algorithm 2 if churn>0).
@@ -157,7 +158,10 @@ def heun_sample(
     ``z`` is the noisy start at ``sigmas[0]``; ``sigmas`` ends in 0. N steps cost 2N−1
     calls of ``denoise(z, sigma)`` (no correction on the last step, to σ = 0).
     ``paste(z, sigma)``, if given, replaces part of the state before every denoiser call
-    and once more at σ = 0 (inpainting, eq. 5). ``generator`` draws the churn noise: one
+    and once more at σ = 0 (inpainting, eq. 5). ``guide(z, sigma)``, if given, is added
+    to every denoiser output (after the paste, on the same state): classifier guidance,
+    ``σ²·γ·∇ log p(y | z_σ)``, which adds ``γ·∇ log p(y | z_σ)`` to the score
+    ``(D − z)/σ²`` (:func:`siblings.diffusion.guidance.classifier_guide`). ``generator`` draws the churn noise: one
     generator for the whole batch, or one per batch row (row ``k``'s noise then comes from
     ``generator[k]`` alone, so a sample does not depend on the batch it is in). Returns
     the final state as float64.
@@ -165,6 +169,11 @@ def heun_sample(
     sigmas = sigmas.to(torch.float64)
     x = z.to(torch.float64)
     n = len(sigmas) - 1
+
+    def den(x: torch.Tensor, s: float) -> torch.Tensor:
+        d = denoise(x, torch.tensor(s, dtype=torch.float64)).to(torch.float64)
+        return d if guide is None else d + guide(x, s).to(torch.float64)
+
     for i in range(n):
         s_cur, s_next = float(sigmas[i]), float(sigmas[i + 1])
         # Optional churn: raise the noise level a little (Algorithm 2, lines 4-6).
@@ -176,16 +185,13 @@ def heun_sample(
         if paste is not None:
             x = paste(x, s_hat)
         # Euler step.
-        d = (x - denoise(x, torch.tensor(s_hat, dtype=torch.float64)).to(torch.float64)) / s_hat
+        d = (x - den(x, s_hat)) / s_hat
         x_next = x + (s_next - s_hat) * d
         # Apply 2nd order correction.
         if s_next != 0:
             if paste is not None:
                 x_next = paste(x_next, s_next)
-            d2 = (
-                x_next
-                - denoise(x_next, torch.tensor(s_next, dtype=torch.float64)).to(torch.float64)
-            ) / s_next
+            d2 = (x_next - den(x_next, s_next)) / s_next
             x_next = x + (s_next - s_hat) * (0.5 * d + 0.5 * d2)
         x = x_next
         if callback is not None:
