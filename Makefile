@@ -10,7 +10,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, in its own pip call: the pinned wheel (CPU here, CUDA elsewhere).
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	# The mesh extra (TetGen and meshio wheels, under 1 MB) so the tests cover volume meshes.
+	$(BIN)/pip install --quiet -e ".[dev,mesh]"
 	touch $(STAMP)
 
 demo: $(STAMP)
