@@ -240,3 +240,102 @@ def test_cli_repair_prints_the_figures_and_maps_errors_to_exit_2(tmp_path, cohor
     assert "--overwrite" in capsys.readouterr().err
     assert main(["repair", str(cohort), "--out", str(tmp_path / "x"), "--max-gap", "-1"]) == 2
     assert "--max-gap must be 0 or more" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------
+# --repair on the commands that make maps. The micro model's maps are meaningless (often
+# all background), so each run is given planted maps in place of the model's, and the
+# test checks the plumbing: what is written is the repair of what was made, and the
+# manifests say what the repair did.
+# ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model(micro):
+    from siblings.models.ldm import LatentDiffusionModel
+
+    return LatentDiffusionModel.load(micro.checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def planted(valid) -> np.ndarray:
+    """Two maps: the valid phantom with a septal hole filled with LV, and the valid one."""
+    return np.stack([_line(valid, "LV", "RV", "LV"), valid])
+
+
+def _expect_repaired(path, manifest: dict, made: np.ndarray) -> None:
+    rep = repair_topology(made)
+    np.testing.assert_array_equal(read_label_map(path).data, rep.labels)
+    assert manifest["repair"]["voxels_changed"] == rep.voxels_changed
+    assert manifest["repair"]["checks_before"] == rep.before
+    assert manifest["repair"]["checks_after"] == rep.after
+    assert manifest["repair"]["max_gap"] == 2
+
+
+def test_sample_with_repair_writes_repaired_maps_and_records_the_repair(
+    model, planted, tmp_path, monkeypatch
+):
+    from siblings.pipelines.sample import sample_cohort
+
+    monkeypatch.setattr(model, "decode", lambda z: planted[: len(z)].copy())
+    paths = sample_cohort(model, tmp_path / "s", n=2, steps=2, batch=2, repair=True, progress=False)
+    for path, made in zip(paths, planted, strict=True):
+        manifest = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        _expect_repaired(path, manifest, made)
+        assert manifest["topology_violations"] == []
+    first = json.loads((tmp_path / "s" / "sample_00000.json").read_text())["repair"]
+    assert first["violations_before"] == ["sep_LV_RV"] and first["changed"] is True
+
+
+def test_edit_with_repair_writes_repaired_siblings_and_a_run_summary(
+    model, planted, valid, tmp_path, monkeypatch
+):
+    import siblings.pipelines.edit as edit
+
+    twin = tmp_path / "twin.nii.gz"
+    write_label_map(twin, LabelMap(valid, centred_affine(SIZE)))
+    real = edit._make_siblings
+
+    def made_planted(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.labels = planted.copy()
+        return result
+
+    monkeypatch.setattr(edit, "_make_siblings", made_planted)
+    out = tmp_path / "e"
+    run = edit.run_edit(
+        model, twin, out, "perturb", psi=0.5, n=2, steps=2, n_boot=0, invert_steps=0,
+        figure_siblings=1, progress=False, repair=True,
+    )  # fmt: skip
+    for k, path in enumerate(run.siblings):
+        manifest = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        _expect_repaired(path, manifest, planted[k])
+        assert manifest["topology_violations"] == []  # measured on the written map
+    summary = json.loads((out / "run.json").read_text())["repair"]
+    assert (summary["passing_all_checks_before"], summary["passing_all_checks_after"]) == (1, 2)
+    assert summary["max_gap"] == 2
+
+
+def test_augment_with_repair_judges_and_writes_the_repaired_map(
+    model, micro, planted, tmp_path, monkeypatch
+):
+    import siblings.pipelines.augment as aug
+
+    monkeypatch.setattr(aug, "attempt_map", lambda label, att, twins, settings: (planted[0], None))
+    out = tmp_path / "a"
+    res = aug.augment(
+        model, micro.data, "LV_volume_ml > 1", "uncond", 2, 0, out, steps=2, batch=2,
+        evaluate=False, repair=True,
+    )  # fmt: skip
+    for path in res.files:
+        manifest = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        _expect_repaired(path, manifest, planted[0])
+        assert manifest["augment"]["run"]["repair"] == {"max_gap": 2}
+    summary = json.loads((out / "augment.json").read_text())["repair"]
+    assert (summary["n"], summary["passing_all_checks_after"]) == (2, 2)
+    assert summary["tv_percent_before"] == pytest.approx(100 / 12, abs=1e-3)
+
+
+def test_cli_make_commands_take_repair_and_refuse_a_negative_max_gap(tmp_path, capsys):
+    argv = ["sample", "--n", "1", "--out", str(tmp_path / "s"), "--repair", "--max-gap", "-1"]
+    assert main(argv) == 2
+    assert "--max-gap must be 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

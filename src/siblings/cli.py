@@ -406,6 +406,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--batch", type=int, default=8, help="maps per batch (default 8)")
     _add_model_options(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_repair_options(p)
     p.set_defaults(func=_run_sample)
 
 
@@ -420,8 +421,10 @@ def _run_sample(args: argparse.Namespace) -> None:
         seed=args.seed,
         batch=args.batch,
         device=args.device,
+        repair=args.repair,
+        max_gap=args.max_gap,
     )
-    print(f"wrote {len(paths)} maps to {args.out}")
+    print(f"wrote {len(paths)} {'repaired ' if args.repair else ''}maps to {args.out}")
 
 
 # ---------------------------------------------------------------------------------
@@ -492,6 +495,7 @@ def _edit_common(p) -> None:
         help="siblings shown beside the twin in the figure (default 5)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    _add_repair_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_edit)
 
@@ -654,6 +658,8 @@ def _run_edit(args: argparse.Namespace) -> None:
             figure_siblings=args.figure_siblings,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            repair=args.repair,
+            max_gap=args.max_gap,
         )
     print(format_run(run))
 
@@ -832,6 +838,17 @@ def _add_max_gap_option(p, prefix: str = "") -> None:
         help=f"{prefix}longest chain of voxels a bridge or a closed contact may paint "
         f"(default {DEFAULT_MAX_GAP})",
     )
+
+
+def _add_repair_options(p) -> None:
+    """--repair and --max-gap, for the commands that make maps (sample, edit, augment)."""
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="repair each map's topology before it is written (as `siblings repair` does); "
+        "its manifest records the checks before and after and the voxels changed",
+    )
+    _add_max_gap_option(p, prefix="with --repair: ")
 
 
 def _add_repair(sub) -> None:
@@ -1044,6 +1061,7 @@ def _add_augment(sub) -> None:
     )
     p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation report")
     p.add_argument("--no-figures", action="store_true", help="no PNG figures in the report")
+    _add_repair_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_augment)
 
@@ -1083,6 +1101,8 @@ def _run_augment(args: argparse.Namespace) -> None:
                 n_boot=args.n_boot,
                 figures=not args.no_figures,
                 progress=not args.quiet,
+                repair=args.repair,
+                max_gap=args.max_gap,
             )
     except AugmentStopped as exc:
         print(f"siblings augment: {exc.worded(flag)}", file=sys.stderr)

@@ -346,6 +346,12 @@ def _changes(before: np.ndarray, after: np.ndarray) -> tuple[dict, dict]:
     return per_label, transitions
 
 
+def check_max_gap(max_gap: int) -> None:
+    """Refuse a negative ``max_gap`` (:class:`InputError` naming it)."""
+    if max_gap < 0:
+        raise InputError(f"{{max_gap}} must be 0 or more, got {max_gap}", arguments=("max_gap",))
+
+
 def repair_topology(label_map: np.ndarray, max_gap: int = DEFAULT_MAX_GAP) -> TopologyRepair:
     """Repair the topology of one label map with the least change (see the module text).
 
@@ -367,8 +373,7 @@ def repair_topology(label_map: np.ndarray, max_gap: int = DEFAULT_MAX_GAP) -> To
         raise InputError(f"expected a 3D label map, got shape {lab.shape}")
     if lab.dtype.kind not in "iub" or (lab.size and (lab.min() < 0 or lab.max() > 6)):
         raise InputError("a label map holds integers 0–6")
-    if max_gap < 0:
-        raise InputError(f"{{max_gap}} must be 0 or more, got {max_gap}", arguments=("max_gap",))
+    check_max_gap(max_gap)
     before = topology_checks(lab)
     tissue_voxels = int(np.count_nonzero(lab))
     rep = TopologyRepair(lab, before, before, tissue_voxels=tissue_voxels)

@@ -46,14 +46,16 @@ from ..data.twin import Twin, read_rare_twins
 from ..diffusion.inversion import DEFAULT_INVERT_STEPS
 from ..diffusion.keep import KeepMode
 from ..errors import InputError, OutputExistsError
-from ..io import LabelMap, read_json, read_label_map, write_json, write_label_map
+from ..io import LabelMap, read_json, read_label_map, stem, write_json, write_label_map
 from ..metrics.bootstrap import acceptance_rate
 from ..metrics.cohort import HEADLINE_KEYS, evaluate_maps, measure_map, summarise_maps
 from ..metrics.condition import Condition, parse_condition
 from ..models.edits import ood_warning
 from ..models.ldm import LatentDiffusionModel
+from ..repair import DEFAULT_MAX_GAP, check_max_gap, repair_topology
 from ..report.evaluation import write_evaluation
 from .inputs import ModelSource, resolve_model
+from .repair import summarise_repairs
 
 PathLike = str | os.PathLike
 
@@ -92,6 +94,8 @@ def augment(
     keep: KeepMode = "exact",
     invert_steps: int = DEFAULT_INVERT_STEPS,
     reuse: Mapping[int, Path] | None = None,
+    repair: bool = False,
+    max_gap: int = DEFAULT_MAX_GAP,
 ) -> AugmentResult:
     """Grow the rare cohort of ``data`` (maps meeting ``where``) by ``n`` accepted maps.
 
@@ -135,6 +139,10 @@ def augment(
         already made (:func:`reusable_samples`: same checkpoint, precision, seed and
         steps). Such attempts are read instead of sampled again; the accepted maps are
         the same bytes either way, and ``augment.json`` records how many were reused.
+    repair, max_gap : repair each attempt's topology (:func:`siblings.repair.repair_topology`)
+        before it is written and judged; each accepted map's manifest records its repair
+        under ``repair`` and ``augment.json`` the accepted cohort's figures. A resumed run
+        must repair as the interrupted one did (``repair`` is part of the run's signature).
 
     Returns
     -------
@@ -165,6 +173,7 @@ def augment(
         invert_steps=invert_steps,
         prefix=prefix,
     )
+    check_max_gap(max_gap)
     out = Path(out)
     present = check_output(out, settings.prefix, resume)
     twins = read_rare_twins(
@@ -177,6 +186,8 @@ def augment(
         progress=progress,
     )
     signature = run_signature(settings, seed, twins, model)
+    if repair:
+        signature["repair"] = {"max_gap": max_gap}
     files: list[Path] = []
     attempts: list[int] = []
     if present:
@@ -219,6 +230,9 @@ def augment(
     )  # fmt: skip
     if reuse:
         result.summary["reused_samples"] = {"offered": len(reuse), "read": len(reused)}
+    if repair and files:
+        logs = [read_json(p.parent / f"{stem(p)}.json")["repair"] for p in files]
+        result.summary["repair"] = {"max_gap": max_gap, **summarise_repairs(logs)}
     write_json(out / "augment.json", result.summary)
     if not result.complete:
         raise stopped(result, settings.max_attempts)
@@ -423,6 +437,10 @@ def _keep_if_accepted(
 ) -> bool:
     """Judge one attempt on its written file; keep it (map, then manifest) if it passes."""
     lab, seam = attempt_map(label, att, twins, settings)
+    repaired = None
+    if "repair" in signature:  # repaired before it is written and judged
+        repaired = repair_topology(lab, max_gap=signature["repair"]["max_gap"])
+        lab = repaired.labels
     # Judge the file itself: written, read back, measured as `evaluate` does.
     write_label_map(candidate, LabelMap(lab, model.affine))
     feats, violated = measure_map(read_label_map(candidate))
@@ -438,6 +456,8 @@ def _keep_if_accepted(
     )  # fmt: skip
     if seam is not None:
         manifest["seam"] = seam
+    if repaired is not None:
+        manifest["repair"] = {**signature["repair"], **repaired.record()}
     if att.twin is not None:
         manifest["encoding"] = encoded.encodings[att.twin].to_dict()
     write_json(out / f"{name}.json", manifest)  # last: marks the map complete
@@ -519,6 +539,8 @@ def augment_cohort(
     n_boot: int = 1000,
     figures: bool = True,
     progress: bool = False,
+    repair: bool = False,
+    max_gap: int = DEFAULT_MAX_GAP,
 ) -> AugmentResult:
     """``siblings augment``: grow the rare cohort of ``data`` by ``n`` maps into ``out``.
 
@@ -529,6 +551,7 @@ def augment_cohort(
     """
     parse_condition(where)
     check_counts(n, steps, batch, max_attempts, k, n_boot, invert_steps)
+    check_max_gap(max_gap)
     return augment(
         resolve_model(model),
         data,
@@ -551,4 +574,6 @@ def augment_cohort(
         n_boot=n_boot,
         figures=figures,
         progress=progress,
+        repair=repair,
+        max_gap=max_gap,
     )

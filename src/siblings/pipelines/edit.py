@@ -46,7 +46,9 @@ from ..errors import InputError, MissingTissueWarning
 from ..io import LabelMap, LabelMapError, write_bytes, write_json, write_label_map
 from ..models.edits import EditResult, TwinEncoding, encode_twin, inpaint, ood_warning, perturb
 from ..models.ldm import LatentDiffusionModel
+from ..repair import DEFAULT_MAX_GAP, TopologyRepair, check_max_gap
 from .inputs import ModelSource, resolve_model
+from .repair import repair_records, summarise_repairs
 from .staging import staging
 
 PathLike = str | os.PathLike
@@ -78,6 +80,8 @@ def run_edit(
     overwrite: bool = False,
     progress: bool = True,
     encoding: TwinEncoding | None = None,
+    repair: bool = False,
+    max_gap: int = DEFAULT_MAX_GAP,
 ) -> EditRun:
     """Make ``n`` siblings of ``twin`` and write them, their manifests and a report.
 
@@ -114,6 +118,11 @@ def run_edit(
         (``EditRun.result.encoding``), so that a second edit of one resolved twin
         (``EditRun.twin``) neither prepares nor inverts it again; by default it is
         encoded here.
+    repair, max_gap : repair every sibling's topology before it is written and measured
+        (:func:`siblings.repair.repair_topology`); each manifest records its repair
+        (checks before and after, voxels changed per label) under ``repair``, and
+        ``run.json`` the run's figures. Kept-tissue Dice is measured before the repair,
+        which may relabel kept voxels too (the manifest says which).
 
     Returns
     -------
@@ -143,6 +152,7 @@ def run_edit(
     )
     if n_boot < 0:
         raise InputError(f"{{n_boot}} must be 0 or more, got {n_boot}", arguments=("n_boot",))
+    check_max_gap(max_gap)
     out = check_output(out, overwrite)
     twin = _resolve(model, twin, register_to, interpolation, progress)
     ref_summary = _reference_summary(model, twin, reference)
@@ -164,6 +174,9 @@ def run_edit(
         run_warnings.append(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)
     result = _make_siblings(model, twin, settings, encoding, progress)
+    repairs: list[TopologyRepair] = []
+    if repair:
+        result.labels, repairs = repair_records(result.labels, max_gap)
     return _write_run(
         model,
         twin,
@@ -178,6 +191,8 @@ def run_edit(
         warnings_=run_warnings,
         t0=t0,
         progress=progress,
+        repairs=repairs,
+        max_gap=max_gap,
     )
 
 
@@ -275,8 +290,11 @@ def _write_run(
     warnings_: list[str],
     t0: float,
     progress: bool,
+    repairs: list[TopologyRepair] | None = None,
+    max_gap: int = DEFAULT_MAX_GAP,
 ) -> EditRun:
     """Everything the run writes, through a staging folder renamed onto ``out``."""
+    repair_log = [{"max_gap": max_gap, **r.record()} for r in repairs or []]
     from tqdm.auto import tqdm
 
     records = edit_records(twin, settings, result, reconstruction)
@@ -287,7 +305,9 @@ def _write_run(
         disable=not progress,
     )
     with staging(out) as stage:
-        sib_paths = _write_siblings(stage, out, model, twin, settings, result, records, bar)
+        sib_paths = _write_siblings(
+            stage, out, model, twin, settings, result, records, bar, repair_log
+        )
         scan_paths, scanner_kept_dice = _write_scanner_siblings(
             stage, out, twin, settings, result, records, bar
         )
@@ -309,6 +329,9 @@ def _write_run(
             figure_siblings=figure_siblings,
             warnings_=warnings_,
             t0=t0,
+            repair_summary=(
+                {"max_gap": max_gap, **summarise_repairs(repair_log)} if repair_log else None
+            ),
         )
     return EditRun(
         out=out,
@@ -331,12 +354,16 @@ def _write_siblings(
     result: EditResult,
     records: EditRecords,
     bar: Any,
+    repair_log: list[dict[str, Any]] | None = None,
 ) -> list[Path]:
-    """Model-space siblings and their manifests; their final paths under ``out``."""
+    """Model-space siblings and their manifests (with their repairs, if repaired); their
+    final paths under ``out``."""
     paths = []
     for k, (name, lab) in enumerate(zip(records.names, result.labels, strict=True)):
         write_label_map(stage / f"{name}.nii.gz", LabelMap(lab, model.affine))
         manifest = sibling_manifest(model, settings, result, records, k, twin.in_other_space)
+        if repair_log:
+            manifest["repair"] = repair_log[k]
         write_json(stage / f"{name}.json", manifest)
         paths.append(out / f"{name}.nii.gz")
         bar.update(1)
@@ -408,8 +435,10 @@ def _write_report(
     figure_siblings: int,
     warnings_: list[str],
     t0: float,
+    repair_summary: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], float]:
-    """``report/`` and ``run.json``; the run's metrics and its seconds."""
+    """``report/`` and ``run.json`` (with the repairs' figures, if repaired); the run's
+    metrics and its seconds."""
     from ..metrics.cohort import HEADLINE_KEYS, evaluate_maps, summarise_maps
     from ..report import editing as report
     from ..report.evaluation import write_evaluation
@@ -444,6 +473,8 @@ def _write_report(
     )
     seconds = time.perf_counter() - t0
     record = run_record(model, twin, settings, result, records, warnings_, seconds)
+    if repair_summary is not None:
+        record["repair"] = repair_summary
     page = report.edit_report_html(metrics, figures, record, sib_summary)
     for fname, data in figures.items():
         write_bytes(stage / "report" / fname, data)
@@ -479,6 +510,8 @@ def edit_twin(
     figure_siblings: int = 5,
     overwrite: bool = False,
     progress: bool = True,
+    repair: bool = False,
+    max_gap: int = DEFAULT_MAX_GAP,
 ) -> EditRun:
     """``siblings edit perturb|local``: siblings of ``twin`` into ``out``.
 
@@ -507,6 +540,7 @@ def edit_twin(
             f"{{figure_siblings}} must be at least 1, got {figure_siblings}",
             arguments=("figure_siblings",),
         )
+    check_max_gap(max_gap)
     check_output(out, overwrite)
     return run_edit(
         resolve_model(model),
@@ -531,4 +565,6 @@ def edit_twin(
         figure_siblings=figure_siblings,
         overwrite=overwrite,
         progress=progress,
+        repair=repair,
+        max_gap=max_gap,
     )

@@ -42,7 +42,7 @@ from ..io import (
 )
 from ..manifest import software_versions
 from ..metrics.topology import tv_percent
-from ..repair import DEFAULT_MAX_GAP, TopologyRepair, repair_topology
+from ..repair import DEFAULT_MAX_GAP, TopologyRepair, check_max_gap, repair_topology
 from .staging import staging
 
 PathLike = str | os.PathLike
@@ -58,22 +58,26 @@ class RepairRun:
     summary: dict[str, Any]
 
 
-def summarise_repairs(repairs: list[TopologyRepair]) -> dict[str, Any]:
-    """Cohort figures of a list of repairs (``repair.json``, and the ``--repair`` runs)."""
-    if not repairs:
+def summarise_repairs(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cohort figures of repairs, from their records (:meth:`TopologyRepair.record`).
+
+    Used for ``repair.json`` and by the ``--repair`` option of ``sample``, ``edit`` and
+    ``augment`` (``run.json``, ``augment.json``).
+    """
+    if not records:
         raise InputError("a summary of no repaired maps is undefined")
-    changed = np.array([r.voxels_changed for r in repairs], dtype=float)
-    fraction = np.array([r.changed_fraction for r in repairs], dtype=float)
+    changed = np.array([r["voxels_changed"] for r in records], dtype=float)
+    fraction = np.array([r["changed_fraction_of_tissue"] for r in records], dtype=float)
     unfixed: dict[str, int] = {}
-    for r in repairs:
-        for col in r.unfixed:
+    for r in records:
+        for col in r["unfixed"]:
             unfixed[col] = unfixed.get(col, 0) + 1
     return {
-        "n": len(repairs),
-        "passing_all_checks_before": sum(not any(r.before.values()) for r in repairs),
-        "passing_all_checks_after": sum(not any(r.after.values()) for r in repairs),
-        "tv_percent_before": round(tv_percent([r.before for r in repairs]), 3),
-        "tv_percent_after": round(tv_percent([r.after for r in repairs]), 3),
+        "n": len(records),
+        "passing_all_checks_before": sum(not r["violations_before"] for r in records),
+        "passing_all_checks_after": sum(not r["violations_after"] for r in records),
+        "tv_percent_before": round(tv_percent([r["checks_before"] for r in records]), 3),
+        "tv_percent_after": round(tv_percent([r["checks_after"] for r in records]), 3),
         "maps_changed": int(np.count_nonzero(changed)),
         "voxels_changed_mean": round(float(changed.mean()), 3),
         "voxels_changed_max": int(changed.max()),
@@ -169,8 +173,7 @@ def repair_maps(
     from tqdm.auto import tqdm
 
     src, out = Path(src), Path(out)
-    if max_gap < 0:
-        raise InputError(f"{{max_gap}} must be 0 or more, got {max_gap}", arguments=("max_gap",))
+    check_max_gap(max_gap)
     paths = _inputs(src)
     _check_out(src, out, overwrite)
     t0 = time.perf_counter()
@@ -192,7 +195,7 @@ def repair_maps(
         summary = {
             "source": str(src),
             "max_gap": max_gap,
-            **summarise_repairs(repairs),
+            **summarise_repairs([r.record() for r in repairs]),
             "seconds": round(seconds, 2),
             "seconds_per_map": round(seconds / len(paths), 4),
             "maps": [

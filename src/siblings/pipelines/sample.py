@@ -15,6 +15,7 @@ from ..io import LabelMap, write_json, write_label_map
 from ..manifest import provenance
 from ..metrics.topology import topology_checks
 from ..models.ldm import LatentDiffusionModel
+from ..repair import DEFAULT_MAX_GAP, check_max_gap, repair_topology
 from .inputs import ModelSource, resolve_model
 
 PathLike = str | os.PathLike
@@ -27,14 +28,29 @@ def check_counts(n: int, steps: int, batch: int) -> None:
             raise InputError(f"{{{name}}} must be at least 1, got {value}", arguments=(name,))
 
 
-def _write_sample(model: LatentDiffusionModel, out: Path, name: str, labels, **fields) -> Path:
-    """One sample: the map, then its manifest (provenance and topology violations)."""
+def _write_sample(
+    model: LatentDiffusionModel,
+    out: Path,
+    name: str,
+    labels,
+    max_gap: int | None = None,
+    **fields,
+) -> Path:
+    """One sample: the map, then its manifest (provenance and topology violations).
+
+    With ``max_gap`` the sample is first repaired (:func:`siblings.repair.repair_topology`)
+    and the manifest records the repair under ``repair``.
+    """
+    extra = {}
+    if max_gap is not None:
+        rep = repair_topology(labels, max_gap=max_gap)
+        labels, extra = rep.labels, {"repair": {"max_gap": max_gap, **rep.record()}}
     path = write_label_map(out / f"{name}.nii.gz", LabelMap(labels, model.affine))
     checks = topology_checks(labels)
     violations = [k for k, v in checks.items() if v]
     write_json(
         out / f"{name}.json",
-        provenance(model, "unconditional", **fields, topology_violations=violations),
+        provenance(model, "unconditional", **fields, topology_violations=violations, **extra),
     )
     return path
 
@@ -50,6 +66,8 @@ def sample_cohort(
     progress: bool = True,
     rank: int = 0,
     world: int = 1,
+    repair: bool = False,
+    max_gap: int = DEFAULT_MAX_GAP,
 ) -> list[Path]:
     """Write ``n`` samples as ``out/{prefix}_{index:05d}.nii.gz`` plus a JSON manifest each.
 
@@ -61,6 +79,9 @@ def sample_cohort(
     prefix : file-name prefix.
     progress : a progress bar.
     rank, world : this process's share of the indices under ``torchrun``.
+    repair, max_gap : repair each sample's topology before writing it
+        (:func:`siblings.repair.repair_topology`); its manifest records the checks before
+        and after and the voxels changed per label.
 
     Returns
     -------
@@ -68,6 +89,7 @@ def sample_cohort(
         The maps this process wrote.
     """
     check_counts(n, steps, batch)
+    check_max_gap(max_gap)
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -81,7 +103,14 @@ def sample_cohort(
             for i, lab in zip(idx, labels, strict=True):
                 written.append(
                     _write_sample(
-                        model, out, f"{prefix}_{i:05d}", lab, seed=seed, index=i, steps=steps
+                        model,
+                        out,
+                        f"{prefix}_{i:05d}",
+                        lab,
+                        max_gap if repair else None,
+                        seed=seed,
+                        index=i,
+                        steps=steps,
                     )
                 )
             bar.update(len(idx))
@@ -98,17 +127,21 @@ def sample(
     batch: int = 8,
     device: str | None = None,
     progress: bool = True,
+    repair: bool = False,
+    max_gap: int = DEFAULT_MAX_GAP,
 ) -> list[Path]:
     """``siblings sample``: a cohort of ``n`` maps into ``out``, torchrun-aware.
 
     The counts are checked first; then the process group is joined (under ``torchrun``;
     ``device`` picks this process's device) and ``model`` is loaded if it is a loader.
-    Each process writes its share; only the first shows progress.
+    Each process writes its share; only the first shows progress. ``repair`` and
+    ``max_gap`` are those of :func:`sample_cohort`.
     """
     from ..runtime import pick_device
     from ..train import init_distributed
 
     check_counts(n, steps, batch)
+    check_max_gap(max_gap)
     dist = init_distributed(pick_device(device))
     return sample_cohort(
         resolve_model(model),
@@ -120,4 +153,6 @@ def sample(
         progress=progress and dist.main,
         rank=dist.rank,
         world=dist.world,
+        repair=repair,
+        max_gap=max_gap,
     )
