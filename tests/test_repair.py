@@ -177,6 +177,21 @@ def test_a_phantom_cohort_with_defects_is_repaired_within_one_percent_of_its_tis
         assert repair_topology(rep.labels).labels is rep.labels  # repaired maps stay put
 
 
+def test_random_specks_never_leave_more_violations_and_every_one_left_is_explained(valid):
+    rng = np.random.default_rng(0)
+    heart = np.argwhere(ndimage.binary_dilation(valid > 0, structure=CUBE))
+    for _ in range(16):
+        lab = valid.copy()
+        for _ in range(3):  # specks of random labels in and around the heart
+            lab[tuple(heart[rng.integers(len(heart))])] = rng.integers(0, anatomy.NUM_LABELS)
+        rep = repair_topology(lab)
+        before, after = _violated(rep.before), _violated(rep.after)
+        assert len(after) <= len(before)
+        assert set(after) == set(rep.unfixed)  # nothing left without a reason
+        assert rep.voxels_changed == int(np.count_nonzero(rep.labels != lab))
+        assert repair_topology(rep.labels).labels is rep.labels or after
+
+
 def test_bad_input_is_refused():
     with pytest.raises(InputError, match="3D"):
         repair_topology(np.zeros((4, 4), np.uint8))
