@@ -231,6 +231,7 @@ def test_repair_maps_writes_repaired_maps_records_and_a_summary(tmp_path, cohort
     assert rec["source_manifest"] == {"method": "unconditional", "seed": 7}
     good = json.loads((out / "good.json").read_text())
     assert good["changed"] is False and good["voxels_changed"] == 0
+    assert good["changes_per_label"]["LV"] == {"lost": 0, "gained": 0}
     summary = json.loads((out / "repair.json").read_text())
     assert summary["n"] == 2
     assert (summary["passing_all_checks_before"], summary["passing_all_checks_after"]) == (1, 2)

@@ -113,7 +113,8 @@ class TopologyRepair:
             "voxels_changed": self.voxels_changed,
             "tissue_voxels": self.tissue_voxels,
             "changed_fraction_of_tissue": round(self.changed_fraction, 6),
-            "changes_per_label": self.changes,
+            "changes_per_label": self.changes
+            or {name: {"lost": 0, "gained": 0} for name in anatomy.LABEL_NAMES},
             "transitions": [
                 {"from": a, "to": b, "voxels": n} for (a, b), n in sorted(self.transitions.items())
             ],
