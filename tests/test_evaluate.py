@@ -334,7 +334,7 @@ def test_labels_out_of_range(cohorts, tmp_path, capsys):
         capsys,
         str(bad),
         "outside 0–6",
-        "found 9",
+        "9 (1 voxel)",
     )
 
 

@@ -131,8 +131,8 @@ BAD_ARRAYS = {
     "two_d": (np.zeros((4, 4), np.uint8), r"is 2D"),
     "nan": (np.where(random_labels((4, 4, 4)) > 3, np.nan, 1.0).astype(np.float32), "NaN"),
     "half": (np.full((4, 4, 4), 2.5, np.float32), "non-integer"),
-    "label7": (np.pad(np.full((3, 3, 3), 7, np.int16), 1), r"outside 0–6 \(found 7\)"),
-    "minus1": (np.pad(np.full((3, 3, 3), -1, np.int16), 1), r"outside 0–6 \(found -1\)"),
+    "label7": (np.pad(np.full((3, 3, 3), 7, np.int16), 1), r"outside 0–6: 7 \(27 voxels\)"),
+    "minus1": (np.pad(np.full((3, 3, 3), -1, np.int16), 1), r"outside 0–6: -1 \(27 voxels\)"),
 }
 
 
@@ -210,7 +210,7 @@ def test_writing_an_invalid_map_raises_and_leaves_no_file(tmp_path):
     target = tmp_path / "out" / "bad.nii.gz"
     data = np.zeros((4, 4, 4), np.uint8)
     data[1, 1, 1] = 9
-    with pytest.raises(LabelMapError, match=r"bad\.nii\.gz: has labels outside 0–6 \(found 9\)"):
+    with pytest.raises(LabelMapError, match=r"bad\.nii\.gz: has labels outside 0–6: 9 \(1 voxel\)"):
         write_label_map(target, LabelMap(data, np.eye(4)))
     leftovers = list(target.parent.iterdir()) if target.parent.exists() else []
     assert leftovers == []

@@ -409,6 +409,7 @@ def run_signature(
         **({"keep": settings.keep} if strategy == "local" else {}),
         **({"invert_steps": settings.invert_steps} if strategy != "uncond" else {}),
         "rare_twins_sha256": [t.sha256 for t in twins],
+        "labels": twins[0].labels if twins else None,
         "checkpoint_sha256": model.checkpoint_sha256,
     }
 

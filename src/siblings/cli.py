@@ -457,6 +457,23 @@ def _add_invert_option(p) -> None:
     )
 
 
+_LABELS_HELP = (
+    "label scheme of the input map(s): siblings (default, values 0-6), "
+    "totalsegmentator-heartchambers, mmwhs, mmwhs-ordinal, a JSON file "
+    '{"205": "Myo", ...} or an nnU-Net dataset.json (`siblings labels --list`)'
+)
+
+
+def _add_labels_option(p, flag_name: str = "--labels", what: str = "") -> None:
+    """--labels SCHEME|FILE, for every command that reads users' label maps."""
+    p.add_argument(
+        flag_name,
+        default=None,
+        metavar="SCHEME|FILE",
+        help=(f"{what}: " if what else "") + _LABELS_HELP,
+    )
+
+
 def _edit_common(p) -> None:
     p.add_argument(
         "twin",
@@ -493,6 +510,12 @@ def _edit_common(p) -> None:
         type=int,
         default=5,
         help="siblings shown beside the twin in the figure (default 5)",
+    )
+    _add_labels_option(p)
+    p.add_argument(
+        "--allow-truncated",
+        action="store_true",
+        help="edit a twin whose chambers or myocardium its scan cuts (refused by default)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     _add_repair_options(p)
@@ -554,6 +577,7 @@ def _add_edit(sub) -> None:
             "siblings edit perturb twin.nii.gz --psi 0.5 --n 60 --seed 0 --out sibs_psi05",
             "siblings edit perturb scan_labels.nii.gz --psi 0.35 --n 8 --out sibs  # any space",
             "siblings edit perturb TotalSegmentator/s0011 --psi 0.65 --n 60 --out sibs_s0011",
+            "siblings edit perturb mmwhs_ct_1001.nii.gz --labels mmwhs --psi 0.5 --n 8 --out sibs",
             "siblings edit perturb twin.nii.gz --psi 0.8 --checkpoint runs/tiny --device cpu --out x",
         ),
         formatter_class=_formatter,
@@ -660,6 +684,8 @@ def _run_edit(args: argparse.Namespace) -> None:
             progress=not args.quiet,
             repair=args.repair,
             max_gap=args.max_gap,
+            labels=args.labels,
+            allow_truncated=args.allow_truncated,
         )
     print(format_run(run))
 
@@ -698,6 +724,7 @@ def _add_prepare(sub) -> None:
         (
             "siblings prepare totalsegmentator Totalsegmentator_dataset --out data/prepared128",
             "siblings prepare totalsegmentator DATA --out data/prepared64 --size 64 --workers 8",
+            "siblings prepare labelmaps mmwhs_labels --labels mmwhs --out data/prepared128",
         ),
         description="""\
         Turn a segmentation dataset into a cohort of label maps in the model's space
@@ -725,6 +752,35 @@ def _add_prepare(sub) -> None:
         formatter_class=_formatter,
     )
     t.add_argument("src", type=Path, metavar="SRC", help="dataset root (or one subject folder)")
+    _prepare_options(t)
+    t.add_argument("--split", default=None, help="only subjects of this meta.csv split")
+    t.set_defaults(func=_run_prepare, labels=None)
+    m = sources.add_parser(
+        "labelmaps",
+        help="a folder of multi-label maps in any label scheme (MM-WHS, nnU-Net, ...)",
+        description=textwrap.dedent("""\
+        Prepare a folder of multi-label maps, one subject per SRC/<subject>.nii.gz, whose
+        values follow the --labels scheme: the same quality control, exclusions,
+        resampling, reorientation, registration and transforms as `prepare
+        totalsegmentator`. A file with a missing tissue, a heart cut by the scan, an
+        implausible chamber volume or values the scheme does not map (listed with their
+        voxel counts) is excluded with its reason. The scheme is recorded in every
+        manifest. Re-running skips finished subjects."""),
+        epilog=_examples(
+            "siblings prepare labelmaps mmwhs_labels --labels mmwhs --out prepared128",
+            "siblings prepare labelmaps nnunet_preds --labels Dataset027/dataset.json --out prep",
+            "siblings prepare labelmaps mine --labels my_scheme.json --size 64 --out prep64",
+        ),
+        formatter_class=_formatter,
+    )
+    m.add_argument("src", type=Path, metavar="SRC", help="folder of label maps (or one map)")
+    _add_labels_option(m)
+    _prepare_options(m)
+    m.set_defaults(func=_run_prepare, split=None)
+
+
+def _prepare_options(t) -> None:
+    """The options `prepare totalsegmentator` and `prepare labelmaps` share."""
     t.add_argument("--out", type=Path, required=True, help="output folder")
     t.add_argument("--size", type=int, default=128, help="prepared grid (default 128 = 1.4 mm)")
     t.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -760,8 +816,6 @@ def _add_prepare(sub) -> None:
         action="store_true",
         help="keep the registration's tilt instead of putting LV->LA back on +z",
     )
-    t.add_argument("--split", default=None, help="only subjects of this meta.csv split")
-    t.set_defaults(func=_run_prepare)
 
 
 def _run_prepare(args: argparse.Namespace) -> None:
@@ -782,6 +836,8 @@ def _run_prepare(args: argparse.Namespace) -> None:
         register_size=args.register_size,
         keep_axis=not args.no_keep_axis,
         split=args.split,
+        source=args.source,
+        labels=args.labels,
     )
     print(format_summary(summary))
 
@@ -947,6 +1003,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument(
         "--workers", type=int, default=None, help="worker processes (default: all cores)"
     )
+    _add_labels_option(p, what="the cohort's maps")
+    _add_labels_option(p, "--reference-labels", what="the reference's maps")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_evaluate)
@@ -967,6 +1025,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         min_component_voxels=args.min_component_voxels,
         contact_connectivity=args.contact_connectivity,
         figures=not args.no_figures,
+        labels=args.labels,
+        reference_labels=args.reference_labels,
     )
     m = ev.metrics
 
@@ -1059,6 +1119,7 @@ def _add_augment(sub) -> None:
         action="store_true",
         help="continue an interrupted run in OUT (same settings; N may grow)",
     )
+    _add_labels_option(p, what="the maps in --data")
     p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation report")
     p.add_argument("--no-figures", action="store_true", help="no PNG figures in the report")
     _add_repair_options(p)
@@ -1103,6 +1164,7 @@ def _run_augment(args: argparse.Namespace) -> None:
                 progress=not args.quiet,
                 repair=args.repair,
                 max_gap=args.max_gap,
+                labels=args.labels,
             )
     except AugmentStopped as exc:
         print(f"siblings augment: {exc.worded(flag)}", file=sys.stderr)
@@ -1345,6 +1407,43 @@ def _run_export(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------
+# labels
+# ---------------------------------------------------------------------------------
+def _add_labels(sub) -> None:
+    p = _sub(
+        sub,
+        "labels",
+        "list the input label schemes, or show how one scheme (or JSON file) maps values",
+        (
+            "siblings labels --list",
+            "siblings labels mmwhs",
+            "siblings labels my_scheme.json",
+            "siblings labels Dataset027_ACDC/dataset.json",
+        ),
+        description="""\
+        Commands that read label maps (edit, prepare labelmaps, evaluate, augment) take
+        --labels SCHEME|FILE: a built-in scheme, a JSON file mapping source values to
+        tissues ({"205": "Myo", "850": "background", "*": "background"}) or an nnU-Net
+        dataset.json, whose label names are matched to tissues by a table of common
+        names. This command prints the built-in schemes, or what a scheme or file maps.""",
+    )
+    p.add_argument(
+        "scheme", nargs="?", default=None, metavar="SCHEME|FILE", help="a scheme to show"
+    )
+    p.add_argument("--list", action="store_true", help="print every built-in scheme")
+    p.set_defaults(func=_run_labels)
+
+
+def _run_labels(args: argparse.Namespace) -> None:
+    from .labels import list_schemes, load_scheme
+
+    if args.scheme is None:
+        print(list_schemes())
+        return
+    print(load_scheme(args.scheme).table())
+
+
+# ---------------------------------------------------------------------------------
 COMMANDS: list[Callable] = [
     _add_phantom,
     _add_prepare,
@@ -1357,6 +1456,7 @@ COMMANDS: list[Callable] = [
     _add_augment,
     _add_experiment,
     _add_export,
+    _add_labels,
     _add_demo,
 ]
 

@@ -22,8 +22,10 @@ import contextlib
 import gzip
 import hashlib
 import json
+import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,9 @@ import nibabel as nib
 import numpy as np
 
 from . import anatomy
+from . import labels as label_schemes
 from .errors import SiblingsError
+from .labels import LabelScheme, load_scheme
 
 PathLike = str | os.PathLike
 
@@ -57,13 +61,16 @@ class LabelMap:
     ``xform_codes`` are the NIfTI ``(qform_code, sform_code)`` of the file it was read
     from (None: not from a file); :func:`write_label_map` writes them back, so a map put
     back on a scan's grid says what the scan's header said (1 = scanner anatomical,
-    2 = aligned, …). Without codes a map is written with 2/2.
+    2 = aligned, …). Without codes a map is written with 2/2. ``header`` is what
+    :func:`read_label_map` recorded of the file's header (which form gave the affine,
+    orientation, datatype, scaling), for manifests.
     """
 
     data: np.ndarray
     affine: np.ndarray
     path: Path | None = field(default=None, compare=False)
     xform_codes: tuple[int, int] | None = field(default=None, compare=False)
+    header: dict[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         self.affine = np.asarray(self.affine, dtype=np.float64)
@@ -176,8 +183,19 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
 # ---------------------------------------------------------------------------------
 # NIfTI.
 # ---------------------------------------------------------------------------------
-def _as_labels(path: PathLike | None, array: np.ndarray) -> np.ndarray:
-    """Validate values (finite, integral, 0–6) and return a uint8 array."""
+MAX_VOXELS: int = 1 << 30
+"""The largest map read: 2³⁰ voxels (1024³; a whole-body CT's label map at full resolution
+has about 512 x 512 x 1000). A header declaring more is refused before any voxel is read,
+so a tiny file claiming a huge grid allocates nothing (``max_voxels`` changes it)."""
+
+_SLACK_BYTES = 1 << 20  # data allowed after the voxels a header declares (padding, junk)
+
+
+def _as_labels(
+    path: PathLike | None, array: np.ndarray, scheme: LabelScheme | None = None
+) -> np.ndarray:
+    """Validate values (finite, integral, mapped by ``scheme``) and return a uint8 array."""
+    scheme = scheme or label_schemes.BUILT_IN[label_schemes.DEFAULT_SCHEME]
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)):
             raise LabelMapError(
@@ -185,17 +203,181 @@ def _as_labels(path: PathLike | None, array: np.ndarray) -> np.ndarray:
             )
         if not np.array_equal(array, np.round(array)):
             raise LabelMapError(path, "contains non-integer values; a label map holds integers 0–6")
+        if array.size and float(np.max(np.abs(array))) >= 2**31:
+            raise LabelMapError(
+                path, f"holds values up to {float(np.max(np.abs(array))):.4g}; not label values"
+            )
+        array = array.astype(np.int32)
     elif array.dtype.kind not in "iub":
         raise LabelMapError(path, f"has data type {array.dtype}; a label map holds integers 0–6")
-    lo, hi = (array.min(), array.max()) if array.size else (0, 0)
-    if lo < 0 or hi >= anatomy.NUM_LABELS:
-        bad = np.unique(array[(array < 0) | (array >= anatomy.NUM_LABELS)])[:5]
-        raise LabelMapError(
-            path,
-            f"has labels outside 0–{anatomy.NUM_LABELS - 1} (found {', '.join(str(v) for v in bad)}); "
-            f"expected {', '.join(f'{i}={n}' for i, n in enumerate(anatomy.LABEL_NAMES))}",
+    if scheme.is_identity and array.dtype == np.uint8 and (not array.size or array.max() < 7):
+        return array
+    try:
+        return scheme.remap(array)
+    except label_schemes.UnmappedValuesError as exc:
+        raise LabelMapError(path, exc.template, arguments=("labels",)) from None
+
+
+def _check_gzip(path: Path, limit: int | None = None) -> int:
+    """Decompress the whole gzip stream, so its CRC-32 and length trailer are checked.
+
+    nibabel stops reading once it has the voxels: a file cut inside the trailer (its
+    last 8 bytes) or just before it would otherwise load without an error. Returns the
+    decompressed length; stops (returning more than ``limit``) past ``limit`` bytes.
+    """
+    total = 0
+    with gzip.open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            total += len(block)
+            if limit is not None and total > limit:
+                break
+    return total
+
+
+def _affine_problem(affine: np.ndarray) -> str | None:
+    """Why a voxel-to-world affine is unusable (non-finite, singular), or None."""
+    if not np.all(np.isfinite(affine)):
+        return (
+            "has a non-finite voxel-to-world affine (NaN or infinite in its qform/sform or pixdim)"
         )
-    return array.astype(np.uint8)
+    singular = np.linalg.svd(affine[:3, :3], compute_uv=False)
+    if singular.min() <= 1e-6 * max(singular.max(), 1e-300) or singular.min() < 1e-6:
+        sizes = " x ".join(f"{v:.4g}" for v in np.linalg.norm(affine[:3, :3], axis=0))
+        return f"has a singular voxel-to-world affine (voxel axes {sizes} mm; a zero pixdim?)"
+    return None
+
+
+def _header_record(img: Any, affine: np.ndarray) -> dict[str, Any]:
+    """Where the affine came from, by nibabel's rule (sform if its code is set, else qform)."""
+    hdr = img.header
+    qcode, scode = int(hdr["qform_code"]), int(hdr["sform_code"])
+    record: dict[str, Any] = {
+        "affine_from": "sform" if scode > 0 else "qform",
+        "qform_code": qcode,
+        "sform_code": scode,
+        "orientation": "".join(nib.aff2axcodes(affine)),
+        "voxel_mm": [round(float(v), 6) for v in np.linalg.norm(affine[:3, :3], axis=0)],
+        "datatype": str(img.get_data_dtype()),
+    }
+    slope, inter = hdr.get_slope_inter()
+    if slope is not None and (slope != 1 or (inter or 0) != 0):
+        record["scaling"] = {"scl_slope": float(slope), "scl_inter": float(inter or 0.0)}
+    if qcode > 0 and scode > 0:
+        qform = img.get_qform()
+        corners = np.array([[i, j, k, 1.0] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+        corners[:, :3] *= np.array(img.shape[:3]) - 1
+        if np.all(np.isfinite(qform)):
+            gap = np.linalg.norm((corners @ qform.T - corners @ affine.T)[:, :3], axis=1).max()
+            if gap > 1e-3:
+                record["qform_disagrees_mm"] = round(float(gap), 4)
+                record["note"] = (
+                    "qform and sform disagree; the sform is used (nibabel's rule, NIfTI's "
+                    "preference for the sform when its code is set)"
+                )
+    return record
+
+
+def read_nifti(
+    path: PathLike, max_voxels: int | None = None
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int], dict[str, Any]]:
+    """Read a 3D NIfTI's voxels, checking its header before any voxel is read.
+
+    Returns ``(array, affine, (qform_code, sform_code), header_record)``: the voxels as
+    stored (scaled by ``scl_slope``/``scl_inter`` when set), the voxel-to-world affine by
+    nibabel's rule (the sform when its code is set, else the qform) and a record of the
+    header (which form was used, whether the two disagree, orientation, datatype).
+
+    Raises
+    ------
+    LabelMapError
+        naming the file: missing, empty, not NIfTI, corrupt or truncated (gzip stream or
+        data shorter than the header declares), a header declaring more than
+        ``max_voxels`` (default :data:`MAX_VOXELS`), not 3D (a singleton 4th dimension
+        is dropped), no orientation (qform and sform codes both 0), a non-finite or
+        singular affine, a data type that cannot hold labels.
+    """
+    path = Path(path)
+    cap = MAX_VOXELS if max_voxels is None else int(max_voxels)
+    if not path.exists():
+        raise LabelMapError(path, "no such file")
+    if path.is_dir():
+        raise LabelMapError(path, "is a folder, expected a NIfTI file")
+    if path.stat().st_size == 0:
+        raise LabelMapError(path, "is an empty file")
+    unreadable = "cannot be read as NIfTI (corrupt or truncated?)"
+    with warnings.catch_warnings():
+        # nibabel warns (and logs) while fixing odd headers; every problem that matters is
+        # reported below as one line naming the file.
+        warnings.simplefilter("ignore")
+        try:
+            img = nib.load(str(path))
+        except Exception as exc:  # nibabel, gzip, zlib and OS errors alike
+            raise LabelMapError(path, f"{unreadable}: {_one_line(exc)}") from None
+        if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is one too
+            raise LabelMapError(
+                path, f"is a {type(img).__name__}, expected a single-file NIfTI (.nii, .nii.gz)"
+            )
+        shape = tuple(int(s) for s in img.shape)
+        if any(s < 1 for s in shape):
+            raise LabelMapError(path, f"declares shape {shape}: a dimension without voxels")
+        while len(shape) > 3 and shape[-1] == 1:
+            shape = shape[:-1]
+        if len(shape) != 3:
+            raise LabelMapError(path, f"is {len(shape)}D with shape {shape}; a label map is 3D")
+        n_voxels = math.prod(shape)
+        if n_voxels > cap:
+            raise LabelMapError(
+                path,
+                f"declares {'x'.join(map(str, shape))} = {n_voxels} voxels, more than the "
+                f"{cap} a label map may have (not read)",
+            )
+        dtype = img.get_data_dtype()
+        if dtype.kind not in "iubf":
+            raise LabelMapError(path, f"has data type {dtype}; a label map holds integers 0–6")
+        offset = int(img.dataobj.offset)
+        needed = offset + n_voxels * dtype.itemsize
+        try:
+            size = (
+                _check_gzip(path, needed + _SLACK_BYTES)
+                if path.name.endswith(".gz")
+                else path.stat().st_size
+            )
+        except Exception as exc:  # gzip, zlib and OS errors
+            raise LabelMapError(path, f"{unreadable}: {_one_line(exc)}") from None
+        if size < needed:
+            raise LabelMapError(
+                path,
+                f"{unreadable}: its header declares {n_voxels * dtype.itemsize} bytes of "
+                f"voxels from byte {offset}, the {'decompressed ' if path.name.endswith('.gz') else ''}"
+                f"file holds {size} bytes",
+            )
+        if path.name.endswith(".gz") and size > needed + _SLACK_BYTES:
+            raise LabelMapError(
+                path,
+                f"{unreadable}: it decompresses to more than the {needed} bytes its header "
+                "declares",
+            )
+        codes = (int(img.header["qform_code"]), int(img.header["sform_code"]))
+        if codes == (0, 0):
+            raise LabelMapError(
+                path,
+                "has no orientation: its qform_code and sform_code are both 0, so where its "
+                "voxels lie in the patient is unknown; write it with a qform or sform",
+            )
+        affine = np.asarray(img.affine, dtype=np.float64)
+        problem = _affine_problem(affine)
+        if problem:
+            raise LabelMapError(path, problem)
+        try:
+            array = np.asanyarray(img.dataobj)
+        except Exception as exc:
+            raise LabelMapError(path, f"{unreadable}: {_one_line(exc)}") from None
+    array = np.asarray(array).reshape(shape)
+    return array, affine, codes, _header_record(img, affine)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def validate_grid(
@@ -219,21 +401,12 @@ def validate_grid(
             )
 
 
-def _check_gzip(path: Path) -> None:
-    """Decompress the whole gzip stream, so its CRC-32 and length trailer are checked.
-
-    nibabel stops reading once it has the voxels: a file cut inside the trailer (its
-    last 8 bytes) or just before it would otherwise load without an error.
-    """
-    with gzip.open(path, "rb") as f:
-        while f.read(1 << 20):
-            pass
-
-
 def read_label_map(
     path: PathLike,
     shape: Sequence[int] | None = None,
     spacing: float | Sequence[float] | None = None,
+    labels: str | PathLike | LabelScheme | None = None,
+    max_voxels: int | None = None,
 ) -> LabelMap:
     """Read and validate a label-map NIfTI (``.nii`` or ``.nii.gz``).
 
@@ -242,36 +415,26 @@ def read_label_map(
     path : path to the file.
     shape : required grid shape, or None for any.
     spacing : required voxel size in mm (scalar for isotropic), or None for any.
+    labels : the file's label scheme (:func:`siblings.labels.load_scheme`: a built-in
+        name, a JSON or nnU-Net ``dataset.json`` path); default ``siblings`` (0–6).
+    max_voxels : refuse a header declaring more voxels (default :data:`MAX_VOXELS`).
+
+    The map's ``header`` records which form gave the affine (nibabel's rule: the sform
+    when its code is set, else the qform) and whether the two disagree; ``xform_codes``
+    keeps the codes, so a map written back on this grid says what this header said.
 
     Raises
     ------
     LabelMapError
-        naming the file, for: a missing, empty or corrupt (e.g. truncated gzip) file;
-        data that is not 3D; NaN or non-integer values; labels outside 0–6; a grid or
-        voxel size other than the one required.
+        naming the file, for everything :func:`read_nifti` refuses; NaN or non-integer
+        values; values the scheme does not map (each listed with its voxel count); a
+        grid or voxel size other than the one required.
     """
     path = Path(path)
-    if not path.exists():
-        raise LabelMapError(path, "no such file")
-    if path.is_dir():
-        raise LabelMapError(path, "is a folder, expected a NIfTI file")
-    if path.stat().st_size == 0:
-        raise LabelMapError(path, "is an empty file")
-    try:
-        if path.name.endswith(".gz"):
-            _check_gzip(path)
-        img = nib.load(str(path))
-        array = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel, gzip, zlib and OS errors alike
-        raise LabelMapError(
-            path, f"cannot be read as NIfTI (corrupt or truncated?): {exc}"
-        ) from None
-    while array.ndim > 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim != 3:
-        raise LabelMapError(path, f"is {array.ndim}D with shape {array.shape}; a label map is 3D")
-    codes = (int(img.header["qform_code"]), int(img.header["sform_code"]))
-    lm = LabelMap(_as_labels(path, array), img.affine, path=path, xform_codes=codes)
+    scheme = load_scheme(labels)
+    array, affine, codes, header = read_nifti(path, max_voxels)
+    lm = LabelMap(_as_labels(path, array, scheme), affine, path=path, xform_codes=codes)
+    lm.header = header
     validate_grid(lm, shape, spacing)
     return lm
 

@@ -54,9 +54,14 @@ from .. import anatomy
 from ..errors import InputError
 from ..io import (
     LabelMap,
+    LabelMapError,
+    list_label_maps,
     read_json,
     read_label_map,
+    read_nifti,
+    stem,
 )
+from ..labels import LabelScheme
 from ..manifest import software_versions
 from ..metrics.overlap import dice_matrix
 from . import geometry
@@ -84,6 +89,7 @@ LAYOUT_NAMES = {
     "v2-ml": "TotalSegmentator v2 heartchambers_highres, multi-label file",
     "v2-files": "TotalSegmentator v2 heartchambers_highres, one file per class",
     "v2-total": "TotalSegmentator v2 total task (whole heart only)",
+    "labelmap": "multi-label map (one file per subject)",
 }
 MULTILABEL_NAMES = ("heartchambers_highres.nii.gz", "heartchambers_highres.nii")
 _NIFTI = (".nii.gz", ".nii")
@@ -192,19 +198,12 @@ def find_subjects(src: PathLike, split: str | None = None) -> list[Subject]:
 def _load_nifti(path: Path, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     rel = path.relative_to(folder).as_posix()
     try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel, gzip, zlib and OS errors alike
-        raise Excluded(
-            f"unreadable: {rel} cannot be read as NIfTI (corrupt or truncated?): {exc}"
-        ) from None
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise Excluded(f"unreadable: {rel} is {data.ndim}D with shape {data.shape}, expected 3D")
+        data, affine, _, _ = read_nifti(path)
+    except LabelMapError as exc:  # every header and data check of io, worded for this file
+        raise Excluded(f"unreadable: {rel} {exc.reason}") from None
     if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
         raise Excluded(f"unreadable: {rel} contains NaN or infinite values")
-    return data, img.affine
+    return data, affine
 
 
 def label_table(path: PathLike) -> dict[int, str] | None:
@@ -229,13 +228,22 @@ def label_table(path: PathLike) -> dict[int, str] | None:
     return None
 
 
-def load_subject(subject: Subject) -> tuple[LabelMap, dict[str, Any]]:
+def load_subject(
+    subject: Subject, labels: dict[str, Any] | None = None
+) -> tuple[LabelMap, dict[str, Any]]:
     """Read a subject's cardiac classes into one label map on the scan grid.
 
+    ``labels`` is the record (:meth:`siblings.labels.LabelScheme.record`) of the scheme
+    of a ``labelmap`` subject's file (default ``siblings``); TotalSegmentator layouts name
+    their classes by file name or by the task's class map.
+
     Raises :class:`Excluded` (with a reason naming the file) if the layout is the v2
-    whole-heart-only one, a class file is missing, unreadable, empty or on another grid.
+    whole-heart-only one, a class file is missing, unreadable, empty or on another grid,
+    or a tissue is missing from a multi-label map.
     """
     folder, layout = subject.folder, subject.layout
+    if layout == "labelmap":
+        return _load_labelmap(subject, labels)
     if layout == "missing":
         raise Excluded(f"missing: subject folder {folder} (listed in meta.csv) not found")
     if layout == "v2-total":
@@ -271,7 +279,7 @@ def load_subject(subject: Subject) -> tuple[LabelMap, dict[str, Any]]:
             labels[mask] = L[tissue]
         record["files"] = [rel]
         if problems:
-            raise Excluded("; ".join(problems), record)
+            raise Excluded(outside_reason(labels) or "; ".join(problems), record)
         return LabelMap(labels, affine), record
 
     sub = folder / ("segmentations" if layout == "v1" else "heartchambers_highres")
@@ -305,9 +313,103 @@ def load_subject(subject: Subject) -> tuple[LabelMap, dict[str, Any]]:
     record["files"] = files
     record["overlapping_voxels"] = overlap
     if problems:
-        raise Excluded("; ".join(problems), record)
+        raise Excluded(
+            (labels is not None and outside_reason(labels)) or "; ".join(problems), record
+        )
     assert labels is not None and affine is not None
     return LabelMap(labels, affine), record
+
+
+def _load_labelmap(subject: Subject, labels: dict[str, Any] | None) -> tuple[LabelMap, dict]:
+    """A ``labelmap`` subject: one multi-label file read through its label scheme."""
+    from ..labels import load_scheme
+
+    scheme = LabelScheme.from_record(labels) if labels else load_scheme(None)
+    path = subject.folder
+    record: dict[str, Any] = {
+        "layout": "labelmap",
+        "layout_name": LAYOUT_NAMES["labelmap"],
+        "files": [path.name],
+        "labels": scheme.record(),
+    }
+    try:
+        lm = read_label_map(path, labels=scheme)
+    except LabelMapError as exc:
+        raise Excluded(f"unreadable: {path.name} {exc.worded()}", record) from None
+    record["header"] = lm.header
+    data = np.asarray(lm.data)
+    empty = [t for t in anatomy.TISSUES if not (data == L[t]).any()]
+    if empty:
+        reason = outside_reason(data) or "; ".join(
+            f"empty: {t} has no voxels in {path.name} (scheme {scheme.name!r})" for t in empty
+        )
+        raise Excluded(reason, record)
+    return lm, record
+
+
+def find_label_maps(src: PathLike) -> list[Subject]:
+    """The subjects of a folder of multi-label maps (or one map): one per file, by stem."""
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or folder")
+    files = [src] if src.is_file() else list_label_maps(src, min_count=0)
+    subjects: dict[str, Subject] = {}
+    for f in files:
+        name = stem(f)
+        if name in subjects:
+            raise InputError(
+                f"{src}: {subjects[name].folder.name} and {f.name} are one subject ({name}); "
+                "keep one of them"
+            )
+        subjects[name] = Subject(name, f, "labelmap")
+    return [subjects[k] for k in sorted(subjects)]
+
+
+# ---------------------------------------------------------------------------------
+# Truncation (SPEC §2 step 1): the same reasons for prepare and for edit.
+# ---------------------------------------------------------------------------------
+def outside_reason(data: np.ndarray) -> str | None:
+    """The reason for a map whose heart the scan (mostly) misses, or None.
+
+    An abdominal CT segmented by TotalSegmentator typically has no chamber and either no
+    myocardium or a few voxels of it on the scan's top slice.
+    """
+    data = np.asarray(data)
+    counts = {t: int(np.count_nonzero(data == L[t])) for t in TRUNCATION_TISSUES}
+    if any(counts[c] for c in anatomy.CHAMBERS):
+        return None
+    chambers = ", ".join(anatomy.CHAMBERS)
+    if counts["Myo"] == 0:
+        return (
+            f"empty: no heart in the scan (Myo, {chambers} have no voxels); the scan does "
+            "not cover the heart (an abdominal CT?)"
+        )
+    where = "on the scan's boundary" if L["Myo"] in touches_boundary(data) else "inside the scan"
+    return (
+        f"truncated: the heart is mostly outside the scan's field of view (Myo {counts['Myo']} "
+        f"voxels, {where}; {chambers} have none); the scan does not cover the heart "
+        "(an abdominal CT?)"
+    )
+
+
+def truncation_reason(lm: LabelMap) -> str | None:
+    """Why a scanner-space map's heart is cut by the scan, or None (the aorta may leave it).
+
+    ``truncated: LV, Myo touch the scan's field-of-view boundary (cut off by the scan)``,
+    or the reason of :func:`outside_reason` when the chambers are missing altogether.
+    """
+    data = np.asarray(lm.data)
+    outside = outside_reason(data)
+    if outside:
+        return outside
+    edge = touches_boundary(data)
+    cut = [t for t in TRUNCATION_TISSUES if L[t] in edge]
+    if not cut:
+        return None
+    return (
+        f"truncated: {', '.join(cut)} touch{'es' if len(cut) == 1 else ''} the scan's "
+        "field-of-view boundary (cut off by the scan)"
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -353,10 +455,7 @@ def quality_control(lm: LabelMap, volume_bounds: dict[str, tuple[float, float]])
     }
     problems = []
     if cut:
-        problems.append(
-            f"truncated: {', '.join(cut)} touch{'es' if len(cut) == 1 else ''} the scan's "
-            "field-of-view boundary (cut off by the scan)"
-        )
+        problems.append(truncation_reason(lm))
     for c in anatomy.CHAMBERS:
         lo, hi = volume_bounds[c]
         if not lo <= volumes[c] <= hi:
@@ -386,11 +485,11 @@ def _reference(path: str, register_size: int) -> geometry.Reference:
 
 
 def _load_and_check(
-    subject: Subject, bounds: dict[str, tuple[float, float]]
+    subject: Subject, bounds: dict[str, tuple[float, float]], labels: dict | None = None
 ) -> tuple[LabelMap, dict]:
     steps: dict[str, Any] = {}
     try:
-        lm, steps["load"] = load_subject(subject)
+        lm, steps["load"] = load_subject(subject, labels)
     except Excluded as exc:
         steps["load"] = exc.record
         exc.record = steps
@@ -412,7 +511,7 @@ def survey_subject(job: dict) -> dict:
     """
     subject = _subject(job["subject"])
     try:
-        lm, _ = _load_and_check(subject, job["bounds"])
+        lm, _ = _load_and_check(subject, job["bounds"], job["settings"].get("labels"))
         matrix, _ = geometry.reorientation(lm)
         n = MEDOID_SIZE
         coarse = geometry.resample_labels(lm, matrix, (n,) * 3, geometry.coarse_affine(n))
@@ -439,9 +538,14 @@ def subject_outputs(out: Path, name: str) -> dict[str, Path]:
 
 
 def _base_manifest(subject: Subject, settings: dict, reference: dict | None) -> dict[str, Any]:
+    source = (
+        {"file": str(subject.folder), "layout": subject.layout}
+        if subject.layout == "labelmap"
+        else {"folder": str(subject.folder), "layout": subject.layout, "split": subject.split}
+    )
     return {
         "subject": subject.name,
-        "source": {"folder": str(subject.folder), "layout": subject.layout, "split": subject.split},
+        "source": source,
         "settings": settings,
         "reference": reference,
         "software": software_versions("prepare"),
@@ -460,7 +564,7 @@ def prepare_subject(job: dict) -> tuple[dict[str, Any], LabelMap | None, Any]:
     settings = job["settings"]
     manifest = _base_manifest(subject, settings, job["reference"])
     try:
-        lm, steps = _load_and_check(subject, job["bounds"])
+        lm, steps = _load_and_check(subject, job["bounds"], settings.get("labels"))
         manifest["steps"] = steps
         reference = None
         if job["reference_path"] and not job["is_reference"]:

@@ -37,6 +37,7 @@ from ..io import (
     sha256_file,
     validate_grid,
 )
+from ..labels import LabelScheme, load_scheme
 from . import geometry
 
 PathLike = str | os.PathLike
@@ -70,6 +71,9 @@ class Twin:
     record : how it was resolved (preparation steps, round-trip Dice, …).
     features : its morphology (SPEC §7 columns) when it was measured, e.g. the rare
         twins of augmentation (:func:`read_rare_twins`).
+    labels : the label scheme its file was read with (:meth:`LabelScheme.record`).
+    header : what :func:`siblings.io.read_label_map` recorded of the file's header
+        (which of qform/sform gave the affine, orientation, datatype, scaling).
     """
 
     label_map: LabelMap
@@ -81,6 +85,8 @@ class Twin:
     original: LabelMap | None = None
     record: dict = field(default_factory=dict)
     features: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, Any] | None = None
+    header: dict[str, Any] | None = None
 
     @property
     def in_other_space(self) -> bool:
@@ -93,8 +99,8 @@ class Twin:
         return [t for t in anatomy.TISSUES if not (data == anatomy.LABELS[t]).any()]
 
     def describe(self) -> dict[str, Any]:
-        """The twin's entry in manifests."""
-        return {
+        """The twin's entry in manifests (with its label scheme and header, when read)."""
+        entry = {
             "file": str(self.source),
             "sha256": self.sha256,
             "kind": self.kind,
@@ -103,6 +109,11 @@ class Twin:
                 np.ascontiguousarray(self.label_map.data, np.uint8).tobytes()
             ).hexdigest(),
         }
+        if self.labels is not None:
+            entry["labels"] = self.labels
+        if self.header is not None:
+            entry["header"] = self.header
+        return entry
 
 
 def _folder_hash(folder: Path, files: Iterable[str]) -> str:
@@ -153,6 +164,17 @@ def _totalseg_twin(folder: Path) -> tuple[LabelMap, str, str, dict]:
     except totalseg.Excluded as exc:
         raise InputError(f"{folder}: cannot use this subject as a twin: {exc.reason}") from None
     kind = f"TotalSegmentator subject ({totalseg.LAYOUT_NAMES[layout]})"
+    if record.get("layout") == "v2-ml":
+        record["labels"] = (
+            {"name": "NIfTI extension label table", "source": record["files"][0]}
+            if record.get("label_table") == "NIfTI extension"
+            else load_scheme("totalsegmentator-heartchambers").record()
+        )
+    else:
+        record["labels"] = {
+            "name": "TotalSegmentator class files",
+            "mapping": {cls: tissue for tissue, cls in anatomy.TOTALSEG_CLASSES.items()},
+        }
     return lm, _folder_hash(folder, record.get("files", [])), kind, record
 
 
@@ -163,6 +185,8 @@ def resolve_twin(
     register_to: PathLike | Literal["phantom", "none"] | None = "phantom",
     interpolation: geometry.Interpolation = "linear",
     progress: bool = False,
+    labels: str | PathLike | LabelScheme | None = None,
+    allow_truncated: bool = False,
 ) -> Twin:
     """Bring the twin at ``path`` onto the model's ``size``³ grid.
 
@@ -176,6 +200,10 @@ def resolve_twin(
     interpolation : label resampling, one-hot ``"linear"`` + argmax or ``"nearest"``.
     progress : a progress line while a twin from another space is prepared (it can take
         tens of seconds for a CT-sized grid).
+    labels : the label scheme of a twin file (:func:`siblings.labels.load_scheme`;
+        default ``siblings``). A TotalSegmentator folder's classes are named by its files.
+    allow_truncated : edit a twin from another space whose chambers or myocardium the
+        scan cuts (by default refused with the reason ``prepare`` excludes it for).
 
     A map whose grid and affine are those of the model (``centred_affine(size)``) is
     used unchanged. A map on the centred grid of another size (a twin prepared for
@@ -185,19 +213,52 @@ def resolve_twin(
     Raises
     ------
     LabelMapError, ValueError, FileNotFoundError
-        naming the file: unreadable, not a label map, not a usable subject folder.
+        naming the file: unreadable, not a label map, values its scheme does not map, not
+        a usable subject folder, a heart the scan cuts (unless ``allow_truncated``).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
+    scheme = load_scheme(labels)
     target_shape, target_affine = (size,) * 3, centred_affine(size)
     if path.is_dir():
+        if labels is not None and not scheme.is_identity:
+            raise InputError(
+                f"{path}: {{labels}} applies to a label-map file; a TotalSegmentator subject "
+                "folder's classes are named by its files",
+                arguments=("labels",),
+            )
         lm, digest, kind, load_record = _totalseg_twin(path)
+        labels_record, header = load_record.get("labels"), None
     else:
-        lm, digest, kind, load_record = read_label_map(path), sha256_file(path), "label map", {}
+        lm, digest, kind, load_record = (
+            read_label_map(path, labels=scheme),
+            sha256_file(path),
+            "label map",
+            {},
+        )
+        labels_record, header = scheme.record(), lm.header
         if lm.shape == target_shape and np.allclose(lm.affine, target_affine, atol=1e-3):
-            return Twin(LabelMap(lm.data, target_affine, path), path, digest, kind, "model")
+            return Twin(
+                LabelMap(lm.data, target_affine, path),
+                path,
+                digest,
+                kind,
+                "model",
+                labels=labels_record,
+                header=header,
+            )
+    s = lm.shape[0]
+    other_model_grid = (
+        not path.is_dir()
+        and lm.shape == (s, s, s)
+        and np.allclose(lm.affine, centred_affine(s), atol=1e-3)
+    )
+    if not other_model_grid:  # a scan's grid: its field of view may cut the heart
+        check_truncation(lm, path, allow_truncated)
     record: dict[str, Any] = {"load": load_record} if load_record else {}
+    if allow_truncated:
+        record["allow_truncated"] = True
     from tqdm.auto import tqdm
 
     bar = tqdm(
@@ -207,12 +268,7 @@ def resolve_twin(
         disable=not progress,
     )
     bar.set_postfix_str("reorient, register, resample")
-    s = lm.shape[0]
-    if (
-        not path.is_dir()
-        and lm.shape == (s, s, s)
-        and np.allclose(lm.affine, centred_affine(s), atol=1e-3)
-    ):
+    if other_model_grid:
         # In model space already, on another preset's grid: resample only.
         matrix = np.eye(4)
         space = f"model grid {s}³ (resampled to {size}³)"
@@ -245,7 +301,26 @@ def resolve_twin(
         transform=transform,
         original=LabelMap(np.asarray(lm.data, np.uint8), lm.affine, xform_codes=lm.xform_codes),
         record=record,
+        labels=labels_record,
+        header=header,
     )
+
+
+def check_truncation(lm: LabelMap, path: PathLike, allow_truncated: bool = False) -> None:
+    """Refuse a scanner-space twin whose chambers or myocardium the scan cuts.
+
+    The reason is the one ``prepare`` excludes such a subject for
+    (:func:`siblings.data.totalseg.truncation_reason`); the aorta may leave the scan.
+    With ``allow_truncated`` the twin passes.
+    """
+    from .totalseg import truncation_reason
+
+    reason = truncation_reason(lm)
+    if reason and not allow_truncated:
+        raise InputError(
+            f"{path}: {reason}; pass {{allow_truncated}} to edit it anyway",
+            arguments=("allow_truncated",),
+        )
 
 
 def read_rare_twins(
@@ -257,6 +332,7 @@ def read_rare_twins(
     *,
     grid_name: str = "",
     progress: bool = False,
+    labels: str | PathLike | LabelScheme | None = None,
 ) -> list[Twin]:
     """The maps of ``data`` meeting ``condition``, as :class:`Twin` on the model grid.
 
@@ -270,12 +346,15 @@ def read_rare_twins(
     measure : the morphology of a map by SPEC §7 column (``siblings evaluate``'s).
     grid_name : the model's preset name, for the message of a map off its grid.
     progress : a progress bar.
+    labels : the maps' label scheme (:func:`siblings.labels.load_scheme`; default
+        ``siblings``), recorded in each twin.
 
     Only the rare twins are kept in memory; each has ``kind="label map"``,
     ``space="model"`` and its ``features``.
     """
     from tqdm.auto import tqdm
 
+    scheme = load_scheme(labels)
     files = list_label_maps(data, min_count=0)
     if not files:
         raise LabelMapError(
@@ -283,7 +362,7 @@ def read_rare_twins(
         )
     twins, seen = [], {c: [] for c in condition.columns}
     for p in tqdm(files, desc="read data", unit="map", disable=not progress):
-        lm = read_label_map(p)
+        lm = read_label_map(p, labels=scheme)
         try:
             validate_grid(lm, (size,) * 3, voxel_mm)
         except LabelMapError as exc:
@@ -294,7 +373,18 @@ def read_rare_twins(
         for c in condition.columns:
             seen[c].append(morph[c])
         if condition(morph):
-            twins.append(Twin(lm, p, sha256_file(p), "label map", "model", features=morph))
+            twins.append(
+                Twin(
+                    lm,
+                    p,
+                    sha256_file(p),
+                    "label map",
+                    "model",
+                    features=morph,
+                    labels=scheme.record(),
+                    header=lm.header,
+                )
+            )
     if not twins:
         ranges = "; ".join(f"{c} ranges {min(v):.4g} to {max(v):.4g}" for c, v in seen.items())
         raise InputError(
@@ -304,4 +394,11 @@ def read_rare_twins(
     return twins
 
 
-__all__ = ["Twin", "TwinCondition", "read_rare_twins", "registration_reference", "resolve_twin"]
+__all__ = [
+    "Twin",
+    "TwinCondition",
+    "check_truncation",
+    "read_rare_twins",
+    "registration_reference",
+    "resolve_twin",
+]

@@ -44,6 +44,7 @@ from .. import __version__, anatomy
 from ..boxes import bounding_box
 from ..errors import InputError
 from ..io import LabelMap, LabelMapError, list_label_maps, read_label_map
+from ..labels import LabelScheme, load_scheme
 from .bootstrap import bootstrap_interval, bootstrap_metrics, percentile_interval
 from .frechet import frechet_distance, normalisation
 from .heatmaps import Occupancy, OccupancyPartial
@@ -282,14 +283,15 @@ class _Task:
     grid: Grid
     min_component_voxels: int
     contact_connectivity: int
+    labels: LabelScheme | None = None
 
 
 def _grid_error(path: Path, reason: str, grid: Grid) -> LabelMapError:
     return LabelMapError(path, f"{reason} (the grid of {grid.source}, the first reference map)")
 
 
-def _read_on_grid(path: Path, grid: Grid) -> LabelMap:
-    lm = read_label_map(path)  # raises LabelMapError naming the file for bad content
+def _read_on_grid(path: Path, grid: Grid, labels: LabelScheme | None = None) -> LabelMap:
+    lm = read_label_map(path, labels=labels)  # raises LabelMapError naming the file
     if lm.shape != grid.shape:
         raise _grid_error(
             path,
@@ -316,7 +318,7 @@ def _run_task(task: _Task) -> dict:
     feats, viol = [], []
     for p in task.paths:
         try:
-            lm = _read_on_grid(Path(p), task.grid)
+            lm = _read_on_grid(Path(p), task.grid, task.labels)
         except LabelMapError as exc:  # sent whole (it pickles), so its arguments stay worded
             if exc.path is None:
                 exc = LabelMapError(p, exc.reason, arguments=exc.arguments)
@@ -355,8 +357,12 @@ def _summarise_files(
     min_component_voxels: int = 0,
     contact_connectivity: int = 26,
     desc: str = "evaluate",
+    labels: Sequence[LabelScheme | None] | None = None,
 ) -> list[CohortSummary]:
-    """Summarise several lists of files in one pool (so no worker idles between cohorts)."""
+    """Summarise several lists of files in one pool (so no worker idles between cohorts).
+
+    ``labels`` gives each list's label scheme (default: ``siblings`` for all)."""
+    schemes = list(labels) if labels is not None else [None] * len(file_lists)
     workers = _default_workers() if workers is None else max(1, int(workers))
     total = sum(len(f) for f in file_lists)
     size = max(1, min(_MAX_CHUNK, math.ceil(total / (4 * workers))))
@@ -368,6 +374,7 @@ def _summarise_files(
             grid,
             min_component_voxels,
             contact_connectivity,
+            schemes[c],
         )
         for c, files in enumerate(file_lists)
         for j, s in enumerate(range(0, len(files), size))
@@ -462,14 +469,17 @@ def summarise_folder(
     progress: bool = False,
     min_component_voxels: int = 0,
     contact_connectivity: int = 26,
+    labels: str | PathLike | LabelScheme | None = None,
 ) -> CohortSummary:
     """Summarise the ``*.nii.gz`` maps of a folder (worker processes, bounded memory).
 
     All maps must share the grid of ``grid`` (default: the folder's first map); a bad
-    file raises :class:`~siblings.io.LabelMapError` naming it.
+    file raises :class:`~siblings.io.LabelMapError` naming it. ``labels`` is the maps'
+    label scheme (:func:`siblings.labels.load_scheme`; default ``siblings``).
     """
+    scheme = load_scheme(labels)
     files = _cohort_files(folder, 1, "cohort")
-    grid = grid or Grid.of(read_label_map(files[0]))
+    grid = grid or Grid.of(read_label_map(files[0], labels=scheme))
     summary = _summarise_files(
         [files],
         grid,
@@ -477,6 +487,7 @@ def summarise_folder(
         progress=progress,
         min_component_voxels=min_component_voxels,
         contact_connectivity=contact_connectivity,
+        labels=[scheme],
     )[0]
     summary.source = Path(folder)
     return summary
@@ -671,6 +682,8 @@ def evaluate(
     progress: bool = False,
     min_component_voxels: int = 0,
     contact_connectivity: int = 26,
+    labels: str | PathLike | LabelScheme | None = None,
+    reference_labels: str | PathLike | LabelScheme | None = None,
 ) -> Evaluation:
     """The numbers of ``siblings evaluate``: a folder of maps against a reference folder.
 
@@ -687,6 +700,9 @@ def evaluate(
     workers : worker processes reading and measuring maps (default: all cores; 1 = none).
     progress : show a progress bar.
     min_component_voxels, contact_connectivity : see :func:`topology_checks`.
+    labels, reference_labels : the label schemes of the cohort's and the reference's maps
+        (:func:`siblings.labels.load_scheme`; default ``siblings``), recorded in the
+        metrics' ``labels``.
 
     Raises
     ------
@@ -698,9 +714,10 @@ def evaluate(
     if k < 1:
         raise InputError(f"{{k}} must be at least 1, got {k}", arguments=("k",))
     t0 = time.perf_counter()
+    schemes = load_scheme(reference_labels), load_scheme(labels)
     ref_files = _cohort_files(reference_dir, k + 1, "reference", k)
     coh_files = _cohort_files(cohort_dir, k + 1, "cohort", k)
-    grid = Grid.of(read_label_map(ref_files[0]))
+    grid = Grid.of(read_label_map(ref_files[0], labels=schemes[0]))
     ref, coh = _summarise_files(
         [ref_files, coh_files],
         grid,
@@ -708,10 +725,12 @@ def evaluate(
         progress=progress,
         min_component_voxels=min_component_voxels,
         contact_connectivity=contact_connectivity,
+        labels=schemes,
     )
     ref.source, coh.source = Path(reference_dir), Path(cohort_dir)
     metrics = compare(coh, ref, k=k, n_boot=n_boot, seed=seed, level=level)
     metrics["cohort_dir"] = str(cohort_dir)
     metrics["reference_dir"] = str(reference_dir)
     metrics["grid"]["orientation"] = "".join(grid.orientation)
+    metrics["labels"] = {"cohort": schemes[1].record(), "reference": schemes[0].record()}
     return Evaluation(metrics, coh, ref, seconds=time.perf_counter() - t0)

@@ -47,6 +47,7 @@ from ..diffusion.inversion import DEFAULT_INVERT_STEPS
 from ..diffusion.keep import KeepMode
 from ..errors import InputError, OutputExistsError
 from ..io import LabelMap, read_json, read_label_map, stem, write_json, write_label_map
+from ..labels import LabelScheme, load_scheme
 from ..metrics.bootstrap import acceptance_rate
 from ..metrics.cohort import HEADLINE_KEYS, evaluate_maps, measure_map, summarise_maps
 from ..metrics.condition import Condition, parse_condition
@@ -96,6 +97,7 @@ def augment(
     reuse: Mapping[int, Path] | None = None,
     repair: bool = False,
     max_gap: int = DEFAULT_MAX_GAP,
+    labels: str | PathLike | LabelScheme | None = None,
 ) -> AugmentResult:
     """Grow the rare cohort of ``data`` (maps meeting ``where``) by ``n`` accepted maps.
 
@@ -125,6 +127,8 @@ def augment(
         Its round-trip Dice before and after is in ``augment.json`` and every manifest;
         twins below :data:`~siblings.models.edits.OOD_DICE_THRESHOLD` for a tissue get
         one ``UserWarning`` line (also in ``augment.json``'s ``warnings``).
+    labels : the label scheme of the maps in ``data`` (:func:`siblings.labels.load_scheme`;
+        default ``siblings``); recorded in the run's signature (every manifest).
     prefix : file name prefix (default: the strategy).
     resume : continue an interrupted run in ``out`` (same data, condition, strategy,
         seed, steps and model; ``n`` and ``max_attempts`` may grow). The result is the
@@ -184,6 +188,7 @@ def augment(
         map_morphology,
         grid_name=model.preset.name,
         progress=progress,
+        labels=labels,
     )
     signature = run_signature(settings, seed, twins, model)
     if repair:
@@ -541,6 +546,7 @@ def augment_cohort(
     progress: bool = False,
     repair: bool = False,
     max_gap: int = DEFAULT_MAX_GAP,
+    labels: str | PathLike | LabelScheme | None = None,
 ) -> AugmentResult:
     """``siblings augment``: grow the rare cohort of ``data`` by ``n`` maps into ``out``.
 
@@ -552,6 +558,7 @@ def augment_cohort(
     parse_condition(where)
     check_counts(n, steps, batch, max_attempts, k, n_boot, invert_steps)
     check_max_gap(max_gap)
+    labels = load_scheme(labels)  # a bad scheme is refused before the model loads
     return augment(
         resolve_model(model),
         data,
@@ -576,4 +583,5 @@ def augment_cohort(
         progress=progress,
         repair=repair,
         max_gap=max_gap,
+        labels=labels,
     )

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..data import geometry
-from ..data.twin import Twin, resolve_twin
+from ..data.twin import Twin, check_truncation, resolve_twin
 from ..diffusion.inversion import DEFAULT_INVERT_STEPS
 from ..diffusion.keep import KeepMode
 from ..editing import (
@@ -43,7 +43,16 @@ from ..editing import (
     twin_record,
 )
 from ..errors import InputError, MissingTissueWarning
-from ..io import LabelMap, LabelMapError, write_bytes, write_json, write_label_map
+from ..io import (
+    LabelMap,
+    LabelMapError,
+    centred_affine,
+    read_label_map,
+    write_bytes,
+    write_json,
+    write_label_map,
+)
+from ..labels import LabelScheme, load_scheme
 from ..models.edits import EditResult, TwinEncoding, encode_twin, inpaint, ood_warning, perturb
 from ..models.ldm import LatentDiffusionModel
 from ..repair import DEFAULT_MAX_GAP, TopologyRepair, check_max_gap
@@ -82,6 +91,8 @@ def run_edit(
     encoding: TwinEncoding | None = None,
     repair: bool = False,
     max_gap: int = DEFAULT_MAX_GAP,
+    labels: str | PathLike | LabelScheme | None = None,
+    allow_truncated: bool = False,
 ) -> EditRun:
     """Make ``n`` siblings of ``twin`` and write them, their manifests and a report.
 
@@ -123,6 +134,10 @@ def run_edit(
         (checks before and after, voxels changed per label) under ``repair``, and
         ``run.json`` the run's figures. Kept-tissue Dice is measured before the repair,
         which may relabel kept voxels too (the manifest says which).
+    labels : the twin file's label scheme (:func:`siblings.labels.load_scheme`; default
+        ``siblings``), recorded in every manifest.
+    allow_truncated : edit a twin whose chambers or myocardium its scan cuts (refused by
+        default, with the reason ``prepare`` gives).
 
     Returns
     -------
@@ -154,7 +169,7 @@ def run_edit(
         raise InputError(f"{{n_boot}} must be 0 or more, got {n_boot}", arguments=("n_boot",))
     check_max_gap(max_gap)
     out = check_output(out, overwrite)
-    twin = _resolve(model, twin, register_to, interpolation, progress)
+    twin = _resolve(model, twin, register_to, interpolation, progress, labels, allow_truncated)
     ref_summary = _reference_summary(model, twin, reference)
     run_warnings: list[str] = []
     msg = missing_tissue_warning(twin)
@@ -202,12 +217,20 @@ def _resolve(
     register_to: PathLike | str | None,
     interpolation: geometry.Interpolation,
     progress: bool,
+    labels: str | PathLike | LabelScheme | None = None,
+    allow_truncated: bool = False,
 ) -> Twin:
     """The twin on the model's grid: read and, from another space, prepared."""
     size = model.preset.size
     if not isinstance(twin, Twin):
         twin = resolve_twin(
-            twin, size, register_to=register_to, interpolation=interpolation, progress=progress
+            twin,
+            size,
+            register_to=register_to,
+            interpolation=interpolation,
+            progress=progress,
+            labels=labels,
+            allow_truncated=allow_truncated,
         )
     if twin.label_map.shape != (size,) * 3:
         raise LabelMapError(twin.source, f"twin is not on the model's {size}³ grid")
@@ -512,12 +535,15 @@ def edit_twin(
     progress: bool = True,
     repair: bool = False,
     max_gap: int = DEFAULT_MAX_GAP,
+    labels: str | PathLike | LabelScheme | None = None,
+    allow_truncated: bool = False,
 ) -> EditRun:
     """``siblings edit perturb|local``: siblings of ``twin`` into ``out``.
 
-    ``model`` is a loaded model or a function loading it, called once every argument and
-    the output folder have been checked. The other parameters are those of
-    :func:`run_edit`. Returns the run (what :func:`siblings.editing.format_run` prints).
+    ``model`` is a loaded model or a function loading it, called once every argument, the
+    twin file (read with its scheme ``labels``, checked for truncation) and the output
+    folder have been checked. The other parameters are those of :func:`run_edit`.
+    Returns the run (what :func:`siblings.editing.format_run` prints).
     """
     local = method == "local"
     check_settings(
@@ -542,6 +568,8 @@ def edit_twin(
         )
     check_max_gap(max_gap)
     check_output(out, overwrite)
+    scheme = load_scheme(labels)
+    _check_twin_file(twin, scheme, allow_truncated)
     return run_edit(
         resolve_model(model),
         twin,
@@ -567,4 +595,19 @@ def edit_twin(
         progress=progress,
         repair=repair,
         max_gap=max_gap,
+        labels=scheme,
+        allow_truncated=allow_truncated,
     )
+
+
+def _check_twin_file(twin: PathLike, scheme: LabelScheme, allow_truncated: bool) -> None:
+    """Read a twin file before the model loads: a bad file costs no model load."""
+    path = Path(twin)
+    if not path.is_file():
+        return  # a folder (or nothing) is resolved, and refused, by resolve_twin
+    lm = read_label_map(path, labels=scheme)
+    if lm.shape[0] == lm.shape[1] == lm.shape[2] and np.allclose(
+        lm.affine, centred_affine(lm.shape[0]), atol=1e-3
+    ):
+        return  # on a model grid
+    check_truncation(lm, path, allow_truncated)

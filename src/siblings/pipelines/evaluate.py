@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from ..errors import InputError
+from ..labels import LabelScheme, load_scheme
 from ..metrics.cohort import Evaluation, evaluate
 from ..report.evaluation import write_evaluation
 
@@ -45,6 +46,8 @@ def evaluate_cohort(
     min_component_voxels: int = 0,
     contact_connectivity: int = 26,
     figures: bool = True,
+    labels: str | os.PathLike | LabelScheme | None = None,
+    reference_labels: str | os.PathLike | LabelScheme | None = None,
 ) -> Evaluation:
     """``siblings evaluate``: measure ``cohort_dir`` against ``reference_dir``, write to ``out``.
 
@@ -52,6 +55,7 @@ def evaluate_cohort(
     output folder) and ``figures`` (PNG figures in the report). Returns the evaluation.
     """
     check_options(k, n_boot, min_component_voxels, workers)
+    labels, reference_labels = load_scheme(labels), load_scheme(reference_labels)
     ev = evaluate(
         cohort_dir,
         reference_dir,
@@ -62,6 +66,8 @@ def evaluate_cohort(
         progress=progress,
         min_component_voxels=min_component_voxels,
         contact_connectivity=contact_connectivity,
+        labels=labels,
+        reference_labels=reference_labels,
     )
     write_evaluation(ev, out, figures=figures)
     return ev

@@ -1,6 +1,8 @@
-"""The ``prepare`` pipeline: a TotalSegmentator dataset to model-space label maps (SPEC §2).
+"""The ``prepare`` pipeline: segmentations to model-space label maps (SPEC §2).
 
-:func:`prepare_totalsegmentator` composes :mod:`siblings.data.totalseg` (find, load,
+:func:`prepare_totalsegmentator` (a TotalSegmentator dataset) and
+:func:`prepare_labelmaps` (a folder of multi-label maps in any label scheme) share one
+cohort run, :func:`prepare_subjects`. It composes :mod:`siblings.data.totalseg` (find, load,
 check, survey and prepare each subject, in memory) with the files: pick the reference
 (given, recorded by an earlier run, or the medoid subject, prepared first), prepare every
 subject not finished with these settings in worker processes, each worker writing its
@@ -32,6 +34,7 @@ from ..data.totalseg import (
     check_options,
     check_subjects,
     exclusions_csv,
+    find_label_maps,
     find_subjects,
     finished_manifest,
     medoid,
@@ -44,6 +47,7 @@ from ..data.totalseg import (
 )
 from ..errors import InputError
 from ..io import read_json, read_label_map, sha256_file, write_json, write_label_map, write_text
+from ..labels import LabelScheme, load_scheme
 
 PathLike = str | os.PathLike
 
@@ -100,8 +104,71 @@ def prepare_totalsegmentator(
     bounds = volume_bounds if volume_bounds is not None else dict(DEFAULT_VOLUME_BOUNDS_ML)
     subjects = find_subjects(src, split)
     check_subjects(src, subjects)
-    workers = workers or os.cpu_count() or 1
     settings = prepare_settings(size, interpolation, engine, register_size, keep_axis, seed, bounds)
+    return prepare_subjects(src, out, subjects, settings, bounds, reference, workers, progress)
+
+
+def prepare_labelmaps(
+    src: PathLike,
+    out: PathLike,
+    labels: str | PathLike | LabelScheme | None = None,
+    size: int = 128,
+    workers: int | None = None,
+    reference: PathLike | None = None,
+    engine: geometry.Engine = "simpleitk",
+    seed: int = 0,
+    volume_bounds: dict[str, tuple[float, float]] | None = None,
+    interpolation: geometry.Interpolation = "linear",
+    register_size: int = 48,
+    keep_axis: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Prepare a folder of multi-label maps (one file per subject) as a cohort (SPEC §2).
+
+    The same preparation as :func:`prepare_totalsegmentator` (quality control,
+    exclusions, resampling, reorientation, registration to the medoid or ``reference``,
+    transforms, resumption) for ``SRC/<subject>.nii.gz`` files whose values follow the
+    scheme ``labels`` (:func:`siblings.labels.load_scheme`: ``mmwhs``,
+    ``totalsegmentator-heartchambers``, a JSON mapping, an nnU-Net ``dataset.json``;
+    default ``siblings``). The scheme is recorded in every manifest and in
+    ``prepare.json`` (``settings.labels``); a file holding values the scheme does not map
+    is excluded with those values and their voxel counts as its reason.
+
+    Parameters
+    ----------
+    src : folder of label maps (or one map).
+    out, size, workers, reference, engine, seed, volume_bounds, interpolation,
+    register_size, keep_axis, progress : as for :func:`prepare_totalsegmentator`.
+
+    Returns
+    -------
+    dict
+        As :func:`prepare_totalsegmentator`.
+    """
+    src, out = Path(src), Path(out)
+    scheme = load_scheme(labels)
+    check_options(size, engine, interpolation)
+    bounds = volume_bounds if volume_bounds is not None else dict(DEFAULT_VOLUME_BOUNDS_ML)
+    subjects = find_label_maps(src)
+    if not subjects:
+        raise InputError(f"{src}: holds no label maps (*.nii.gz or *.nii)")
+    settings = prepare_settings(size, interpolation, engine, register_size, keep_axis, seed, bounds)
+    settings["labels"] = scheme.record()
+    return prepare_subjects(src, out, subjects, settings, bounds, reference, workers, progress)
+
+
+def prepare_subjects(
+    src: Path,
+    out: Path,
+    subjects: list[Subject],
+    settings: dict[str, Any],
+    bounds: dict[str, tuple[float, float]],
+    reference: PathLike | None,
+    workers: int | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """The cohort run shared by every source: reference, subjects in workers, summaries."""
+    workers = workers or os.cpu_count() or 1
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / "prepare.json"
     existed = {s.name for s in subjects if subject_outputs(out, s.name)["manifest"].is_file()}
@@ -353,15 +420,49 @@ def prepare_dataset(
     register_size: int = 48,
     keep_axis: bool = True,
     split: str | None = None,
+    source: str = "totalsegmentator",
+    labels: str | PathLike | LabelScheme | None = None,
 ) -> dict[str, Any]:
-    """``siblings prepare totalsegmentator``: prepare ``src`` into ``out``; the summary.
+    """``siblings prepare totalsegmentator|labelmaps``: prepare ``src`` into ``out``.
 
-    ``volume_bounds`` may be ``CHAMBER=MIN:MAX`` strings (parsed here) or a parsed
-    mapping; the other parameters are those of :func:`prepare_totalsegmentator`.
+    ``source`` is ``"totalsegmentator"`` (:func:`prepare_totalsegmentator`) or
+    ``"labelmaps"`` (:func:`prepare_labelmaps`, with ``labels``). ``volume_bounds`` may be
+    ``CHAMBER=MIN:MAX`` strings (parsed here) or a parsed mapping; the other parameters
+    are those of :func:`prepare_totalsegmentator`. Returns the summary.
     """
     check_grid(size, workers, register_size)
+    if source not in ("totalsegmentator", "labelmaps"):
+        raise InputError(f"unknown source {source!r}; use 'totalsegmentator' or 'labelmaps'")
+    if source == "labelmaps":
+        scheme = load_scheme(labels)  # a bad scheme is refused before the bounds are parsed
+    elif labels is not None:
+        raise InputError(
+            "{labels} is for `prepare labelmaps`; a TotalSegmentator dataset's classes are "
+            "named by its files",
+            arguments=("labels",),
+        )
     if volume_bounds is None or not isinstance(volume_bounds, dict):
         volume_bounds = parse_volume_bounds(volume_bounds)
+    if source == "labelmaps":
+        if split is not None:
+            raise InputError(
+                "{split} needs a TotalSegmentator meta.csv; `prepare labelmaps` has none",
+                arguments=("split",),
+            )
+        return prepare_labelmaps(
+            src,
+            out,
+            scheme,
+            size=size,
+            workers=workers,
+            reference=reference,
+            engine=engine,
+            seed=seed,
+            volume_bounds=volume_bounds,
+            interpolation=interpolation,
+            register_size=register_size,
+            keep_axis=keep_axis,
+        )
     return prepare_totalsegmentator(
         src,
         out,
