@@ -118,6 +118,10 @@ class LabelScheme:
             array = array.view(np.uint8)
         if array.dtype.kind not in "iu":
             raise TypeError(f"remap needs integer values, got {array.dtype}")
+        if array.ndim > 1 and array.flags.f_contiguous and not array.flags.c_contiguous:
+            # NIfTI voxels come in Fortran order: keep it, so that sums over the map
+            # (volumes, moments) add the same voxels in the same order as the source's.
+            return self.remap(array.T).T
         label_of = self.label_of()
         fill = anatomy.LABELS["background"] if self.other == "background" else _UNMAPPED
         if array.size == 0:

@@ -335,7 +335,8 @@ def _load_labelmap(subject: Subject, labels: dict[str, Any] | None) -> tuple[Lab
     try:
         lm = read_label_map(path, labels=scheme)
     except LabelMapError as exc:
-        raise Excluded(f"unreadable: {path.name} {exc.worded()}", record) from None
+        reason = InputError(exc.reason, arguments=tuple(exc.arguments)).worded()
+        raise Excluded(f"unreadable: {path.name} {reason}", record) from None
     record["header"] = lm.header
     data = np.asarray(lm.data)
     empty = [t for t in anatomy.TISSUES if not (data == L[t]).any()]
