@@ -124,7 +124,7 @@ def test_bad_scheme_files_are_refused_with_the_reason(tmp_path, content, reason)
 
 
 def test_unknown_scheme_name_lists_the_built_in_ones():
-    with pytest.raises(InputError, match="unknown label scheme 'mmwsh'.*mmwhs"):
+    with pytest.raises(InputError, match=r"unknown label scheme 'mmwsh'.*mmwhs"):
         load_scheme("mmwsh")
 
 

@@ -211,7 +211,7 @@ def _as_labels(
     elif array.dtype.kind not in "iub":
         raise LabelMapError(path, f"has data type {array.dtype}; a label map holds integers 0–6")
     if scheme.is_identity and array.dtype == np.uint8 and (not array.size or array.max() < 7):
-        return array
+        return np.array(array, dtype=np.uint8)  # a copy: never the file's memory map
     try:
         return scheme.remap(array)
     except label_schemes.UnmappedValuesError as exc:
@@ -259,9 +259,10 @@ def _header_record(img: Any, affine: np.ndarray) -> dict[str, Any]:
         "voxel_mm": [round(float(v), 6) for v in np.linalg.norm(affine[:3, :3], axis=0)],
         "datatype": str(img.get_data_dtype()),
     }
-    slope, inter = hdr.get_slope_inter()
-    if slope is not None and (slope != 1 or (inter or 0) != 0):
-        record["scaling"] = {"scl_slope": float(slope), "scl_inter": float(inter or 0.0)}
+    # nibabel moves the header's scaling into the data proxy when it loads a file.
+    slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
+    if slope != 1.0 or inter != 0.0:
+        record["scaling"] = {"scl_slope": slope, "scl_inter": inter}
     if qcode > 0 and scode > 0:
         qform = img.get_qform()
         corners = np.array([[i, j, k, 1.0] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
@@ -305,7 +306,7 @@ def read_nifti(
     if path.stat().st_size == 0:
         raise LabelMapError(path, "is an empty file")
     unreadable = "cannot be read as NIfTI (corrupt or truncated?)"
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_nibabel():
         # nibabel warns (and logs) while fixing odd headers; every problem that matters is
         # reported below as one line naming the file.
         warnings.simplefilter("ignore")
@@ -358,6 +359,16 @@ def read_nifti(
                 "declares",
             )
         codes = (int(img.header["qform_code"]), int(img.header["sform_code"]))
+        if codes[1] <= 0 and codes[0] > 0:
+            # nibabel "fixes" a zero or negative pixdim (to 1, or its absolute value) as it
+            # loads; the qform's voxel size would then be a guess.
+            pixdim = _raw_pixdim(path, type(img.header))
+            if pixdim is not None and not (np.all(np.isfinite(pixdim)) and np.all(pixdim > 0)):
+                raise LabelMapError(
+                    path,
+                    f"has pixdim[1..3] = {', '.join(f'{v:g}' for v in pixdim)}: the voxel size "
+                    "its qform needs must be positive",
+                )
         if codes == (0, 0):
             raise LabelMapError(
                 path,
@@ -372,8 +383,35 @@ def read_nifti(
             array = np.asanyarray(img.dataobj)
         except Exception as exc:
             raise LabelMapError(path, f"{unreadable}: {_one_line(exc)}") from None
+        record = _header_record(img, affine)
     array = np.asarray(array).reshape(shape)
-    return array, affine, codes, _header_record(img, affine)
+    return array, affine, codes, record
+
+
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's header-fixing log lines (they would print to stderr)."""
+    import logging
+
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _raw_pixdim(path: Path, header_class: Any) -> np.ndarray | None:
+    """pixdim[1..3] as stored in the file, before nibabel's fixes (None if unreadable)."""
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            block = f.read(header_class.template_dtype.itemsize)
+        raw = header_class(binaryblock=block, check=False)
+        return np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    except Exception:
+        return None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -165,17 +165,23 @@ class LabelScheme:
         listed = ", ".join(f"{v} ({bad[v]} voxel{'s' if bad[v] != 1 else ''})" for v in shown)
         if len(bad) > len(shown):
             listed += f" and {len(bad) - len(shown)} more value(s)"
+        fits = [
+            name
+            for name, scheme in BUILT_IN.items()
+            if scheme is not self and not scheme.is_identity and set(bad) <= set(scheme.values)
+        ]
+        hint = f"; they are values of {{labels}} {' or '.join(fits)}" if fits else ""
         if self.is_identity:
             expected = ", ".join(f"{i}={n}" for i, n in enumerate(anatomy.LABEL_NAMES))
             text = (
-                f"has labels outside 0–{anatomy.NUM_LABELS - 1}: {listed}; expected {expected}; "
-                "for a map in another label scheme pass {labels} SCHEME|FILE "
+                f"has labels outside 0–{anatomy.NUM_LABELS - 1}: {listed}{hint}; expected "
+                f"{expected}; for a map in another label scheme pass {{labels}} SCHEME|FILE "
                 "(schemes: `siblings labels --list`)"
             )
         else:
             text = (
-                f"has values the {self.name!r} label scheme does not map: {listed}; pass the "
-                "map's own scheme with {labels}, or a JSON file that maps them (to "
+                f"has values the {self.name!r} label scheme does not map: {listed}{hint}; pass "
+                "the map's own scheme with {labels}, or a JSON file that maps them (to "
                 '"background" to drop them; `siblings labels --list`)'
             )
         return UnmappedValuesError(text, counts=bad)
