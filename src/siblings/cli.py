@@ -934,6 +934,7 @@ def _add_repair(sub) -> None:
     _add_max_gap_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_labels_option(p)
     p.set_defaults(func=_run_repair)
 
 
@@ -941,7 +942,12 @@ def _run_repair(args: argparse.Namespace) -> None:
     from .pipelines.repair import format_repair, repair_maps
 
     run = repair_maps(
-        args.map, args.out, max_gap=args.max_gap, overwrite=args.overwrite, progress=not args.quiet
+        args.map,
+        args.out,
+        max_gap=args.max_gap,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        labels=args.labels,
     )
     print(format_repair(run))
 
@@ -1389,6 +1395,7 @@ def _add_export(sub) -> None:
         help=f"Taubin smoothing passes (default {DEFAULT_ITERATIONS}; 0 = voxel faces)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    _add_labels_option(p)
     p.set_defaults(func=_run_export)
 
 
@@ -1402,6 +1409,7 @@ def _run_export(args: argparse.Namespace) -> None:
         edge_mm=args.edge_mm,
         iterations=args.iterations,
         overwrite=args.overwrite,
+        labels=args.labels,
     )
     print(f"exported {run['n']} map(s) as {run['format']} to {args.out} in {run['seconds']:.1f} s")
 

@@ -38,6 +38,7 @@ from ..io import (
     write_json,
     write_text,
 )
+from ..labels import LabelScheme, load_scheme
 from ..mesh import formats
 from ..mesh.surfaces import DEFAULT_ITERATIONS, closed_surface_report, surface_nets, tissue_surface
 from ..mesh.volume import DEFAULT_EDGE_MM, check_edge, mesh_quality, tetrahedralize
@@ -171,6 +172,7 @@ def export_maps(
     edge_mm: float = DEFAULT_EDGE_MM,
     iterations: int = DEFAULT_ITERATIONS,
     overwrite: bool = False,
+    labels: str | PathLike | LabelScheme | None = None,
 ) -> dict:
     """Export a label map or a folder of them into ``out`` (one folder per map).
 
@@ -182,6 +184,8 @@ def export_maps(
     edge_mm : target edge length of the tetrahedra in mm (``vtu``, ``msh``).
     iterations : Taubin smoothing passes.
     overwrite : replace an existing ``out``.
+    labels : the maps' label scheme (:func:`siblings.labels.load_scheme`; default
+        ``siblings``), recorded in ``export.json``.
 
     Returns
     -------
@@ -200,8 +204,9 @@ def export_maps(
             f"{out} exists; choose another {{out}} or pass {{overwrite}}",
             arguments=("out", "overwrite"),
         )
+    scheme = load_scheme(labels)
     paths = _sources(source)
-    maps = [read_label_map(p) for p in paths]
+    maps = [read_label_map(p, labels=scheme) for p in paths]
     names = [stem(p) for p in paths]
     if len(set(names)) != len(names):
         raise InputError(f"{source}: two maps share a name")
@@ -217,6 +222,7 @@ def export_maps(
             "edge_mm": edge,
             "iterations": int(iterations),
             "n": len(records),
+            "labels": scheme.record(),
             "seconds": round(time.perf_counter() - started, 3),
             "maps": {name: {"folder": name, **rec} for name, rec in records.items()},
         }

@@ -40,6 +40,7 @@ from ..io import (
     write_json,
     write_label_map,
 )
+from ..labels import LabelScheme, load_scheme
 from ..manifest import software_versions
 from ..metrics.topology import tv_percent
 from ..repair import DEFAULT_MAX_GAP, TopologyRepair, check_max_gap, repair_topology
@@ -154,6 +155,7 @@ def repair_maps(
     max_gap: int = DEFAULT_MAX_GAP,
     overwrite: bool = False,
     progress: bool = True,
+    labels: str | PathLike | LabelScheme | None = None,
 ) -> RepairRun:
     """``siblings repair``: repair one map or a folder of maps into the folder ``out``.
 
@@ -164,6 +166,9 @@ def repair_maps(
     max_gap : longest chain a bridge or a contact closure may paint, in voxels.
     overwrite : replace a non-empty ``out``.
     progress : progress bar.
+    labels : the maps' label scheme (:func:`siblings.labels.load_scheme`; default
+        ``siblings``); maps in another scheme are always written in this project's labels,
+        and the scheme is recorded in each map's JSON and ``repair.json``.
 
     Returns
     -------
@@ -174,6 +179,7 @@ def repair_maps(
 
     src, out = Path(src), Path(out)
     check_max_gap(max_gap)
+    scheme = load_scheme(labels)
     paths = _inputs(src)
     _check_out(src, out, overwrite)
     t0 = time.perf_counter()
@@ -181,20 +187,24 @@ def repair_maps(
     repairs: list[TopologyRepair] = []
     with staging(out) as stage:
         for path in tqdm(paths, desc="repair", unit="map", disable=not progress):
-            lm = read_label_map(path)
+            lm = read_label_map(path, labels=scheme)
             rep = repair_topology(lm.data, max_gap=max_gap)
             target = stage / path.name
-            if rep.changed:
+            if rep.changed or not scheme.is_identity:
                 write_label_map(target, LabelMap(rep.labels, lm.affine, xform_codes=lm.xform_codes))
             else:
                 write_bytes(target, path.read_bytes())
-            write_json(stage / f"{stem(path)}.json", map_record(path, rep, max_gap))
+            write_json(
+                stage / f"{stem(path)}.json",
+                {**map_record(path, rep, max_gap), "labels": scheme.record()},
+            )
             written.append(out / path.name)
             repairs.append(rep)
         seconds = time.perf_counter() - t0
         summary = {
             "source": str(src),
             "max_gap": max_gap,
+            "labels": scheme.record(),
             **summarise_repairs([r.record() for r in repairs]),
             "seconds": round(seconds, 2),
             "seconds_per_map": round(seconds / len(paths), 4),
