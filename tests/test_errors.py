@@ -107,7 +107,7 @@ def test_a_label_map_error_from_a_cohort_worker_keeps_its_arguments(monkeypatch,
     path = tmp_path / "a.nii.gz"
     write_label_map(path, LabelMap(np.zeros((8, 8, 8), np.uint8), np.eye(4)))
 
-    def bad(p, grid):
+    def bad(p, grid, labels=None):
         raise LabelMapError(None, "unusable; lower {k}", arguments=("k",))
 
     monkeypatch.setattr(cohort, "_read_on_grid", bad)

@@ -10,6 +10,7 @@ the scan is refused by `edit` with `prepare`'s reason unless `--allow-truncated`
 
 from __future__ import annotations
 
+import gzip
 import tracemalloc
 
 import nibabel as nib
@@ -212,6 +213,26 @@ def test_a_huge_declared_grid_is_refused_before_any_allocation(tmp_path):
         read_label_map(path)
     with pytest.raises(LabelMapError, match="more than the 1000 a label map may have"):
         read_label_map(path, max_voxels=1000)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_huge_declared_header_extension_is_refused_without_allocating_it(tmp_path, suffix):
+    # Found by the hostile-file property test: nibabel reads an extension with one
+    # read(esize), so a 424-byte file declaring 9 MB allocated 9 MB (2 GB possible).
+    hdr = nib.Nifti1Header()
+    hdr.set_sform(np.eye(4), code=1)
+    hdr["vox_offset"] = 4096
+    raw = hdr.binaryblock + b"\1\0\0\0" + np.array([2**31 - 16, 4], "<i4").tobytes()
+    path = tmp_path / f"ext{suffix}"
+    path.write_bytes(gzip.compress(raw, mtime=0) if suffix == ".nii.gz" else raw)
+    tracemalloc.start()
+    try:
+        with pytest.raises(LabelMapError, match="a header extension declares 2147483632 bytes"):
+            read_label_map(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
 
 
 def test_a_scanner_space_output_keeps_the_input_codes(tmp_path, phantom):

@@ -102,7 +102,8 @@ def plausible_files(draw) -> tuple[str, bytes]:
         array.flat[-1] = np.nan
     img = nib.Nifti1Image(array, np.diag([1.0, 1.0, 1.0, 1.0]), dtype=array.dtype)
     img.set_qform(np.eye(4), code=draw(st.integers(0, 2)))
-    hdr = img.header
+    written = img.to_bytes()  # what nibabel itself writes (offset, codes, sizes set)
+    hdr = nib.Nifti1Header(binaryblock=written[:348], check=False)
     field = draw(st.sampled_from(["pixdim", "srow_x", "dim", "scl_slope", "vox_offset", "none"]))
     if field == "pixdim":
         hdr["pixdim"][1 + draw(st.integers(0, 2))] = draw(FLOATS)
@@ -114,7 +115,7 @@ def plausible_files(draw) -> tuple[str, bytes]:
         hdr["scl_slope"] = draw(FLOATS)
     elif field == "vox_offset":
         hdr["vox_offset"] = draw(st.sampled_from([0.0, 1e6, 353.0]))
-    raw = img.header.binaryblock + b"\0\0\0\0" + array.tobytes(order="F")
+    raw = hdr.binaryblock + written[348:]
     if draw(st.booleans()):
         return ".nii", raw
     return ".nii.gz", gzip.compress(raw, mtime=0)
@@ -207,6 +208,14 @@ def _cut(path):
     path.write_bytes(gzip.compress(img.to_bytes(), mtime=0)[:-30])
 
 
+def _extension_bomb(path):
+    # A 2 GB header extension declared by a file of a few hundred bytes.
+    img = nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4))
+    img.header["vox_offset"] = 4096
+    size = np.array([2**31 - 16, 0], "<i4").tobytes()
+    path.write_bytes(gzip.compress(img.header.binaryblock + b"\1\0\0\0" + size + b"\0" * 64))
+
+
 def _no_orientation(path):
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), None), str(path))
 
@@ -217,6 +226,7 @@ HOSTILE = {
     "garbage": (_garbage, "cannot be read as NIfTI"),
     "cut": (_cut, "corrupt or truncated"),
     "no_orientation": (_no_orientation, "has no orientation"),
+    "extension_bomb": (_extension_bomb, "a header extension declares 2147483632 bytes"),
 }
 
 

@@ -251,6 +251,7 @@ def test_prepare_labelmaps_is_the_totalsegmentator_preparation(tmp_path):
         assert manifest["steps"]["load"]["header"]["orientation"] == "LPS"
     reason = read_json(tmp_path / "b" / "odd.json")["reason"]
     assert reason.startswith("unreadable: odd.nii.gz has values the 'mmwhs' label scheme")
+    assert "own scheme with --labels" in reason
     assert "421 (3 voxels)" in reason
     assert read_json(tmp_path / "b" / "prepare.json")["settings"]["labels"]["name"] == "mmwhs"
 

@@ -311,7 +311,10 @@ def read_nifti(
         # reported below as one line naming the file.
         warnings.simplefilter("ignore")
         try:
+            _check_extensions(path)
             img = nib.load(str(path))
+        except LabelMapError:
+            raise
         except Exception as exc:  # nibabel, gzip, zlib and OS errors alike
             raise LabelMapError(path, f"{unreadable}: {_one_line(exc)}") from None
         if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is one too
@@ -386,6 +389,99 @@ def read_nifti(
         record = _header_record(img, affine)
     array = np.asarray(array).reshape(shape)
     return array, affine, codes, record
+
+
+_MAX_EXTENSION_BYTES = 64 << 20  # header extensions (label tables, XML): far smaller
+
+
+def _check_extensions(path: Path) -> None:
+    """Refuse header extensions the file does not hold, before nibabel reads them.
+
+    nibabel reads each extension with one ``read(esize)`` of the size its header field
+    declares, so a tiny file declaring a 2 GB extension would allocate 2 GB. Walk them
+    here with bounded reads: each must be at least 8 bytes, fit before the data offset
+    (or the end of the file) and be there in full; all of them at most 64 MiB.
+    """
+    opener: Any = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        block = f.read(544)
+        klass = next(
+            (
+                k
+                for k in (nib.Nifti1Header, nib.Nifti2Header)
+                for order in ("<", ">")
+                if len(block) >= 4
+                and int(np.frombuffer(block[:4], order + "i4")[0]) == k.template_dtype.itemsize
+            ),
+            None,
+        )
+        if klass is None:
+            return  # not NIfTI: nibabel refuses it
+        size = klass.template_dtype.itemsize
+        if len(block) < size + 4 or block[size] == 0:
+            return  # no extension
+        try:
+            offset = float(klass(binaryblock=block[:size], check=False)["vox_offset"])
+        except Exception:
+            return
+        if not math.isfinite(offset):
+            return  # nibabel reads no extension then
+        pos = size + 4
+        remaining = offset - pos if offset >= pos else None  # None: nibabel reads to the end
+        pending = block[pos:]
+        total = 0
+
+        def take(n: int) -> int:
+            """Consume n bytes (bounded chunks); the number actually there."""
+            nonlocal pending
+            got = min(n, len(pending))
+            pending = pending[got:]
+            while got < n:
+                chunk = f.read(min(1 << 20, n - got))
+                if not chunk:
+                    break
+                got += len(chunk)
+            return got
+
+        while remaining is None or remaining >= 16:
+            head = pending[:8]
+            if len(head) < 8:
+                head += f.read(8 - len(head))
+                pending = b""
+            else:
+                pending = pending[8:]
+            if len(head) < 8:
+                return  # end of file: nibabel stops, or refuses a partial extension header
+            esize = _int32(head[:4], block[:4], size)
+            room = remaining if remaining is not None else math.inf
+            if esize < 8 or esize > room:
+                raise LabelMapError(
+                    path,
+                    f"cannot be read as NIfTI (corrupt or truncated?): a header extension "
+                    f"declares {esize} bytes"
+                    + (
+                        f", {int(room)} are left before the voxels" if remaining is not None else ""
+                    ),
+                )
+            total += esize
+            if total > _MAX_EXTENSION_BYTES:
+                raise LabelMapError(
+                    path, f"has header extensions of more than {_MAX_EXTENSION_BYTES} bytes"
+                )
+            if take(esize - 8) < esize - 8:
+                raise LabelMapError(
+                    path,
+                    f"cannot be read as NIfTI (corrupt or truncated?): it ends inside a "
+                    f"{esize}-byte header extension",
+                )
+            if remaining is not None:
+                remaining -= esize
+
+
+def _int32(field: bytes, sizeof_hdr: bytes, size: int) -> int:
+    """A header int32 in the byte order its ``sizeof_hdr`` field reveals."""
+    order = "<" if int(np.frombuffer(sizeof_hdr, "<i4")[0]) == size else ">"
+    return int(np.frombuffer(field, order + "i4")[0])
 
 
 @contextlib.contextmanager

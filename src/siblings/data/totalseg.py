@@ -335,7 +335,10 @@ def _load_labelmap(subject: Subject, labels: dict[str, Any] | None) -> tuple[Lab
     try:
         lm = read_label_map(path, labels=scheme)
     except LabelMapError as exc:
-        reason = InputError(exc.reason, arguments=tuple(exc.arguments)).worded()
+        # Worded as the flag: the reason lands in exclusions.csv, read beside the command.
+        reason = InputError(exc.reason, arguments=tuple(exc.arguments)).worded(
+            lambda argument: "--" + argument.replace("_", "-")
+        )
         raise Excluded(f"unreadable: {path.name} {reason}", record) from None
     record["header"] = lm.header
     data = np.asarray(lm.data)
