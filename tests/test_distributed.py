@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,22 +19,44 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import micro_preset, subprocess_env
+from siblings.cli import main
 from siblings.diffusion.edm import EDMPrecond
 from siblings.models.networks import build_denoiser_net, build_vae
+from siblings.train import train_ldm, train_vae
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
-TRAIN_BOTH = """
+# One torchrun launch serves every test of this file (each launch starts three Python
+# processes that import torch): sharded sampling first, as a fresh process would run
+# it, then both trainings, then the first step of a VAE run that a later launch resumes.
+DDP_RUNS = """
+import json, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from siblings.cli import main
+from siblings.models.presets import preset_from_dict
+from siblings.train import train_ldm, train_vae
+data, root, preset = sys.argv[1], Path(sys.argv[2]), preset_from_dict(json.loads(sys.argv[3]))
+assert main(json.loads(sys.argv[4])) == 0
+common = dict(steps=3, batch=4, seed=0, device="cpu", amp=False, log_every=1, progress=False)
+vae = train_vae(data, root / "ddp", preset, **common)
+train_ldm(data, root / "ddp", vae, preset=preset, **common)
+train_vae(data, root / "resumed", preset, stop_after=1, **common)
+"""
+
+# The same settings as DDP_RUNS' VAE: the resumed run's second half (after ``stop_after``).
+TRAIN_VAE_ONLY = """
 import json, sys
 import torch
 torch.set_num_threads(1)
 from siblings.models.presets import preset_from_dict
-from siblings.train import train_ldm, train_vae
+from siblings.train import train_vae
 data, out, preset = sys.argv[1], sys.argv[2], preset_from_dict(json.loads(sys.argv[3]))
-common = dict(steps=3, batch=4, seed=0, device="cpu", amp=False, log_every=1, progress=False)
-vae = train_vae(data, out, preset, **common)
-train_ldm(data, out, vae, preset=preset, **common)
+train_vae(data, out, preset, steps=3, batch=4, seed=0, device="cpu", amp=False, log_every=1,
+          progress=False)
 """
+SINGLE = dict(steps=3, batch=4, seed=0, device="cpu", amp=False, log_every=1, progress=False)
 
 
 def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -55,20 +78,32 @@ def update_mismatch(init: dict, single: dict, ddp: dict) -> float:
     return (num / den) ** 0.5
 
 
+@dataclass(frozen=True)
+class Runs:
+    single: Path  # one process, in this one: VAE and denoiser, 3 steps of batch 4
+    ddp: Path  # two processes, the same global batch
+    resumed: Path  # two processes, VAE stopped after 1 step (resumed by its test)
+    sharded: Path  # `siblings sample` of sample_cmd() by two processes
+    stdout: str  # of the torchrun launch
+
+
 @pytest.fixture(scope="module")
-def ddp_and_single_runs(micro, tmp_path_factory):
+def ddp_and_single_runs(micro, tmp_path_factory) -> Runs:
     root = tmp_path_factory.mktemp("ddp")
-    script = root / "train_both.py"
-    script.write_text(TRAIN_BOTH)
-    preset_json = json.dumps(micro_preset().to_dict())
-    args = [str(script), str(micro.data)]
-    run([*TORCHRUN, *args, str(root / "ddp"), preset_json])
-    run([sys.executable, *args, str(root / "single"), preset_json])
-    return root / "single", root / "ddp"
+    script = root / "ddp_runs.py"
+    script.write_text(DDP_RUNS)
+    preset = micro_preset()
+    sample = json.dumps(sample_cmd(micro.checkpoint, root / "sharded"))
+    done = run(
+        [*TORCHRUN, str(script), str(micro.data), str(root), json.dumps(preset.to_dict()), sample]
+    )
+    vae = train_vae(micro.data, root / "single", preset, **SINGLE)
+    train_ldm(micro.data, root / "single", vae, preset=preset, **SINGLE)
+    return Runs(root / "single", root / "ddp", root / "resumed", root / "sharded", done.stdout)
 
 
 def test_two_process_ddp_trains_the_same_vae_as_one_process(ddp_and_single_runs):
-    single, ddp = ddp_and_single_runs
+    single, ddp = ddp_and_single_runs.single, ddp_and_single_runs.ddp
     torch.manual_seed(0)  # train_vae builds its network right after this seed
     init = build_vae(micro_preset()).state_dict()
     a, b = load_file(str(single / "vae.safetensors")), load_file(str(ddp / "vae.safetensors"))
@@ -83,7 +118,7 @@ def test_two_process_ddp_trains_the_same_vae_as_one_process(ddp_and_single_runs)
 
 
 def test_two_process_ddp_trains_the_same_denoiser_as_one_process(ddp_and_single_runs):
-    single, ddp = ddp_and_single_runs
+    single, ddp = ddp_and_single_runs.single, ddp_and_single_runs.ddp
     torch.manual_seed(0)
     p = micro_preset()
     init = EDMPrecond(build_denoiser_net(p), sigma_data=p.sigma_data).state_dict()
@@ -120,15 +155,14 @@ def sample_cmd(ckpt: Path, out: Path) -> list[str]:
     ]
 
 
-def test_torchrun_sharded_sampling_writes_each_index_once_identical_to_one_process(micro, tmp_path):
-    sharded, single = tmp_path / "sharded", tmp_path / "single"
-    # `--` stops torchrun's own parser, which would take `--n` for an abbreviation of
-    # its --nnodes/--nproc-per-node/… options ("ambiguous option").
-    done = run([*TORCHRUN, "-m", "--", "siblings", *sample_cmd(micro.checkpoint, sharded)])
-    run([sys.executable, "-m", "siblings", *sample_cmd(micro.checkpoint, single)])
+def test_torchrun_sharded_sampling_writes_each_index_once_identical_to_one_process(
+    ddp_and_single_runs, micro, tmp_path
+):
+    sharded, single = ddp_and_single_runs.sharded, tmp_path / "single"
+    assert main(sample_cmd(micro.checkpoint, single)) == 0  # one process: this one
     # Each process reports its own share; the shares add up to --n.
-    counts = [int(c) for c in re.findall(r"wrote (\d+) maps", done.stdout)]
-    assert sorted(counts) == [2, 3], done.stdout
+    counts = [int(c) for c in re.findall(r"wrote (\d+) maps", ddp_and_single_runs.stdout)]
+    assert sorted(counts) == [2, 3], ddp_and_single_runs.stdout
     names = sorted(p.name for p in sharded.iterdir())
     assert names == sorted(p.name for p in single.iterdir())
     assert names == sorted(f"sample_{i:05d}.{ext}" for i in range(5) for ext in ("json", "nii.gz"))
@@ -140,30 +174,16 @@ def test_torchrun_sharded_sampling_writes_each_index_once_identical_to_one_proce
         assert (sharded / name).read_bytes() == (single / name).read_bytes(), name
 
 
-TRAIN_VAE_ONLY = """
-import json, sys
-import torch
-torch.set_num_threads(1)
-from siblings.models.presets import preset_from_dict
-from siblings.train import train_vae
-data, out, preset = sys.argv[1], sys.argv[2], preset_from_dict(json.loads(sys.argv[3]))
-stop_after = int(sys.argv[4]) or None
-train_vae(data, out, preset, steps=3, batch=4, seed=0, device="cpu", amp=False, log_every=1,
-          progress=False, stop_after=stop_after)
-"""
-
-
 def test_ddp_run_stopped_and_resumed_equals_uninterrupted_ddp_run(
     micro, ddp_and_single_runs, tmp_path
 ):
-    _, ddp = ddp_and_single_runs
+    ddp, out = ddp_and_single_runs.ddp, ddp_and_single_runs.resumed
+    # The fixture's launch stopped after one step: the state is saved, no final weights.
+    assert not (out / "vae.safetensors").exists()
+    assert json.loads((out / "state" / "vae_state.json").read_text())["step"] == 1
     script = tmp_path / "train_vae.py"
     script.write_text(TRAIN_VAE_ONLY)
     preset_json = json.dumps(micro_preset().to_dict())
-    out = tmp_path / "resumed"
-    run([*TORCHRUN, str(script), str(micro.data), str(out), preset_json, "1"])
-    assert not (out / "vae.safetensors").exists()
-    assert json.loads((out / "state" / "vae_state.json").read_text())["step"] == 1
-    run([*TORCHRUN, str(script), str(micro.data), str(out), preset_json, "0"])
+    run([*TORCHRUN, str(script), str(micro.data), str(out), preset_json])  # a new launch
     a, b = load_file(str(ddp / "vae.safetensors")), load_file(str(out / "vae.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
