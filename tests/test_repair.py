@@ -301,6 +301,7 @@ def test_sample_with_repair_writes_repaired_maps_and_records_the_repair(
     assert first["violations_before"] == ["sep_LV_RV"] and first["changed"] is True
 
 
+@pytest.mark.slow  # 24 s: a whole edit run with its report
 def test_edit_with_repair_writes_repaired_siblings_and_a_run_summary(
     model, planted, valid, tmp_path, monkeypatch
 ):
