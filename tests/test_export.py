@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 import xml.etree.ElementTree as ET
 
@@ -132,7 +133,7 @@ def test_phantom_tissue_surfaces_are_watertight_with_voxel_volumes_and_centroids
         points, triangles = tissue_surface(surface, value)
         watertight(points, triangles)
         report = closed_surface_report(points, triangles)
-        assert report["closed"] and report["oriented"]
+        assert report["closed"] and report["oriented"] and report["manifold"]
         mask = lm.data == value
         assert report["volume_ml"] == pytest.approx(mask.sum() * voxel_ml, rel=0.03)
         voxel_centroid = world(lm.affine, lm.shape)[mask].mean(axis=0)
@@ -203,7 +204,7 @@ def test_export_vtp_writes_surfaces_interfaces_and_scenes(tmp_path, oblique_phan
         arrays = _vtk_arrays(folder / f"{name}.vtp")
         triangles = arrays["connectivity"].reshape(-1, 3)
         watertight(arrays["Points"], triangles)
-        assert record["tissues"][name]["closed"] and record["tissues"][name]["oriented"]
+        assert record["tissues"][name]["closed"] and record["tissues"][name]["manifold"]
         assert (arrays["tissue"] == anatomy.LABELS[name]).all()
     interfaces = _vtk_arrays(folder / "interfaces.vtp")
     pairs = {tuple(sorted(p)) for p in interfaces["labels"].tolist()}
@@ -377,3 +378,57 @@ def test_cli_export_writes_one_folder_per_map_and_words_errors_as_flags(tmp_path
     assert code == 2
     assert "--smooth must be 0 or more" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------------------
+# --export on the commands that write maps.
+# --------------------------------------------------------------------------------------
+@pytest.mark.slow  # an edit run with the micro model: ~40 s on 2 shared cores
+def test_edit_export_writes_each_siblings_surfaces_and_records_them_in_its_manifest(
+    micro, tmp_path
+):
+    from siblings.cli import main
+    from siblings.io import centred_affine, read_label_map
+
+    twin, _ = make_phantom(1, size=32, seed=3)
+    write_label_map(tmp_path / "twin.nii.gz", LabelMap(twin.data, centred_affine(32)))
+    out = tmp_path / "sibs"
+    args = [
+        "edit", "perturb", tmp_path / "twin.nii.gz", "--psi", 0.5, "--n", 2, "--steps", 2,
+        "--batch", 2, "--n-boot", 20, "--checkpoint", micro.checkpoint, "--device", "cpu",
+        "--quiet", "--invert-steps", 0, "--export", "stl", "--out", out,
+    ]  # fmt: skip
+    assert main([str(a) for a in args]) == 0
+    for i in range(2):
+        name = f"sibling_{i:05d}"
+        manifest = json.loads((out / f"{name}.json").read_text())
+        entry = manifest["mesh"]
+        assert entry["format"] == "stl" and entry["folder"] == f"mesh/{name}"
+        assert all((out / f).is_file() for f in entry["files"])
+        lm = read_label_map(out / f"{name}.nii.gz")
+        record = json.loads((out / "mesh" / name / "export.json").read_text())
+        for tissue, rec in record["tissues"].items():
+            mesh = trimesh.load(out / "mesh" / name / rec["file"])  # merged by position
+            # The micro model's siblings are rough: a tissue may pinch along a voxel edge
+            # (closed, not 2-manifold there), so manifold is not asserted here.
+            assert rec["closed"] and rec["oriented"]
+            voxels = (lm.data == anatomy.LABELS[tissue]).sum() * lm.voxel_volume_ml
+            assert rec["voxel_volume_ml"] == pytest.approx(voxels)
+            assert mesh.volume / 1000 == pytest.approx(rec["volume_ml"], rel=1e-3)
+    # The report shows the twin and the siblings in 3D beside the slices.
+    html = (out / "report" / "report.html").read_text()
+    assert html.count('id="view3d"') == 1
+    view = json.loads(re.search(r'id="view3d-data">(.*?)</script>', html, re.S).group(1))
+    assert [m["title"] for m in view["maps"]] == ["twin", "sibling_00000", "sibling_00001"]
+
+
+def test_edit_refuses_an_unknown_export_format_before_loading_the_model(tmp_path, capsys):
+    from siblings.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            ["edit", "perturb", str(tmp_path / "none.nii.gz"), "--psi", "0.5", "--export", "ply",
+             "--out", str(tmp_path / "o")]
+        )  # fmt: skip
+    assert exit_.value.code == 2
+    assert "--export: invalid choice: 'ply'" in capsys.readouterr().err

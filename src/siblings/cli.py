@@ -520,6 +520,7 @@ def _edit_common(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     _add_repair_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_export_option(p)
     p.set_defaults(func=_run_edit)
 
 
@@ -686,6 +687,8 @@ def _run_edit(args: argparse.Namespace) -> None:
             max_gap=args.max_gap,
             labels=args.labels,
             allow_truncated=args.allow_truncated,
+            export=args.export,
+            export_edge_mm=args.export_edge_mm,
         )
     print(format_run(run))
 

@@ -307,22 +307,28 @@ def enclosed_centroid(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
 
 
 def closed_surface_report(points: np.ndarray, triangles: np.ndarray) -> dict:
-    """Checks of a tissue surface: closed, consistently oriented, volume and size.
+    """Checks of a tissue surface: closed, consistently oriented, 2-manifold, volume.
 
-    ``closed``: every edge lies in exactly two triangles; ``oriented``: each of those two
-    runs the edge in opposite directions (consistent winding); ``volume_ml`` is the
-    enclosed volume (positive when the normals point outwards).
+    ``closed``: every edge is run as often in one direction as in the other by the
+    triangles (a closed, consistently oriented surface: it encloses a volume);
+    ``manifold``: moreover every edge lies in exactly two triangles (what trimesh calls
+    watertight). A surface is closed but not manifold only where two parts of a tissue
+    touch along a voxel edge that they also surround (``nonmanifold_edges`` counts those
+    edges); ``volume_ml`` is the enclosed volume (positive when normals point out).
     """
     tri = np.asarray(triangles, dtype=np.int64)
     directed = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
-    _, counts = np.unique(np.sort(directed, axis=1), axis=0, return_counts=True)
-    closed = bool(len(tri)) and bool((counts == 2).all())
-    unique_directed = len(np.unique(directed, axis=0))
-    oriented = closed and unique_directed == len(directed)
+    forward = directed[:, 0] < directed[:, 1]
+    key = np.sort(directed, axis=1)
+    _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    balance = np.bincount(inverse.ravel(), weights=np.where(forward, 1.0, -1.0))
+    closed = bool(len(tri)) and bool((balance == 0).all())
     return {
         "triangles": len(tri),
         "points": len(points),
         "closed": closed,
-        "oriented": oriented,
+        "oriented": closed,
+        "manifold": closed and bool((counts == 2).all()),
+        "nonmanifold_edges": int((counts != 2).sum()),
         "volume_ml": enclosed_volume(points, tri) / 1000.0 if len(tri) else 0.0,
     }

@@ -53,6 +53,7 @@ from ..io import (
     write_label_map,
 )
 from ..labels import LabelScheme, load_scheme
+from ..mesh.volume import DEFAULT_EDGE_MM, check_edge
 from ..models.edits import EditResult, TwinEncoding, encode_twin, inpaint, ood_warning, perturb
 from ..models.ldm import LatentDiffusionModel
 from ..repair import DEFAULT_MAX_GAP, TopologyRepair, check_max_gap
@@ -93,6 +94,8 @@ def run_edit(
     max_gap: int = DEFAULT_MAX_GAP,
     labels: str | PathLike | LabelScheme | None = None,
     allow_truncated: bool = False,
+    export: str | None = None,
+    export_edge_mm: float = DEFAULT_EDGE_MM,
 ) -> EditRun:
     """Make ``n`` siblings of ``twin`` and write them, their manifests and a report.
 
@@ -138,6 +141,10 @@ def run_edit(
         ``siblings``), recorded in every manifest.
     allow_truncated : edit a twin whose chambers or myocardium its scan cuts (refused by
         default, with the reason ``prepare`` gives).
+    export, export_edge_mm : also export every sibling as surfaces or a tetrahedral mesh
+        (``stl``, ``obj``, ``vtp``, ``vtu``, ``msh``; :func:`siblings.pipelines.export.
+        export_into`) into ``out/mesh/NAME/`` (and ``out/scanner/mesh/NAME/`` for the
+        siblings on the twin's own grid); each manifest records the files.
 
     Returns
     -------
@@ -169,6 +176,7 @@ def run_edit(
         raise InputError(f"{{n_boot}} must be 0 or more, got {n_boot}", arguments=("n_boot",))
     check_max_gap(max_gap)
     out = check_output(out, overwrite)
+    export = _check_export(export, export_edge_mm)
     twin = _resolve(model, twin, register_to, interpolation, progress, labels, allow_truncated)
     ref_summary = _reference_summary(model, twin, reference)
     run_warnings: list[str] = []
@@ -208,7 +216,18 @@ def run_edit(
         progress=progress,
         repairs=repairs,
         max_gap=max_gap,
+        export=(export, export_edge_mm),
     )
+
+
+def _check_export(export: str | None, edge_mm: float) -> str | None:
+    """The ``--export`` format (lower case) or None; checked before any work."""
+    if export is None:
+        return None
+    from .export import check_format
+
+    check_edge(edge_mm, "export_edge_mm")
+    return check_format(export, "export")
 
 
 def _resolve(
@@ -315,6 +334,7 @@ def _write_run(
     progress: bool,
     repairs: list[TopologyRepair] | None = None,
     max_gap: int = DEFAULT_MAX_GAP,
+    export: tuple[str | None, float] = (None, DEFAULT_EDGE_MM),
 ) -> EditRun:
     """Everything the run writes, through a staging folder renamed onto ``out``."""
     repair_log = [{"max_gap": max_gap, **r.record()} for r in repairs or []]
@@ -335,6 +355,14 @@ def _write_run(
             stage, out, twin, settings, result, records, bar
         )
         bar.close()
+        if export[0] is not None:
+            from .export import export_into
+
+            fmt, edge = export
+            export_into(stage, [stage / p.name for p in sib_paths], fmt, edge_mm=edge)
+            if scan_paths:
+                scanner = stage / "scanner"
+                export_into(scanner, [scanner / p.name for p in scan_paths], fmt, edge_mm=edge)
         _write_twin(stage, model, twin, reconstruction, records)
         metrics, seconds = _write_report(
             stage,
@@ -498,7 +526,13 @@ def _write_report(
     record = run_record(model, twin, settings, result, records, warnings_, seconds)
     if repair_summary is not None:
         record["repair"] = repair_summary
-    page = report.edit_report_html(metrics, figures, record, sib_summary)
+    page = report.edit_report_html(
+        metrics,
+        figures,
+        record,
+        sib_summary,
+        view3d=_view3d(twin, result, records, affine, figure_siblings),
+    )
     for fname, data in figures.items():
         write_bytes(stage / "report" / fname, data)
     write_bytes(stage / "report" / "per_map.csv", sib_summary.per_map_csv().encode())
@@ -507,6 +541,23 @@ def _write_report(
     write_bytes(stage / "report" / "report.html", page.encode())
     write_json(stage / "run.json", record)
     return metrics, seconds
+
+
+def _view3d(
+    twin: Twin, result: EditResult, records: EditRecords, affine: np.ndarray, n: int
+) -> str:
+    """The report's rotatable 3D view: the twin and the first ``n`` siblings."""
+    from ..report.viewer3d import viewer_html
+
+    maps = [("twin", twin.label_map.data)]
+    maps += list(zip(records.names[:n], result.labels[:n], strict=False))
+    return viewer_html(
+        maps,
+        affine,
+        caption="The twin and its first siblings as surfaces in world mm (multi-label surface "
+        "nets, Taubin-smoothed), seen from the front (anterior) at first; drag to rotate "
+        "all of them together, untick a tissue to hide it and see inside.",
+    )
 
 
 def edit_twin(
@@ -537,6 +588,8 @@ def edit_twin(
     max_gap: int = DEFAULT_MAX_GAP,
     labels: str | PathLike | LabelScheme | None = None,
     allow_truncated: bool = False,
+    export: str | None = None,
+    export_edge_mm: float = DEFAULT_EDGE_MM,
 ) -> EditRun:
     """``siblings edit perturb|local``: siblings of ``twin`` into ``out``.
 
@@ -570,6 +623,7 @@ def edit_twin(
     check_output(out, overwrite)
     scheme = load_scheme(labels)
     _check_twin_file(twin, scheme, allow_truncated)
+    _check_export(export, export_edge_mm)
     return run_edit(
         resolve_model(model),
         twin,
@@ -597,6 +651,8 @@ def edit_twin(
         max_gap=max_gap,
         labels=scheme,
         allow_truncated=allow_truncated,
+        export=export,
+        export_edge_mm=export_edge_mm,
     )
 
 

@@ -427,8 +427,13 @@ def edit_report_html(
     run: dict,
     siblings: CohortSummary,
     title: str | None = None,
+    view3d: str = "",
 ) -> str:
-    """The self-contained report page of one editing run."""
+    """The self-contained report page of one editing run.
+
+    ``view3d`` is the rotatable 3D view of the twin and siblings
+    (:func:`siblings.report.viewer3d.viewer_html`), shown beside the slices.
+    """
 
     def fig(name: str) -> str:
         return H.figure(figures[name], FIGURES[name]) if name in figures else ""
@@ -438,7 +443,7 @@ def edit_report_html(
     )
     sections = [
         *([("Warnings", warnings_html)] if warnings_html else []),
-        ("Twin and siblings", fig("siblings.png")),
+        ("Twin and siblings", fig("siblings.png") + view3d),
         ("Summary", summary_html(metrics)),
         ("Encoding of the twin", encoding_html(run.get("encoding"))),
         ("Preservation of the twin", dice_html(metrics)),
