@@ -432,3 +432,30 @@ def test_edit_refuses_an_unknown_export_format_before_loading_the_model(tmp_path
         )  # fmt: skip
     assert exit_.value.code == 2
     assert "--export: invalid choice: 'ply'" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # sampling with the micro model: ~30 s on 2 shared cores
+def test_sample_export_writes_each_samples_mesh_folder_and_records_it(micro, tmp_path):
+    from siblings.cli import main
+
+    out = tmp_path / "s"
+    args = ["sample", "--n", 2, "--steps", 2, "--batch", 2, "--checkpoint", micro.checkpoint,
+            "--device", "cpu", "--export", "vtp", "--out", out]  # fmt: skip
+    assert main([str(a) for a in args]) == 0
+    for i in range(2):
+        name = f"sample_{i:05d}"
+        entry = json.loads((out / f"{name}.json").read_text())["mesh"]
+        assert entry["format"] == "vtp" and entry["folder"] == f"mesh/{name}"
+        assert "mesh/" + name + "/interfaces.vtp" in entry["files"]
+        assert all((out / f).is_file() for f in entry["files"])
+
+
+def test_augment_refuses_a_bad_export_edge_before_loading_the_model(tmp_path):
+    from siblings.pipelines.augment import augment_cohort
+
+    def never():
+        raise AssertionError("the model must not load")
+
+    with pytest.raises(InputError, match="export_edge_mm must be a positive length"):
+        augment_cohort(never, tmp_path, "RV_volume_ml > 1", "uncond", 1, out=tmp_path / "o",
+                       export="stl", export_edge_mm=-1)  # fmt: skip

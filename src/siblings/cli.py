@@ -407,6 +407,7 @@ def _add_sample(sub) -> None:
     _add_model_options(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     _add_repair_options(p)
+    _add_export_option(p)
     p.set_defaults(func=_run_sample)
 
 
@@ -423,6 +424,8 @@ def _run_sample(args: argparse.Namespace) -> None:
         device=args.device,
         repair=args.repair,
         max_gap=args.max_gap,
+        export=args.export,
+        export_edge_mm=args.export_edge_mm,
     )
     print(f"wrote {len(paths)} {'repaired ' if args.repair else ''}maps to {args.out}")
 
@@ -1131,6 +1134,7 @@ def _add_augment(sub) -> None:
     _add_labels_option(p, what="the maps in --data")
     p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation report")
     p.add_argument("--no-figures", action="store_true", help="no PNG figures in the report")
+    _add_export_option(p)
     _add_repair_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_augment)
@@ -1173,6 +1177,8 @@ def _run_augment(args: argparse.Namespace) -> None:
                 progress=not args.quiet,
                 repair=args.repair,
                 max_gap=args.max_gap,
+                export=args.export,
+                export_edge_mm=args.export_edge_mm,
                 labels=args.labels,
             )
     except AugmentStopped as exc:

@@ -48,6 +48,7 @@ from ..diffusion.keep import KeepMode
 from ..errors import InputError, OutputExistsError
 from ..io import LabelMap, read_json, read_label_map, stem, write_json, write_label_map
 from ..labels import LabelScheme, load_scheme
+from ..mesh.volume import DEFAULT_EDGE_MM, check_edge
 from ..metrics.bootstrap import acceptance_rate
 from ..metrics.cohort import HEADLINE_KEYS, evaluate_maps, measure_map, summarise_maps
 from ..metrics.condition import Condition, parse_condition
@@ -55,6 +56,7 @@ from ..models.edits import ood_warning
 from ..models.ldm import LatentDiffusionModel
 from ..repair import DEFAULT_MAX_GAP, check_max_gap, repair_topology
 from ..report.evaluation import write_evaluation
+from .export import check_format, export_into
 from .inputs import ModelSource, resolve_model
 from .repair import summarise_repairs
 
@@ -98,6 +100,8 @@ def augment(
     repair: bool = False,
     max_gap: int = DEFAULT_MAX_GAP,
     labels: str | PathLike | LabelScheme | None = None,
+    export: str | None = None,
+    export_edge_mm: float = DEFAULT_EDGE_MM,
 ) -> AugmentResult:
     """Grow the rare cohort of ``data`` (maps meeting ``where``) by ``n`` accepted maps.
 
@@ -147,6 +151,9 @@ def augment(
         before it is written and judged; each accepted map's manifest records its repair
         under ``repair`` and ``augment.json`` the accepted cohort's figures. A resumed run
         must repair as the interrupted one did (``repair`` is part of the run's signature).
+    export, export_edge_mm : at the end, export every accepted map into ``out/mesh/NAME/``
+        (:func:`siblings.pipelines.export.export_into`: ``stl``, ``obj``, ``vtp``, ``vtu``
+        or ``msh``); each manifest records the files under ``mesh``.
 
     Returns
     -------
@@ -238,6 +245,9 @@ def augment(
     if repair and files:
         logs = [read_json(p.parent / f"{stem(p)}.json")["repair"] for p in files]
         result.summary["repair"] = {"max_gap": max_gap, **summarise_repairs(logs)}
+    if export is not None and files:
+        export_into(out, files, export, edge_mm=export_edge_mm)
+        result.summary["export"] = {"format": export, "edge_mm": export_edge_mm, "folder": "mesh"}
     write_json(out / "augment.json", result.summary)
     if not result.complete:
         raise stopped(result, settings.max_attempts)
@@ -521,6 +531,14 @@ def check_counts(
             raise InputError(f"{{{name}}} must be 0 or more, got {value}", arguments=(name,))
 
 
+def _check_export(export: str | None, edge_mm: float) -> str | None:
+    """The ``--export`` format (lower case) or None; checked before the model loads."""
+    if export is None:
+        return None
+    check_edge(edge_mm, "export_edge_mm")
+    return check_format(export, "export")
+
+
 def augment_cohort(
     model: ModelSource,
     data: PathLike,
@@ -547,6 +565,8 @@ def augment_cohort(
     repair: bool = False,
     max_gap: int = DEFAULT_MAX_GAP,
     labels: str | PathLike | LabelScheme | None = None,
+    export: str | None = None,
+    export_edge_mm: float = DEFAULT_EDGE_MM,
 ) -> AugmentResult:
     """``siblings augment``: grow the rare cohort of ``data`` by ``n`` maps into ``out``.
 
@@ -559,6 +579,7 @@ def augment_cohort(
     check_counts(n, steps, batch, max_attempts, k, n_boot, invert_steps)
     check_max_gap(max_gap)
     labels = load_scheme(labels)  # a bad scheme is refused before the model loads
+    export = _check_export(export, export_edge_mm)
     return augment(
         resolve_model(model),
         data,
@@ -584,4 +605,6 @@ def augment_cohort(
         repair=repair,
         max_gap=max_gap,
         labels=labels,
+        export=export,
+        export_edge_mm=export_edge_mm,
     )

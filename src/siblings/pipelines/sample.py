@@ -13,9 +13,11 @@ from pathlib import Path
 from ..errors import InputError
 from ..io import LabelMap, write_json, write_label_map
 from ..manifest import provenance
+from ..mesh.volume import DEFAULT_EDGE_MM, check_edge
 from ..metrics.topology import topology_checks
 from ..models.ldm import LatentDiffusionModel
 from ..repair import DEFAULT_MAX_GAP, check_max_gap, repair_topology
+from .export import check_format, export_into
 from .inputs import ModelSource, resolve_model
 
 PathLike = str | os.PathLike
@@ -68,6 +70,8 @@ def sample_cohort(
     world: int = 1,
     repair: bool = False,
     max_gap: int = DEFAULT_MAX_GAP,
+    export: str | None = None,
+    export_edge_mm: float = DEFAULT_EDGE_MM,
 ) -> list[Path]:
     """Write ``n`` samples as ``out/{prefix}_{index:05d}.nii.gz`` plus a JSON manifest each.
 
@@ -82,6 +86,9 @@ def sample_cohort(
     repair, max_gap : repair each sample's topology before writing it
         (:func:`siblings.repair.repair_topology`); its manifest records the checks before
         and after and the voxels changed per label.
+    export, export_edge_mm : also export each sample as it is written into
+        ``out/mesh/NAME/`` (:func:`siblings.pipelines.export.export_into`: ``stl``, ``obj``,
+        ``vtp``, ``vtu`` or ``msh``); its manifest records the files under ``mesh``.
 
     Returns
     -------
@@ -90,6 +97,7 @@ def sample_cohort(
     """
     check_counts(n, steps, batch)
     check_max_gap(max_gap)
+    export = _check_export(export, export_edge_mm)
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -100,6 +108,7 @@ def sample_cohort(
         for b0 in range(0, len(mine), batch):
             idx = mine[b0 : b0 + batch]
             labels = model.decode(model.sample_latents(idx, steps, seed))
+            first = len(written)
             for i, lab in zip(idx, labels, strict=True):
                 written.append(
                     _write_sample(
@@ -113,8 +122,18 @@ def sample_cohort(
                         steps=steps,
                     )
                 )
+            if export is not None:
+                export_into(out, written[first:], export, edge_mm=export_edge_mm)
             bar.update(len(idx))
     return written
+
+
+def _check_export(export: str | None, edge_mm: float) -> str | None:
+    """The ``--export`` format (lower case) or None; checked before any sampling."""
+    if export is None:
+        return None
+    check_edge(edge_mm, "export_edge_mm")
+    return check_format(export, "export")
 
 
 def sample(
@@ -129,19 +148,22 @@ def sample(
     progress: bool = True,
     repair: bool = False,
     max_gap: int = DEFAULT_MAX_GAP,
+    export: str | None = None,
+    export_edge_mm: float = DEFAULT_EDGE_MM,
 ) -> list[Path]:
     """``siblings sample``: a cohort of ``n`` maps into ``out``, torchrun-aware.
 
     The counts are checked first; then the process group is joined (under ``torchrun``;
     ``device`` picks this process's device) and ``model`` is loaded if it is a loader.
-    Each process writes its share; only the first shows progress. ``repair`` and
-    ``max_gap`` are those of :func:`sample_cohort`.
+    Each process writes its share; only the first shows progress. ``repair``,
+    ``max_gap``, ``export`` and ``export_edge_mm`` are those of :func:`sample_cohort`.
     """
     from ..runtime import pick_device
     from ..train import init_distributed
 
     check_counts(n, steps, batch)
     check_max_gap(max_gap)
+    _check_export(export, export_edge_mm)
     dist = init_distributed(pick_device(device))
     return sample_cohort(
         resolve_model(model),
@@ -155,4 +177,6 @@ def sample(
         world=dist.world,
         repair=repair,
         max_gap=max_gap,
+        export=export,
+        export_edge_mm=export_edge_mm,
     )
