@@ -94,7 +94,7 @@ def test_every_morphology_column_is_accepted():
         ("rv_volume_ml > 115", ["unknown column 'rv_volume_ml'", "did you mean RV_volume_ml"]),
         ("Myo_volume_ml > 1", ["unknown column 'Myo_volume_ml'"]),
         ("RV_volume_ml == 115", ["unsupported operator '=='", "<, >, <= or >="]),
-        ("RV_volume_ml = 115", ["unsupported operator '='"]),
+        ("RV_volume_ml = 115", ["an equality needs a tolerance", "RV_volume_ml = 115 ± 5"]),
         ("RV_volume_ml > 115 or LV_volume_ml < 3", ["cannot parse", "COLUMN OP NUMBER"]),
         ("RV_volume_ml >", ["cannot parse 'RV_volume_ml >'"]),
         ("RV_volume_ml > abc", ["cannot parse"]),

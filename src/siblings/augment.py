@@ -17,6 +17,11 @@ made with one of three strategies and kept only if they meet the same condition:
 ``perturb``
     perturbational siblings of the rare twins (SDEdit, SPEC §4), half the attempts at
     ψ = 0.5 and half at ψ = 0.35 by default, filtered;
+``guided``
+    any of the three above (``sampler``, default ``uncond``) with classifier guidance
+    towards the condition itself (or another ``target``) by the morphology regressor
+    (:mod:`siblings.models.guided`, issue 17), still judged and filtered on the written
+    map; the guidance (target, scale, regressor hash) is in every manifest;
 ``local``
     localized siblings (inpainting, SPEC §4): the LV is regenerated for half the twins
     and the RV for the other half, filtered. With ``keep="exact"`` (the default) each
@@ -206,16 +211,19 @@ def generate(
     masks: dict[int, np.ndarray],
     seed: int,
     steps: int,
+    guide: Any = None,
 ) -> dict[int, np.ndarray]:
     """Decoded label maps of a batch of attempts, by attempt index.
 
     Attempt ``a`` is sibling ``a`` of :func:`siblings.models.edits.perturb` or
     :func:`~siblings.models.edits.inpaint` (the same model methods and noise streams).
+    ``guide``: classifier guidance (the ``guided`` strategy,
+    :meth:`siblings.models.guided.Guidance.guide`) added to every denoiser output.
     """
     out: dict[int, np.ndarray] = {}
     if strategy == "uncond":
         idx = [a.index for a in attempts]
-        labels = model.decode(model.sample_latents(idx, steps, seed))
+        labels = model.decode(model.sample_latents(idx, steps, seed, guide=guide))
         return dict(zip(idx, labels, strict=True))
     # Attempts sharing ψ (perturb) or region (local) share one noise schedule: one run each.
     groups: dict[Any, list[Attempt]] = {}
@@ -225,10 +233,10 @@ def generate(
         idx = [a.index for a in group]
         z = torch.cat([latents[a.twin] for a in group])  # type: ignore[index]
         if strategy == "perturb":
-            lat = model.perturb_latents(z, idx, float(param), steps, seed)  # type: ignore[arg-type]
+            lat = model.perturb_latents(z, idx, float(param), steps, seed, guide)  # type: ignore[arg-type]
         else:
             keep = np.stack([masks[a.twin] for a in group])  # type: ignore[index]
-            lat = model.inpaint_latents(z, keep, idx, steps, seed)
+            lat = model.inpaint_latents(z, keep, idx, steps, seed, guide=guide)
         out.update(zip(idx, model.decode(lat), strict=True))
     return out
 

@@ -170,6 +170,32 @@ def _load_model(args: argparse.Namespace):
     )
 
 
+def _add_guidance_options(p, what: str = "maps") -> None:
+    """--target, --guidance-scale and --regressor (issue 17: guided sampling and editing)."""
+    from .models.guided import DEFAULT_GUIDANCE_SCALE
+
+    p.add_argument(
+        "--target",
+        default=None,
+        metavar="CONDITION",
+        help=f"steer the {what} towards a morphology: the --where language of `augment`, plus "
+        "COLUMN = NUMBER ± TOL and, for edits, FACTOR*twin (e.g. "
+        '"RV_volume_ml = 130 ± 5", "LV_volume_ml > 1.2*twin"); see docs/guidance.md',
+    )
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=DEFAULT_GUIDANCE_SCALE,
+        help=f"classifier-guidance scale for --target (default {DEFAULT_GUIDANCE_SCALE:g})",
+    )
+    p.add_argument(
+        "--regressor",
+        type=Path,
+        default=None,
+        help="morphology regressor for --target (default: the checkpoint's regressor.safetensors)",
+    )
+
+
 # ---------------------------------------------------------------------------------
 # phantom
 # ---------------------------------------------------------------------------------
@@ -279,6 +305,7 @@ def _add_train(sub) -> None:
             "siblings train vae --preset tiny --data data/phantom64 --out runs/tiny",
             "siblings train ldm --preset tiny --data data/phantom64 --out runs/tiny",
             "torchrun --nproc_per_node=4 -m siblings.cli train ldm --preset paper --data DIR --out DIR",
+            "siblings train regressor --data data/phantom64 --heldout data/heldout64 --out runs/reg",
         ),
         description="""\
         Train one stage of the latent diffusion model. `vae` writes OUT/vae.safetensors;
@@ -286,7 +313,12 @@ def _add_train(sub) -> None:
         OUT/ldm.safetensors. Interrupted runs resume from OUT/state (or --state).
         Without --data, a 512-subject phantom cohort is generated in OUT/data.""",
     )
-    p.add_argument("stage", choices=["vae", "ldm"], help="which network to train")
+    p.add_argument(
+        "stage",
+        choices=["vae", "ldm", "regressor"],
+        help="which network to train (regressor: the morphology regressor of guided sampling, "
+        "on the latents of --checkpoint)",
+    )
     p.add_argument("--preset", default="tiny", help="tiny (CPU) or paper (GPU); default tiny")
     p.add_argument("--data", type=Path, default=None, help="folder of prepared label maps")
     p.add_argument("--out", type=Path, required=True, help="output folder for weights and logs")
@@ -323,12 +355,33 @@ def _add_train(sub) -> None:
         "of the same preset) with a fresh optimiser",
     )
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="regressor: the model whose latents it reads (default: the shipped weights)",
+    )
+    p.add_argument(
+        "--heldout",
+        type=Path,
+        default=None,
+        help="regressor: held-out maps whose R² and MAE per feature and σ go into its JSON",
+    )
+    p.add_argument(
+        "--latents",
+        type=Path,
+        default=None,
+        help="regressor: cached latents of --data from `train ldm` (checked, else encoded)",
+    )
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> None:
     from .models.presets import get_preset, parse_overrides
     from .train import load_init, resolve_init, train_ldm, train_vae
+
+    if args.stage == "regressor":
+        return _run_train_regressor(args)
 
     preset = get_preset(args.preset, **parse_overrides(args.set))
     if args.steps is not None and args.steps < 1:
@@ -367,6 +420,30 @@ def _run_train(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _run_train_regressor(args: argparse.Namespace) -> None:
+    from .train import train_regressor
+
+    if args.data is None:
+        raise UsageError("train regressor needs --data (the cohort the model was trained on)")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    options = {k: v for k, v in (("steps", args.steps), ("batch", args.batch)) if v is not None}
+    if args.lr is not None:
+        options["lr"] = args.lr
+    path = train_regressor(
+        args.data,
+        args.out,
+        args.checkpoint,
+        heldout=args.heldout,
+        latents=args.latents,
+        state_dir=args.state,
+        seed=args.seed,
+        resume=not args.no_resume,
+        **options,
+    )
+    print(f"wrote {path}")
+
+
 def _check_train_inputs(stage: str, data: Path, vae: Path, preset) -> None:
     """The input checks the training functions start with, run ahead of a warning."""
     from .checkpoint import CheckpointError
@@ -393,6 +470,7 @@ def _add_sample(sub) -> None:
         (
             "siblings sample --n 16 --steps 20 --seed 0 --out synthetic",
             "siblings sample --n 360 --batch 16 --checkpoint runs/tiny --out synthetic",
+            'siblings sample --n 8 --target "RV_volume_ml = 130 ± 5" --guidance-scale 2 --out big_rv',
             "torchrun --nproc_per_node=2 -m -- siblings sample --n 1000 --out big_cohort",
         ),
         description="""\
@@ -405,6 +483,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--batch", type=int, default=8, help="maps per batch (default 8)")
     _add_model_options(p)
+    _add_guidance_options(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     _add_repair_options(p)
     _add_export_option(p)
@@ -426,8 +505,21 @@ def _run_sample(args: argparse.Namespace) -> None:
         max_gap=args.max_gap,
         export=args.export,
         export_edge_mm=args.export_edge_mm,
+        target=args.target,
+        guidance_scale=args.guidance_scale,
+        regressor=args.regressor,
     )
     print(f"wrote {len(paths)} {'repaired ' if args.repair else ''}maps to {args.out}")
+    if args.target is not None and (args.out / "guidance.json").exists():
+        import json
+
+        rep = json.loads((args.out / "guidance.json").read_text())
+        print(
+            f"  target {rep['target']}: {rep['within']} of {rep['n']} maps within "
+            f"({100 * rep['share_within']:.0f}%)"
+        )
+        if rep.get("note"):
+            print(f"siblings sample: warning: {rep['note']}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------
@@ -524,6 +616,7 @@ def _edit_common(p) -> None:
     _add_repair_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_export_option(p)
+    _add_guidance_options(p, "siblings")
     p.set_defaults(func=_run_edit)
 
 
@@ -583,6 +676,7 @@ def _add_edit(sub) -> None:
             "siblings edit perturb TotalSegmentator/s0011 --psi 0.65 --n 60 --out sibs_s0011",
             "siblings edit perturb mmwhs_ct_1001.nii.gz --labels mmwhs --psi 0.5 --n 8 --out sibs",
             "siblings edit perturb twin.nii.gz --psi 0.8 --checkpoint runs/tiny --device cpu --out x",
+            'siblings edit perturb twin.nii.gz --psi 0.65 --target "LV_volume_ml = 1.2*twin ± 5%" --out x',
         ),
         formatter_class=_formatter,
     )
@@ -614,6 +708,7 @@ def _add_edit(sub) -> None:
             "siblings edit local twin.nii.gz --regenerate LV --regenerate RV --out sibs_lv_rv",
             "siblings edit local twin.nii.gz --regenerate LV,RV --dilate 0 --keep-background --out x",
             "siblings edit local twin.nii.gz --regenerate RV --keep latent --out sibs_paper",
+            'siblings edit local twin.nii.gz --regenerate RV --target "RV_volume_ml = 130 ± 5" --out x',
         ),
         formatter_class=_formatter,
     )
@@ -692,6 +787,9 @@ def _run_edit(args: argparse.Namespace) -> None:
             allow_truncated=args.allow_truncated,
             export=args.export,
             export_edge_mm=args.export_edge_mm,
+            target=args.target,
+            guidance_scale=args.guidance_scale,
+            regressor=args.regressor,
         )
     print(format_run(run))
 
@@ -1069,6 +1167,7 @@ def _add_augment(sub) -> None:
             'siblings augment --where "RV_volume_ml > 115" --strategy perturb --n 140 --data data/phantom64 --seed 0 --out aug/perturb',
             'siblings augment --where "RV_volume_ml > 115" --strategy uncond --n 140 --data data/phantom64 --max-attempts 5000 --out aug/uncond',
             'siblings augment --where "RV_volume_ml > 115 and LV_volume_ml < 150" --strategy local --n 50 --data DIR --out DIR',
+            'siblings augment --where "RV_volume_ml > 115" --strategy guided --guidance-scale 2 --n 20 --data data/phantom64 --out aug/guided',
         ),
         description="""\
         The rare twins are the maps in --data meeting --where (any morphology column:
@@ -1084,7 +1183,16 @@ def _add_augment(sub) -> None:
     )
     p.add_argument("--where", required=True, metavar="CONDITION", help='e.g. "RV_volume_ml > 115"')
     p.add_argument(
-        "--strategy", required=True, choices=["uncond", "perturb", "local"], help="how to generate"
+        "--strategy",
+        required=True,
+        choices=["uncond", "perturb", "local", "guided"],
+        help="how to generate (guided: --sampler with classifier guidance towards --where)",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=["uncond", "perturb", "local"],
+        default="uncond",
+        help="guided: the sampler guided (default uncond)",
     )
     p.add_argument("--n", type=int, required=True, help="number of maps to accept")
     p.add_argument(
@@ -1122,6 +1230,7 @@ def _add_augment(sub) -> None:
     )
     _add_invert_option(p)
     _add_model_options(p)
+    _add_guidance_options(p)
     p.add_argument("--k", type=int, default=3, help="k of precision/recall (default 3)")
     p.add_argument(
         "--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000, 0 = none)"
@@ -1180,6 +1289,10 @@ def _run_augment(args: argparse.Namespace) -> None:
                 export=args.export,
                 export_edge_mm=args.export_edge_mm,
                 labels=args.labels,
+                sampler=args.sampler,
+                target=args.target,
+                guidance_scale=args.guidance_scale,
+                regressor=args.regressor,
             )
     except AugmentStopped as exc:
         print(f"siblings augment: {exc.worded(flag)}", file=sys.stderr)

@@ -245,12 +245,15 @@ def edit_records(
 
 def _method_fields(settings: EditSettings, result: EditResult) -> dict[str, Any]:
     p = result.params
+    # Guided edits (issue 17): the target, scale and regressor hash in every record.
+    guided = {"guidance": p["guidance"]} if "guidance" in p else {}
     if settings.method == "perturb":
         return {
             "psi": p["psi"],
             "start_step": p["start_step"],
             "recomputed_steps": p["recomputed_steps"],
             "sigma_start": p["sigma_start"],
+            **guided,
         }
     keep = result.keep_mask
     assert keep is not None
@@ -267,6 +270,7 @@ def _method_fields(settings: EditSettings, result: EditResult) -> dict[str, Any]
             "kept_latent_fraction": p["kept_latent_fraction"],
             "sha256": hashlib.sha256(np.packbits(keep).tobytes()).hexdigest(),
         },
+        **guided,
     }
 
 
@@ -448,6 +452,7 @@ def run_record(
             "scanner": [f"scanner/{m}.nii.gz" for m in names] if twin.in_other_space else [],
             "report": "report/report.html",
         },
+        **({"target": result.target} if result.target else {}),
         "warnings": warnings_,
         "software": software_versions(),
         "seconds": round(seconds, 2),
@@ -508,6 +513,12 @@ def format_run(run: EditRun) -> str:
             f"  on the twin's original grid: {run.out / 'scanner'} ({len(run.scanner)} maps)"
         )
     lines.append(f"  TV% siblings {m['tv_percent']:.2f} (twin {m['reference']['tv_percent']:.2f})")
+    target = run.result.target
+    if target:
+        lines.append(
+            f"  target {target['target']}: {target['within']} of {target['n']} siblings within "
+            f"({100 * target['share_within']:.0f}%)"
+        )
     if m.get("kept_dice"):
         kd = ", ".join(f"{t} {s['mean']:.3f}" for t, s in m["kept_dice"].items())
         lines.append(f"  kept-tissue Dice vs twin (mean, keep {m.get('keep', 'latent')}): {kd}")

@@ -51,8 +51,11 @@ from ..diffusion.inversion import DEFAULT_INVERT_LR, DEFAULT_INVERT_STEPS, Inver
 from ..diffusion.keep import KEEP_MODES, KeepMode, compose_exact
 from ..errors import InputError, MissingTissueWarning
 from ..io import LabelMap
+from ..metrics.morphology import morphology
 from ..metrics.overlap import kept_tissue_dice
+from .guided import Guidance, target_report
 from .ldm import LatentDiffusionModel
+from .regressor import feature_array
 
 OOD_DICE_THRESHOLD = 0.85
 """A twin whose round-trip Dice (after inversion) is below this for any tissue is out of
@@ -82,6 +85,8 @@ class EditResult:
     seams: list[dict[str, int]] = field(default_factory=list)
     # The twin's latent the edit started from, and its round-trip Dice.
     encoding: TwinEncoding | None = None
+    # Guided edits: the share of siblings within the target (models.guided.target_report).
+    target: dict | None = None
 
 
 def _twin_array(model: LatentDiffusionModel, twin: LabelMap | np.ndarray) -> np.ndarray:
@@ -199,6 +204,27 @@ def ood_warning(encodings: dict[str, TwinEncoding], threshold: float | None = No
     )
 
 
+def _twin_guidance(
+    model: LatentDiffusionModel, twin: np.ndarray, guidance: Guidance | None
+) -> tuple[Guidance | None, object]:
+    """The guidance resolved against the twin's morphology, and its sampler hook."""
+    if guidance is None:
+        return None, None
+    resolved = guidance.resolve(morphology(twin, spacing_mm=model.preset.voxel_mm))
+    return resolved, resolved.guide(model.device)
+
+
+def _guidance_params(guidance: Guidance | None) -> dict:
+    return {} if guidance is None else {"guidance": guidance.record()}
+
+
+def _target(model: LatentDiffusionModel, guidance: Guidance | None, labels: np.ndarray):
+    if guidance is None:
+        return None
+    feats = [morphology(lab, spacing_mm=model.preset.voxel_mm) for lab in labels]
+    return target_report(guidance.target, feature_array(feats))
+
+
 def _batches(n: int, batch: int) -> list[list[int]]:
     if n < 1:
         raise InputError(f"number of siblings must be at least 1, got {n}")
@@ -218,15 +244,20 @@ def perturb(
     progress: bool = False,
     invert_steps: int = DEFAULT_INVERT_STEPS,
     encoding: TwinEncoding | None = None,
+    guidance: Guidance | None = None,
 ) -> EditResult:
     """``n`` perturbational siblings of ``twin`` at sampling ratio ``psi`` (SPEC §4).
 
     The twin's latent ``z`` is its posterior mean refined by ``invert_steps`` steps of
     inversion (:func:`encode_twin`; 0 = the paper's posterior mean), or ``encoding``'s
-    latent when one is given (from :func:`encode_twin` of this twin).
+    latent when one is given (from :func:`encode_twin` of this twin). ``guidance``
+    steers the siblings towards a morphology target (:mod:`siblings.models.guided`;
+    a target relative to the twin is resolved against the twin's morphology); the
+    result's ``target`` then says what share of them reached it.
     """
     i0 = start_step(psi, steps)
     arr = _twin_array(model, twin)
+    guidance, guide = _twin_guidance(model, arr, guidance)
     encoding = encoding or encode_twin(model, arr, invert_steps)
     z = encoding.latent.to(torch.float64)
     sig = model.sigmas(steps)[i0:]
@@ -235,10 +266,11 @@ def perturb(
 
     with tqdm(total=n, desc=f"perturb ψ={psi:g}", unit="map", disable=not progress) as bar:
         for idx in _batches(n, batch):
-            out.append(model.decode(model.perturb_latents(z, idx, psi, steps, seed)))
+            out.append(model.decode(model.perturb_latents(z, idx, psi, steps, seed, guide)))
             bar.update(len(idx))
+    labels = np.concatenate(out)
     return EditResult(
-        labels=np.concatenate(out),
+        labels=labels,
         method="perturbational",
         params={
             "psi": psi,
@@ -248,9 +280,11 @@ def perturb(
             "sigma_start": float(sig[0]),
             "seed": seed,
             "invert_steps": encoding.invert_steps,
+            **_guidance_params(guidance),
         },
         indices=list(range(n)),
         encoding=encoding,
+        target=_target(model, guidance, labels),
     )
 
 
@@ -270,6 +304,7 @@ def inpaint(
     keep: KeepMode = "exact",
     invert_steps: int = DEFAULT_INVERT_STEPS,
     encoding: TwinEncoding | None = None,
+    guidance: Guidance | None = None,
 ) -> EditResult:
     """``n`` localized siblings of ``twin`` with the ``regenerate`` tissues made anew (eq. 5).
 
@@ -280,6 +315,8 @@ def inpaint(
     ``"latent"`` returns the decoded maps as they are (the paper's method).
     The seed latent ``z`` is the twin's posterior mean refined by ``invert_steps`` steps
     of inversion (:func:`encode_twin`; 0 = the paper), or ``encoding``'s latent.
+    ``guidance`` steers the regenerated tissues towards a morphology target, as in
+    :func:`perturb`; the kept region is pasted before every step as without it.
     """
     if keep not in KEEP_MODES:
         raise InputError(f"unknown keep mode {keep!r}; use 'exact' or 'latent'")
@@ -291,6 +328,7 @@ def inpaint(
         raise InputError(f"dilate must be >= 0, got {dilate}")
     arr = _twin_array(model, twin)
     mask = latent_keep_mask(arr, kept_labels, model.preset.latent_size, dilate)
+    guidance, guide = _twin_guidance(model, arr, guidance)
     encoding = encoding or encode_twin(model, arr, invert_steps)
     z = encoding.latent
     out = []
@@ -300,7 +338,7 @@ def inpaint(
         total=n, desc=f"inpaint {','.join(sorted(regen))}", unit="map", disable=not progress
     ) as bar:
         for idx in _batches(n, batch):
-            lat = model.inpaint_latents(z, mask, idx, steps, seed, fresh_noise)
+            lat = model.inpaint_latents(z, mask, idx, steps, seed, fresh_noise, guide)
             out.append(model.decode(lat))
             bar.update(len(idx))
     decoded = np.concatenate(out)
@@ -322,6 +360,7 @@ def inpaint(
             "kept_latent_fraction": float(mask.mean()),
             "keep": keep,
             "invert_steps": encoding.invert_steps,
+            **_guidance_params(guidance),
         },
         indices=list(range(n)),
         kept=kept,
@@ -333,4 +372,5 @@ def inpaint(
         ),
         seams=seams,
         encoding=encoding,
+        target=_target(model, guidance, labels),
     )

@@ -28,7 +28,7 @@ import torch
 from .. import anatomy
 from ..checkpoint import CheckpointError, file_hash, load_tensors
 from ..diffusion import edit
-from ..diffusion.edit import start_step
+from ..diffusion.edit import Guide, start_step
 from ..diffusion.edm import EDMPrecond, heun_sample, karras_sigmas
 from ..diffusion.inversion import (
     DEFAULT_INVERT_LR,
@@ -237,18 +237,25 @@ class LatentDiffusionModel:
         return d.float().to(z.device, z.dtype)
 
     def sample_latents(
-        self, indices: list[int] | range, steps: int = 20, seed: int = 0, churn: float = 0.0
+        self,
+        indices: list[int] | range,
+        steps: int = 20,
+        seed: int = 0,
+        churn: float = 0.0,
+        guide: Guide | None = None,
     ) -> torch.Tensor:
         """Unconditional latents for sample ``indices`` (Heun, N steps, 2N−1 calls).
 
         Sample ``i`` depends only on ``(seed, i)``, with or without ``churn`` (EDM's
         stochastic sampler; 0, the default, is the deterministic Algorithm 1).
+        ``guide``: classifier guidance added to every denoiser output
+        (:meth:`siblings.models.guided.Guidance.guide`).
         """
         sig = self.sigmas(steps)
         z = noise_for(seed, indices, self.latent_shape).to(self.device, torch.float64) * sig[0]
         # Churn noise: one generator per sample index, as the starting noise.
         gen = churn_generators(seed, indices) if churn > 0 else None
-        return heun_sample(self.denoise, z, sig, churn=churn, generator=gen)
+        return heun_sample(self.denoise, z, sig, churn=churn, generator=gen, guide=guide)
 
     def perturb_latents(
         self,
@@ -257,6 +264,7 @@ class LatentDiffusionModel:
         psi: float,
         steps: int = 20,
         seed: int = 0,
+        guide: Guide | None = None,
     ) -> torch.Tensor:
         """SDEdit latents (:func:`siblings.diffusion.edit.perturb`) of siblings ``indices``.
 
@@ -267,7 +275,7 @@ class LatentDiffusionModel:
         sig = self.sigmas(steps)[start_step(psi, steps) :]
         eps = noise_for(seed, indices, self.latent_shape, START_STREAM).to(torch.float64)
         z = z.to(torch.float64)
-        return edit.perturb(self.denoise, z.to(self.device), eps.to(self.device), sig)
+        return edit.perturb(self.denoise, z.to(self.device), eps.to(self.device), sig, guide=guide)
 
     def inpaint_latents(
         self,
@@ -277,6 +285,7 @@ class LatentDiffusionModel:
         steps: int = 20,
         seed: int = 0,
         fresh_noise: bool = False,
+        guide: Guide | None = None,
     ) -> torch.Tensor:
         """Inpainting latents (:func:`siblings.diffusion.edit.inpaint`, eq. 5) of siblings
         ``indices``.
@@ -300,7 +309,7 @@ class LatentDiffusionModel:
         start = noise_for(seed, indices, shape, START_STREAM).to(dev, torch.float64)
         z = z.to(torch.float64).to(dev)
         return edit.inpaint(
-            self.denoise, z, m, start, eps, self.sigmas(steps), fresh_paste_noise=fresh
+            self.denoise, z, m, start, eps, self.sigmas(steps), fresh_paste_noise=fresh, guide=guide
         )
 
     def sample(
@@ -311,8 +320,10 @@ class LatentDiffusionModel:
         batch: int = 8,
         start: int = 0,
         progress: bool = False,
+        guide: Guide | None = None,
     ) -> np.ndarray:
-        """``n`` unconditional label maps ``(n, S, S, S)`` uint8 for sample indices start…start+n−1."""
+        """``n`` unconditional label maps ``(n, S, S, S)`` uint8 for sample indices start…start+n−1
+        (``guide``: classifier guidance, :meth:`sample_latents`)."""
         if n < 1:
             raise InputError(f"number of samples must be at least 1, got {n}")
         if steps < 1:
@@ -323,6 +334,6 @@ class LatentDiffusionModel:
         with tqdm(total=n, desc="sample", unit="map", disable=not progress) as bar:
             for b0 in range(start, start + n, batch):
                 idx = range(b0, min(b0 + batch, start + n))
-                out.append(self.decode(self.sample_latents(idx, steps, seed)))
+                out.append(self.decode(self.sample_latents(idx, steps, seed, guide=guide)))
                 bar.update(len(idx))
         return np.concatenate(out)

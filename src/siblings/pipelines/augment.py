@@ -23,6 +23,7 @@ from ..augment import (
     DEFAULT_PSIS,
     DEFAULT_REGIONS,
     OUR_FILE,
+    STRATEGIES,
     Attempt,
     AugmentResult,
     AugmentSettings,
@@ -53,6 +54,7 @@ from ..metrics.bootstrap import acceptance_rate
 from ..metrics.cohort import HEADLINE_KEYS, evaluate_maps, measure_map, summarise_maps
 from ..metrics.condition import Condition, parse_condition
 from ..models.edits import ood_warning
+from ..models.guided import DEFAULT_GUIDANCE_SCALE, load_guidance
 from ..models.ldm import LatentDiffusionModel
 from ..repair import DEFAULT_MAX_GAP, check_max_gap, repair_topology
 from ..report.evaluation import write_evaluation
@@ -102,6 +104,10 @@ def augment(
     labels: str | PathLike | LabelScheme | None = None,
     export: str | None = None,
     export_edge_mm: float = DEFAULT_EDGE_MM,
+    sampler: str = "uncond",
+    target: str | Condition | None = None,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    regressor: PathLike | None = None,
 ) -> AugmentResult:
     """Grow the rare cohort of ``data`` (maps meeting ``where``) by ``n`` accepted maps.
 
@@ -111,7 +117,13 @@ def augment(
     data : folder of real label maps on the model's grid; the rare twins are those
         meeting ``where``.
     where : condition on the SPEC §7 morphology columns (:func:`parse_condition`).
-    strategy : ``uncond``, ``perturb`` or ``local`` (:mod:`siblings.augment`).
+    strategy : ``uncond``, ``perturb``, ``local`` or ``guided`` (:mod:`siblings.augment`).
+    sampler, target, guidance_scale, regressor : ``guided``: the sampler guided
+        (``uncond``, ``perturb`` or ``local``), the target (default ``where`` itself;
+        absolute numbers only), the guidance scale and the regressor
+        (:func:`siblings.models.guided.load_guidance`). ``augment.json`` then says
+        ``"strategy": "guided"`` with the ``sampler`` and the ``guidance``; the result's
+        ``strategy`` is the sampler (its attempts are that sampler's).
     n : number of maps to accept (≥ 1).
     seed : RNG seed; attempt ``a`` depends only on ``(seed, a)``.
     out : output folder, new or empty (or, with ``resume``, a previous run's).
@@ -169,6 +181,14 @@ def augment(
     AugmentStopped
         ``max_attempts`` reached before ``n`` accepted maps (what was accepted is kept).
     """
+    guided = strategy == "guided"
+    if guided:
+        if sampler not in STRATEGIES:
+            raise InputError(
+                f"unknown {{sampler}} {sampler!r}; choose one of {', '.join(STRATEGIES)}",
+                arguments=("sampler",),
+            )
+        strategy, prefix = sampler, prefix or "guided"
     settings = check_settings(
         where,
         strategy,
@@ -185,6 +205,17 @@ def augment(
         prefix=prefix,
     )
     check_max_gap(max_gap)
+    guidance = None
+    if guided:
+        guidance = load_guidance(
+            model, target if target is not None else settings.condition, guidance_scale, regressor
+        )
+        if guidance.target.relative:
+            raise InputError(
+                f"{{target}} {guidance.target} is relative to a twin; augment needs absolute "
+                "numbers",
+                arguments=("target",),
+            )
     out = Path(out)
     present = check_output(out, settings.prefix, resume)
     twins = read_rare_twins(
@@ -200,6 +231,8 @@ def augment(
     signature = run_signature(settings, seed, twins, model)
     if repair:
         signature["repair"] = {"max_gap": max_gap}
+    if guidance is not None:
+        signature["guidance"] = {"sampler": settings.strategy, **guidance.record()}
     files: list[Path] = []
     attempts: list[int] = []
     if present:
@@ -207,7 +240,7 @@ def augment(
         finished = _finished(out, settings, signature, twins, files, attempts)
         if finished is not None:
             return finished
-    if reuse and settings.strategy != "uncond":
+    if reuse and (settings.strategy != "uncond" or guidance is not None):
         raise ValueError("reuse holds unconditional samples: only the uncond strategy uses it")
     encoded = EncodedTwins()
     run_warnings: list[str] = []
@@ -220,7 +253,7 @@ def augment(
     reused: list[int] = []
     attempted = _attempt(
         model, out, settings, signature, seed, twins, encoded, files, attempts, progress,
-        reuse or {}, reused,
+        reuse or {}, reused, None if guidance is None else guidance.guide(model.device),
     )  # fmt: skip
     result = AugmentResult(
         out=out,
@@ -248,6 +281,10 @@ def augment(
     if export is not None and files:
         export_into(out, files, export, edge_mm=export_edge_mm)
         result.summary["export"] = {"format": export, "edge_mm": export_edge_mm, "folder": "mesh"}
+    if guidance is not None:
+        result.summary["strategy"] = "guided"
+        result.summary["sampler"] = settings.strategy
+        result.summary["guidance"] = signature["guidance"]
     write_json(out / "augment.json", result.summary)
     if not result.complete:
         raise stopped(result, settings.max_attempts)
@@ -376,6 +413,7 @@ def _attempt(
     progress: bool,
     reuse: Mapping[int, Path],
     reused: list[int],
+    guide: Any = None,
 ) -> int:
     """Attempt batch by batch until ``n`` maps are accepted or the attempts run out.
 
@@ -418,7 +456,7 @@ def _attempt(
                         fresh = [t for t in todo if t.index >= att.index and t.index not in reuse]
                         labels.update(generate(
                             model, settings.strategy, fresh, encoded.latents, encoded.masks,
-                            seed, settings.steps,
+                            seed, settings.steps, guide,
                         ))  # fmt: skip
                     label = labels[att.index]
                 if _keep_if_accepted(
@@ -567,6 +605,10 @@ def augment_cohort(
     labels: str | PathLike | LabelScheme | None = None,
     export: str | None = None,
     export_edge_mm: float = DEFAULT_EDGE_MM,
+    sampler: str = "uncond",
+    target: str | None = None,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    regressor: PathLike | None = None,
 ) -> AugmentResult:
     """``siblings augment``: grow the rare cohort of ``data`` by ``n`` maps into ``out``.
 
@@ -576,6 +618,8 @@ def augment_cohort(
     when ``max_attempts`` runs out (what was accepted is kept).
     """
     parse_condition(where)
+    if target is not None:
+        parse_condition(target)
     check_counts(n, steps, batch, max_attempts, k, n_boot, invert_steps)
     check_max_gap(max_gap)
     labels = load_scheme(labels)  # a bad scheme is refused before the model loads
@@ -607,4 +651,8 @@ def augment_cohort(
         labels=labels,
         export=export,
         export_edge_mm=export_edge_mm,
+        sampler=sampler,
+        target=target,
+        guidance_scale=guidance_scale,
+        regressor=regressor,
     )

@@ -54,7 +54,9 @@ from ..io import (
 )
 from ..labels import LabelScheme, load_scheme
 from ..mesh.volume import DEFAULT_EDGE_MM, check_edge
+from ..metrics.condition import parse_condition
 from ..models.edits import EditResult, TwinEncoding, encode_twin, inpaint, ood_warning, perturb
+from ..models.guided import DEFAULT_GUIDANCE_SCALE, Guidance, load_guidance
 from ..models.ldm import LatentDiffusionModel
 from ..repair import DEFAULT_MAX_GAP, TopologyRepair, check_max_gap
 from .inputs import ModelSource, resolve_model
@@ -96,6 +98,9 @@ def run_edit(
     allow_truncated: bool = False,
     export: str | None = None,
     export_edge_mm: float = DEFAULT_EDGE_MM,
+    target: str | None = None,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    regressor: PathLike | None = None,
 ) -> EditRun:
     """Make ``n`` siblings of ``twin`` and write them, their manifests and a report.
 
@@ -145,6 +150,13 @@ def run_edit(
         (``stl``, ``obj``, ``vtp``, ``vtu``, ``msh``; :func:`siblings.pipelines.export.
         export_into`) into ``out/mesh/NAME/`` (and ``out/scanner/mesh/NAME/`` for the
         siblings on the twin's own grid); each manifest records the files.
+    target, guidance_scale, regressor : guided editing (issue 17): steer the siblings
+        towards a morphology ``target`` in the condition language
+        (``"RV_volume_ml = 130 ± 5"``, ``"LV_volume_ml > 1.2*twin"``) with classifier
+        guidance of scale ``guidance_scale`` by the morphology regressor (default the
+        checkpoint's; :func:`siblings.models.guided.load_guidance`). The target, scale
+        and regressor hash go into every manifest; the share of siblings within the
+        target into ``run.json`` (``target``), with a warning when under half.
 
     Returns
     -------
@@ -177,6 +189,7 @@ def run_edit(
     check_max_gap(max_gap)
     out = check_output(out, overwrite)
     export = _check_export(export, export_edge_mm)
+    guidance = None if target is None else load_guidance(model, target, guidance_scale, regressor)
     twin = _resolve(model, twin, register_to, interpolation, progress, labels, allow_truncated)
     ref_summary = _reference_summary(model, twin, reference)
     run_warnings: list[str] = []
@@ -196,7 +209,10 @@ def run_edit(
     if msg:
         run_warnings.append(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)
-    result = _make_siblings(model, twin, settings, encoding, progress)
+    result = _make_siblings(model, twin, settings, encoding, progress, guidance)
+    if result.target and result.target.get("note"):
+        run_warnings.append(result.target["note"])
+        warnings.warn(result.target["note"], UserWarning, stacklevel=2)
     repairs: list[TopologyRepair] = []
     if repair:
         result.labels, repairs = repair_records(result.labels, max_gap)
@@ -281,6 +297,7 @@ def _make_siblings(
     settings: EditSettings,
     encoding: TwinEncoding,
     progress: bool,
+    guidance: Guidance | None = None,
 ) -> EditResult:
     """The siblings, in memory (the model-space maps are small: 60 × 64³ bytes = 16 MB)."""
     arr = twin.label_map.data
@@ -298,6 +315,7 @@ def _make_siblings(
                 batch=settings.batch,
                 progress=progress,
                 encoding=encoding,
+                guidance=guidance,
             )
         return inpaint(
             model,
@@ -314,6 +332,7 @@ def _make_siblings(
             progress=progress,
             keep=settings.keep or "exact",
             encoding=encoding,
+            guidance=guidance,
         )
 
 
@@ -590,6 +609,9 @@ def edit_twin(
     allow_truncated: bool = False,
     export: str | None = None,
     export_edge_mm: float = DEFAULT_EDGE_MM,
+    target: str | None = None,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    regressor: PathLike | None = None,
 ) -> EditRun:
     """``siblings edit perturb|local``: siblings of ``twin`` into ``out``.
 
@@ -624,6 +646,8 @@ def edit_twin(
     scheme = load_scheme(labels)
     _check_twin_file(twin, scheme, allow_truncated)
     _check_export(export, export_edge_mm)
+    if target is not None:  # a bad target is refused before the model loads
+        parse_condition(target)
     return run_edit(
         resolve_model(model),
         twin,
@@ -653,6 +677,9 @@ def edit_twin(
         allow_truncated=allow_truncated,
         export=export,
         export_edge_mm=export_edge_mm,
+        target=target,
+        guidance_scale=guidance_scale,
+        regressor=regressor,
     )
 
 

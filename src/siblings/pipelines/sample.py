@@ -14,8 +14,12 @@ from ..errors import InputError
 from ..io import LabelMap, write_json, write_label_map
 from ..manifest import provenance
 from ..mesh.volume import DEFAULT_EDGE_MM, check_edge
+from ..metrics.condition import parse_condition
+from ..metrics.morphology import morphology
 from ..metrics.topology import topology_checks
+from ..models.guided import DEFAULT_GUIDANCE_SCALE, Guidance, load_guidance, target_report
 from ..models.ldm import LatentDiffusionModel
+from ..models.regressor import feature_array
 from ..repair import DEFAULT_MAX_GAP, check_max_gap, repair_topology
 from .export import check_format, export_into
 from .inputs import ModelSource, resolve_model
@@ -36,12 +40,15 @@ def _write_sample(
     name: str,
     labels,
     max_gap: int | None = None,
+    guidance: Guidance | None = None,
     **fields,
-) -> Path:
-    """One sample: the map, then its manifest (provenance and topology violations).
+) -> tuple[Path, dict | None]:
+    """One sample: the map, then its manifest (provenance and topology violations; for
+    guided sampling the guidance, the morphology and whether it met the target).
 
     With ``max_gap`` the sample is first repaired (:func:`siblings.repair.repair_topology`)
-    and the manifest records the repair under ``repair``.
+    and the manifest records the repair under ``repair``. Returns the path and, when
+    guided, the morphology of the written map.
     """
     extra = {}
     if max_gap is not None:
@@ -50,11 +57,27 @@ def _write_sample(
     path = write_label_map(out / f"{name}.nii.gz", LabelMap(labels, model.affine))
     checks = topology_checks(labels)
     violations = [k for k, v in checks.items() if v]
+    guided: dict = {}
+    feats = None
+    if guidance is not None:
+        feats = morphology(labels, spacing_mm=model.preset.voxel_mm)
+        guided = {
+            "guidance": guidance.record(),
+            "morphology": feats,
+            "within_target": bool(guidance.target(feats)),
+        }
     write_json(
         out / f"{name}.json",
-        provenance(model, "unconditional", **fields, topology_violations=violations, **extra),
+        provenance(
+            model,
+            "guided" if guidance is not None else "unconditional",
+            **fields,
+            **guided,
+            topology_violations=violations,
+            **extra,
+        ),
     )
-    return path
+    return path, feats
 
 
 def sample_cohort(
@@ -72,6 +95,7 @@ def sample_cohort(
     max_gap: int = DEFAULT_MAX_GAP,
     export: str | None = None,
     export_edge_mm: float = DEFAULT_EDGE_MM,
+    guidance: Guidance | None = None,
 ) -> list[Path]:
     """Write ``n`` samples as ``out/{prefix}_{index:05d}.nii.gz`` plus a JSON manifest each.
 
@@ -89,6 +113,10 @@ def sample_cohort(
     export, export_edge_mm : also export each sample as it is written into
         ``out/mesh/NAME/`` (:func:`siblings.pipelines.export.export_into`: ``stl``, ``obj``,
         ``vtp``, ``vtu`` or ``msh``); its manifest records the files under ``mesh``.
+    guidance : steer every sample towards a morphology target
+        (:class:`siblings.models.guided.Guidance`; absolute targets only). Each manifest
+        then records it and whether the map met the target, and ``out/guidance.json``
+        (``out/guidance_rank{R}.json`` under torchrun) the share within the target.
 
     Returns
     -------
@@ -104,27 +132,38 @@ def sample_cohort(
     out.mkdir(parents=True, exist_ok=True)
     mine = list(range(rank, n, world))
     written: list[Path] = []
+    guide = None
+    if guidance is not None:
+        guidance = guidance.resolve(None)  # refuses a target relative to a twin
+        guide = guidance.guide(model.device)
+    feats: list[dict] = []
     with tqdm(total=len(mine), desc="sample", unit="map", disable=not progress) as bar:
         for b0 in range(0, len(mine), batch):
             idx = mine[b0 : b0 + batch]
-            labels = model.decode(model.sample_latents(idx, steps, seed))
             first = len(written)
+            labels = model.decode(model.sample_latents(idx, steps, seed, guide=guide))
             for i, lab in zip(idx, labels, strict=True):
-                written.append(
-                    _write_sample(
-                        model,
-                        out,
-                        f"{prefix}_{i:05d}",
-                        lab,
-                        max_gap if repair else None,
-                        seed=seed,
-                        index=i,
-                        steps=steps,
-                    )
+                path, f = _write_sample(
+                    model,
+                    out,
+                    f"{prefix}_{i:05d}",
+                    lab,
+                    max_gap if repair else None,
+                    guidance,
+                    seed=seed,
+                    index=i,
+                    steps=steps,
                 )
+                written.append(path)
+                if f is not None:
+                    feats.append(f)
             if export is not None:
                 export_into(out, written[first:], export, edge_mm=export_edge_mm)
             bar.update(len(idx))
+    if guidance is not None and feats:
+        report = {**guidance.record(), **target_report(guidance.target, feature_array(feats))}
+        name = "guidance.json" if world == 1 else f"guidance_rank{rank}.json"
+        write_json(out / name, report)
     return written
 
 
@@ -150,6 +189,9 @@ def sample(
     max_gap: int = DEFAULT_MAX_GAP,
     export: str | None = None,
     export_edge_mm: float = DEFAULT_EDGE_MM,
+    target: str | None = None,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    regressor: PathLike | None = None,
 ) -> list[Path]:
     """``siblings sample``: a cohort of ``n`` maps into ``out``, torchrun-aware.
 
@@ -157,6 +199,9 @@ def sample(
     ``device`` picks this process's device) and ``model`` is loaded if it is a loader.
     Each process writes its share; only the first shows progress. ``repair``,
     ``max_gap``, ``export`` and ``export_edge_mm`` are those of :func:`sample_cohort`.
+    ``target``: guided
+    sampling towards it (:func:`siblings.models.guided.load_guidance` with
+    ``guidance_scale`` and ``regressor``; see :func:`sample_cohort`).
     """
     from ..runtime import pick_device
     from ..train import init_distributed
@@ -164,9 +209,19 @@ def sample(
     check_counts(n, steps, batch)
     check_max_gap(max_gap)
     _check_export(export, export_edge_mm)
+    if target is not None:  # a bad or relative target is refused before the model loads
+        cond = parse_condition(target)
+        if cond.relative:
+            raise InputError(
+                f"{{target}} {cond} is relative to a twin; sampling has none (use "
+                "`siblings edit ... --target`, or absolute numbers)",
+                arguments=("target",),
+            )
     dist = init_distributed(pick_device(device))
+    loaded = resolve_model(model)
+    guidance = None if target is None else load_guidance(loaded, target, guidance_scale, regressor)
     return sample_cohort(
-        resolve_model(model),
+        loaded,
         out,
         n,
         steps=steps,
@@ -179,4 +234,5 @@ def sample(
         max_gap=max_gap,
         export=export,
         export_edge_mm=export_edge_mm,
+        guidance=guidance,
     )
