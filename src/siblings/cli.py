@@ -470,7 +470,7 @@ def _add_sample(sub) -> None:
         (
             "siblings sample --n 16 --steps 20 --seed 0 --out synthetic",
             "siblings sample --n 360 --batch 16 --checkpoint runs/tiny --out synthetic",
-            'siblings sample --n 8 --target "RV_volume_ml = 130 ± 5" --guidance-scale 2 --out big_rv',
+            'siblings sample --n 8 --target "RV_volume_ml = 130 ± 5" --guidance-scale 20 --out big_rv',
             "torchrun --nproc_per_node=2 -m -- siblings sample --n 1000 --out big_cohort",
         ),
         description="""\
@@ -1167,7 +1167,7 @@ def _add_augment(sub) -> None:
             'siblings augment --where "RV_volume_ml > 115" --strategy perturb --n 140 --data data/phantom64 --seed 0 --out aug/perturb',
             'siblings augment --where "RV_volume_ml > 115" --strategy uncond --n 140 --data data/phantom64 --max-attempts 5000 --out aug/uncond',
             'siblings augment --where "RV_volume_ml > 115 and LV_volume_ml < 150" --strategy local --n 50 --data DIR --out DIR',
-            'siblings augment --where "RV_volume_ml > 115" --strategy guided --guidance-scale 2 --n 20 --data data/phantom64 --out aug/guided',
+            'siblings augment --where "RV_volume_ml > 115" --strategy guided --guidance-scale 20 --n 20 --data data/phantom64 --out aug/guided',
         ),
         description="""\
         The rare twins are the maps in --data meeting --where (any morphology column:
