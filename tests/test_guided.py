@@ -219,6 +219,15 @@ def test_guided_augment_records_the_guidance(gmodel, micro, tmp_path):
     assert res.accepted == 1
 
 
+def test_a_target_without_the_guided_strategy_is_refused(gmodel, micro, tmp_path):
+    from siblings.pipelines.augment import augment
+
+    with pytest.raises(ValueError, match="guided"):
+        augment(gmodel, micro.data, "LV_volume_ml > 0", "uncond", 1, 0, tmp_path / "a",
+                target="LV_volume_ml > 1")  # fmt: skip
+    assert not (tmp_path / "a").exists()
+
+
 # ---------------------------------------------------------------------------------
 # Training the regressor.
 # ---------------------------------------------------------------------------------

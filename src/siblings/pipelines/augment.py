@@ -182,6 +182,11 @@ def augment(
         ``max_attempts`` reached before ``n`` accepted maps (what was accepted is kept).
     """
     guided = strategy == "guided"
+    if target is not None and not guided:
+        raise InputError(
+            "a {target} steers only the guided strategy; use {strategy} guided (and {sampler})",
+            arguments=("target", "strategy", "sampler"),
+        )
     if guided:
         if sampler not in STRATEGIES:
             raise InputError(
