@@ -238,8 +238,7 @@ def test_train_regressor_writes_weights_recipe_accuracy_and_resumes(micro, tmp_p
     full = train_regressor(micro.data, tmp_path / "a", micro.checkpoint,
                            heldout=micro.data, **common)  # fmt: skip
     train_regressor(micro.data, tmp_path / "b", micro.checkpoint, stop_after=2, **common)
-    resumed = train_regressor(micro.data, tmp_path / "b", micro.checkpoint,
-                              heldout=micro.data, **common)  # fmt: skip
+    resumed = train_regressor(micro.data, tmp_path / "b", micro.checkpoint, **common)
     net_a, meta, _ = load_regressor(full)
     net_b, _, _ = load_regressor(resumed)
     for (k, va), vb in zip(net_a.state_dict().items(), net_b.state_dict().values(), strict=True):
@@ -249,3 +248,9 @@ def test_train_regressor_writes_weights_recipe_accuracy_and_resumes(micro, tmp_p
     assert set(meta["accuracy"]["0.002"]["RV_volume_ml"]) == {"r2", "mae"}
     assert net_a.residual_variance.shape == (17, 12)
     assert float(net_a.residual_var(1.0).min()) >= 0
+
+
+def test_train_regressor_cli_needs_data(tmp_path, capsys):
+    assert main(["train", "regressor", "--out", str(tmp_path / "r")]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
