@@ -356,3 +356,41 @@ def test_cli_make_commands_take_repair_and_refuse_a_negative_max_gap(tmp_path, c
     assert main(argv) == 2
     assert "--max-gap must be 0 or more" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow  # an edit run with a scanner-space twin (preparation, resampling back)
+def test_edit_with_repair_repairs_the_siblings_again_on_the_scan_grid(model, tmp_path, monkeypatch):
+    import siblings.pipelines.edit as edit
+    from siblings.data.phantom_scans import place_in_scanner, scanner_affine
+
+    shape = (60, 60, 48)
+    scan = place_in_scanner(
+        make_phantom(2, size=64, seed=3)[0],
+        np.eye(4),
+        shape,
+        scanner_affine(shape, (3.0, 3.0, 4.0), "LPS"),
+    )
+    src = tmp_path / "scan_twin.nii.gz"
+    write_label_map(src, scan)
+    real = edit.scanner_sibling
+    made = []
+
+    def with_speck(*args, **kwargs):  # resampling back to the scan leaves an LA speck
+        back, record = real(*args, **kwargs)
+        data = back.data.copy()
+        data[2, 2, 2] = L["LA"]
+        made.append(data)
+        return LabelMap(data, back.affine, xform_codes=back.xform_codes), record
+
+    monkeypatch.setattr(edit, "scanner_sibling", with_speck)
+    out = tmp_path / "e"
+    edit.run_edit(
+        model, src, out, "perturb", psi=0.5, n=1, steps=2, n_boot=0, invert_steps=0,
+        figure_siblings=1, progress=False, repair=True,
+    )  # fmt: skip
+    on_scan = read_label_map(out / "scanner" / "sibling_00000.nii.gz")
+    np.testing.assert_array_equal(on_scan.data, repair_topology(made[0]).labels)
+    assert on_scan.data[2, 2, 2] == L["background"]
+    record = json.loads((out / "scanner" / "sibling_00000.json").read_text())["repair"]
+    assert "cc_LA" in record["violations_before"] and "cc_LA" not in record["violations_after"]
+    assert {"from": "LA", "to": "background", "voxels": 1} in record["transitions"]

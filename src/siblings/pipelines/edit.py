@@ -58,7 +58,7 @@ from ..metrics.condition import parse_condition
 from ..models.edits import EditResult, TwinEncoding, encode_twin, inpaint, ood_warning, perturb
 from ..models.guided import DEFAULT_GUIDANCE_SCALE, Guidance, load_guidance
 from ..models.ldm import LatentDiffusionModel
-from ..repair import DEFAULT_MAX_GAP, TopologyRepair, check_max_gap
+from ..repair import DEFAULT_MAX_GAP, TopologyRepair, check_max_gap, repair_topology
 from .inputs import ModelSource, resolve_model
 from .repair import repair_records, summarise_repairs
 from .staging import staging
@@ -371,7 +371,7 @@ def _write_run(
             stage, out, model, twin, settings, result, records, bar, repair_log
         )
         scan_paths, scanner_kept_dice = _write_scanner_siblings(
-            stage, out, twin, settings, result, records, bar
+            stage, out, twin, settings, result, records, bar, max_gap if repairs else None
         )
         bar.close()
         if export[0] is not None:
@@ -448,10 +448,14 @@ def _write_scanner_siblings(
     result: EditResult,
     records: EditRecords,
     bar: Any,
+    max_gap: int | None = None,
 ) -> tuple[list[Path], list[dict[str, float]]]:
     """The siblings on the twin's original grid, one at a time (scan grids are large).
 
-    Returns their final paths and their kept-tissue Dice (empty without another space).
+    With ``max_gap`` (``--repair``) each is repaired again on that grid, where resampling
+    can leave specks, and its record holds that repair under ``repair`` (kept-tissue
+    Dice is measured before it). Returns their final paths and their kept-tissue Dice
+    (empty without another space).
     """
     paths: list[Path] = []
     kept_dice: list[dict[str, float]] = []
@@ -459,6 +463,10 @@ def _write_scanner_siblings(
         return paths, kept_dice
     for name, lab in zip(records.names, result.labels, strict=True):
         back, record = scanner_sibling(lab, twin, settings, kept=result.kept)
+        if max_gap is not None:
+            rep = repair_topology(back.data, max_gap=max_gap)
+            back = LabelMap(rep.labels, back.affine, xform_codes=back.xform_codes)
+            record = {**record, "repair": {"max_gap": max_gap, **rep.record()}}
         write_label_map(stage / "scanner" / f"{name}.nii.gz", back)
         if "kept_dice" in record:
             kept_dice.append(record["kept_dice"])
