@@ -49,7 +49,7 @@ PathLike = str | os.PathLike
 DEFAULT_SCHEME = "siblings"
 _UNMAPPED = 255  # lookup-table entry of a value the scheme does not map
 _CHUNK_VOXELS = 1 << 24  # remap in slabs of at most this many voxels (bounded memory)
-_MAX_TABLE = 1 << 20  # value ranges wider than this are counted with np.unique instead
+_MAX_TABLE = 1 << 16  # wider value ranges: np.unique (a table of 2^20 int64 counts took 8 MB)
 
 
 class LabelSchemeError(InputError):
