@@ -434,6 +434,7 @@ def test_the_papers_experiments_encode_with_the_posterior_mean(monkeypatch, tmp_
     seed = SimpleNamespace(key="large", index=0)
     ctx = SimpleNamespace(
         seeds=lambda: [seed], seed_map=lambda s: np.zeros((8, 8, 8), np.uint8), model=None,
+        seed_encoding=lambda s: None,
         batch=2, progress=False, data=tmp_path, where="RV_volume_ml > 0",
     )  # fmt: skip
     params = {"seed_kind": "large", "regenerate": ["LV"], "psi": 0.5, "steps": 3, "seed": 0}

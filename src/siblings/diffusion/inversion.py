@@ -163,6 +163,24 @@ def soft_dice_loss(
 _LOSS_FUNCTIONS = {"dice": soft_dice_loss, "cross_entropy": cross_entropy}
 
 
+def _set_deterministic(mode: bool, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms`` without importing torch's compiler.
+
+    The public function also sets ``torch._inductor.config.deterministic``, and its first
+    call imports ``torch._inductor`` and ``torch._dynamo`` for that: 1.8 s of CPU on the
+    2-core AMD EPYC, once per process (5% of ``siblings demo``). Nothing here is
+    compiled, so where that module is not loaded yet only the eager flag is set (the same
+    call the public function makes); once loaded, the public function is used.
+    """
+    import sys
+
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if "torch._inductor.config" in sys.modules or setter is None:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        setter(mode, warn_only=warn_only)
+
+
 @contextlib.contextmanager
 def _deterministic() -> Iterator[None]:
     """torch's deterministic algorithms for the block, then the previous setting."""
@@ -170,11 +188,11 @@ def _deterministic() -> Iterator[None]:
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
     )
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    _set_deterministic(True, warn_only=True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+        _set_deterministic(was, warn_only=warn_only)
 
 
 def invert_latent(

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from .cohorts import (
 from .counts import MIN_COHORT, PAPER, Counts
 from .seeds import Seed, pick_seeds
 from .tables import Table
+
+if TYPE_CHECKING:
+    from ..models.edits import TwinEncoding
 
 PathLike = str | os.PathLike
 Maker = Callable[..., tuple[CohortSummary, dict]]
@@ -119,6 +123,7 @@ class ExperimentContext:
         self._seeds: list[Seed] | None = None
         self._seed_maps: dict[str, np.ndarray] = {}
         self._seed_vae: dict[str, np.ndarray] = {}
+        self._seed_encodings: dict[str, TwinEncoding] = {}
 
     # -- identities and cohorts ----------------------------------------------------
     def identity(self, spec: CohortSpec) -> dict:
@@ -210,6 +215,17 @@ class ExperimentContext:
             m = self.model
             self._seed_vae[seed.key] = m.decode(m.encode(self.seed_map(seed)[None]))[0]
         return self._seed_vae[seed.key]
+
+    def seed_encoding(self, seed: Seed) -> TwinEncoding:
+        """The seed's posterior-mean encoding (the paper's, ``invert_steps=0``), made once
+        and shared by all its perturbational and localized cohorts."""
+        if seed.key not in self._seed_encodings:
+            from ..models.edits import encode_twin
+
+            self._seed_encodings[seed.key] = encode_twin(
+                self.model, self.seed_map(seed), invert_steps=0
+            )
+        return self._seed_encodings[seed.key]
 
     def summarise(
         self, labels: Sequence[np.ndarray] | np.ndarray, names: list[str]

@@ -117,7 +117,7 @@ def make_perturb(ctx: ExperimentContext, spec: CohortSpec, folder: Path):
     # The paper's encoding: the posterior mean (invert_steps=0), not the product's inversion.
     res = perturb(
         ctx.model, ctx.seed_map(seed), psi=p["psi"], n=spec.n, steps=p["steps"],
-        seed=p["seed"], batch=ctx.batch, invert_steps=0,
+        seed=p["seed"], batch=ctx.batch, invert_steps=0, encoding=ctx.seed_encoding(seed),
     )  # fmt: skip
     names = [f"sibling_{i:05d}" for i in range(spec.n)]
     _write_maps(ctx, folder, names, res.labels,
@@ -138,6 +138,7 @@ def make_inpaint(ctx: ExperimentContext, spec: CohortSpec, folder: Path):
     res = inpaint(
         ctx.model, ctx.seed_map(seed), regenerate=p["regenerate"], n=spec.n, steps=p["steps"],
         seed=p["seed"], batch=ctx.batch, keep="latent", invert_steps=0,
+        encoding=ctx.seed_encoding(seed),
     )  # fmt: skip
     names = [f"sibling_{i:05d}" for i in range(spec.n)]
     _write_maps(ctx, folder, names, res.labels,
