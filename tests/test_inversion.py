@@ -439,7 +439,7 @@ def test_the_papers_experiments_encode_with_the_posterior_mean(monkeypatch, tmp_
     )  # fmt: skip
     params = {"seed_kind": "large", "regenerate": ["LV"], "psi": 0.5, "steps": 3, "seed": 0}
     params |= {"strategy": "perturb", "where": "RV_volume_ml > 0", "max_attempts": None}
-    spec = SimpleNamespace(n=2, params=params)
+    spec = SimpleNamespace(n=2, params=params, after=())
     make = {
         "perturb": makers.make_perturb,
         "inpaint": makers.make_inpaint,
