@@ -240,7 +240,11 @@ def test_the_papers_localized_experiment_asks_for_latent_keep(monkeypatch, tmp_p
     monkeypatch.setattr(edit, "inpaint", spy)
     seed = SimpleNamespace(key="large", index=0)
     ctx = SimpleNamespace(
-        seeds=lambda: [seed], seed_map=lambda s: np.zeros((8, 8, 8), np.uint8), model=None, batch=2
+        seeds=lambda: [seed],
+        seed_map=lambda s: np.zeros((8, 8, 8), np.uint8),
+        model=None,
+        batch=2,
+        seed_encoding=lambda s: None,
     )
     spec = SimpleNamespace(
         n=2, params={"seed_kind": "large", "regenerate": ["LV"], "steps": 3, "seed": 0}
