@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from timing import describe_machine, setup_threads
 
-from siblings.data.phantom import generate_cohort
 from siblings.models.presets import get_preset
+from siblings.pipelines.phantom import generate_cohort
 from siblings.train import train_ldm, train_vae
 
 MICRO = dict(

@@ -64,7 +64,7 @@ def _tree_rss_mb(root: int) -> float:
 
 
 def _ensure_cohorts(cache: Path, workers: int) -> tuple[Path, Path]:
-    from siblings.data.phantom import generate_cohort
+    from siblings.pipelines.phantom import generate_cohort
 
     out = []
     for name, n, seed in (("ref128", 512, 0), ("cohort128", 360, 1)):
@@ -79,7 +79,7 @@ def _ensure_cohorts(cache: Path, workers: int) -> tuple[Path, Path]:
 
 def _child(args: argparse.Namespace) -> None:
     from siblings.metrics import evaluate
-    from siblings.report.evaluation import write_evaluation
+    from siblings.pipelines.evaluate import write_evaluation
 
     t0 = time.perf_counter()
     ev = evaluate(args.cohort, args.reference, workers=args.workers, n_boot=args.n_boot)

@@ -123,8 +123,8 @@ def cpu_model() -> str:
 
 def plan(args, work: Path) -> list[dict]:
     """The runs: per preset and grid, per thread count and precision, VAE then denoiser."""
-    from siblings.data.phantom import generate_cohort
     from siblings.models.presets import get_preset
+    from siblings.pipelines.phantom import generate_cohort
     from siblings.train import resolve_init
 
     rows = []

@@ -20,7 +20,8 @@ import pstats
 import tempfile
 import time
 
-from siblings.data.phantom import generate_cohort, make_phantom, summarise_cohort
+from siblings.data.phantom import make_phantom, summarise_cohort
+from siblings.pipelines.phantom import generate_cohort
 
 BUDGET_S = 120.0  # issue 3: 512 subjects at 128³ within 2 minutes on 2 cores
 

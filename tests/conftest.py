@@ -98,7 +98,7 @@ class Micro:
 @pytest.fixture(scope="session")
 def micro_data(tmp_path_factory) -> Path:
     """Eight phantom label maps on a 32³ grid (with defects, as the real default cohort)."""
-    from siblings.data.phantom import generate_cohort
+    from siblings.pipelines.phantom import generate_cohort
 
     out = tmp_path_factory.mktemp("micro_data")
     generate_cohort(out, n=8, size=32, seed=0, defect_rate=0.25, workers=1, progress=False)

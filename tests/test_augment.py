@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from siblings import anatomy
-from siblings.augment import AugmentStopped, plan_attempt
+from siblings.augment import AugmentStopped, check_settings, plan_attempt
 from siblings.cli import main
 from siblings.io import LabelMap, read_label_map, write_label_map
 from siblings.metrics.bootstrap import acceptance_rate, wilson_interval
@@ -232,7 +232,13 @@ def run_augment(model, micro, out, where, strategy="uncond", n=4, seed=3, **kw):
     kw.setdefault("invert_steps", 0)
     kw.setdefault("n_boot", 20)
     kw.setdefault("figures", False)
-    return augment(model, micro.data, where, strategy, n, seed, out, **kw)
+    run = {key: kw.pop(key) for key in RUN_OPTIONS if key in kw}
+    return augment(
+        model, micro.data, check_settings(where, strategy, n, seed=seed, **kw), out, **run
+    )
+
+
+RUN_OPTIONS = ("resume", "evaluate", "k", "n_boot", "figures", "progress", "reuse")
 
 
 def test_uncond_keeps_only_maps_meeting_the_condition_and_counts_attempts(
@@ -534,7 +540,7 @@ def test_empty_or_off_grid_data_folder_is_refused(micro, model, tmp_path, capsys
     shutil.copytree(micro.data, mixed)
     write_label_map(mixed / "big.nii.gz", LabelMap(np.zeros((40,) * 3, np.uint8), np.eye(4)))
     with pytest.raises(ValueError, match=r"big\.nii\.gz: grid is 40x40x40, expected 32x32x32"):
-        augment(model, mixed, "RV_volume_ml > 1", "uncond", 2, 0, out, steps=STEPS)
+        augment(model, mixed, check_settings("RV_volume_ml > 1", "uncond", 2, steps=STEPS), out)
     assert not out.exists()
 
     (mixed / "big.nii.gz").unlink()
@@ -648,3 +654,19 @@ def test_uncond_reuses_written_samples_without_changing_a_byte(model, micro, tmp
 
     with pytest.raises(ValueError, match="uncond"):
         run_augment(model, micro, tmp_path / "bad", where, strategy="perturb", n=1, reuse=reuse)
+
+
+def test_settings_take_the_presets_dilation_only_where_none_was_given(micro, tmp_path):
+    settings = check_settings("RV_volume_ml > 1", "local", 2)
+    assert settings.dilate is None and settings.with_dilate(7).dilate == 7
+    assert settings.with_dilate(7).with_dilate(3).dilate == 7
+    assert check_settings("RV_volume_ml > 1", "local", 2, dilate=0).with_dilate(7).dilate == 0
+
+    def loader():
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        augment(loader, micro.data, settings, tmp_path / "out", k=0)
+    with pytest.raises(ValueError, match="n_boot must be 0 or more"):
+        augment(loader, micro.data, settings, tmp_path / "out", n_boot=-1)
+    assert not (tmp_path / "out").exists()

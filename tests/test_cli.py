@@ -14,7 +14,7 @@ import pytest
 from conftest import subprocess_env
 from siblings import __version__
 from siblings.cli import build_parser, main
-from siblings.data.phantom import generate_cohort, read_parameters
+from siblings.pipelines.phantom import generate_cohort, read_parameters
 
 SIBLINGS = Path(sys.executable).parent / "siblings"
 

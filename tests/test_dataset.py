@@ -16,8 +16,9 @@ import torch
 
 from siblings import anatomy
 from siblings.data.dataset import LabelMapDataset, RandomAffineLabels
-from siblings.data.phantom import generate_cohort, make_phantom
+from siblings.data.phantom import make_phantom
 from siblings.io import LabelMap, LabelMapError, read_label_map, write_label_map
+from siblings.pipelines.phantom import generate_cohort
 
 L = anatomy.LABELS
 

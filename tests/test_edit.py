@@ -555,13 +555,9 @@ def test_a_failure_while_writing_leaves_nothing_behind(model, twin_file, tmp_pat
             model,
             twin_file,
             out,
-            "perturb",
-            psi=0.5,
-            n=1,
-            steps=2,
+            check_settings("perturb", psi=0.5, n=1, steps=2, invert_steps=0),
             n_boot=0,
             progress=False,
-            invert_steps=0,
         )
     assert nothing_written(out)
 
@@ -679,7 +675,31 @@ def test_an_encoding_from_another_inversion_budget_is_refused(model, twin_file, 
         siblings_errors.InputError, match="made with 0 inversion steps, not invert_steps = 3"
     ):
         run_edit(
-            model, twin_file, tmp_path / "x", "perturb", psi=0.5, n=1, steps=2, n_boot=0,
-            progress=False, invert_steps=3, encoding=enc,
+            model, twin_file, tmp_path / "x",
+            check_settings("perturb", psi=0.5, n=1, steps=2, invert_steps=3),
+            n_boot=0, progress=False, encoding=enc,
         )  # fmt: skip
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_settings_are_checked_once_and_hold_only_what_the_method_uses(tmp_path):
+    # The CLI passes every option it has; the checked settings keep the method's own, and
+    # run_edit refuses its other bad arguments before it loads the model.
+    plain = check_settings("perturb", n=2, psi=0.5)
+    noisy = check_settings(
+        "perturb", n=2, psi=0.5, regenerate="LV", dilate=3, keep_background=True,
+        with_myocardium=False, fresh_noise=True, keep="latent",
+    )  # fmt: skip
+    assert noisy == plain and plain.regenerate == () and plain.dilate is None
+    assert plain.keep is None and plain.with_myocardium and not plain.fresh_noise
+    local = check_settings("local", n=2, regenerate="LV", psi=0.5)
+    assert local.psi is None and local.keep == "exact" and local.regenerate == ("LV", "Myo")
+
+    def loader():
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    with pytest.raises(ValueError, match="n_boot must be 0 or more"):
+        run_edit(loader, "twin.nii.gz", tmp_path / "x", plain, n_boot=-1)
+    with pytest.raises(ValueError, match="figure_siblings must be at least 1"):
+        run_edit(loader, "twin.nii.gz", tmp_path / "x", plain, figure_siblings=0)
+    assert not (tmp_path / "x").exists()

@@ -13,7 +13,7 @@ import pytest
 
 from siblings import anatomy
 from siblings.cli import main
-from siblings.data.phantom import generate_cohort, make_phantom
+from siblings.data.phantom import make_phantom
 from siblings.io import LabelMap, centred_affine, read_label_map, write_label_map
 from siblings.metrics import (
     bootstrap_interval,
@@ -29,6 +29,7 @@ from siblings.metrics import (
     topology_checks,
 )
 from siblings.metrics.bootstrap import percentile_interval
+from siblings.pipelines.phantom import generate_cohort
 
 REQUIRED_KEYS = {
     "n",

@@ -451,11 +451,12 @@ def test_sample_export_writes_each_samples_mesh_folder_and_records_it(micro, tmp
 
 
 def test_augment_refuses_a_bad_export_edge_before_loading_the_model(tmp_path):
-    from siblings.pipelines.augment import augment_cohort
+    from siblings.augment import check_settings
+    from siblings.pipelines.augment import augment
 
     def never():
         raise AssertionError("the model must not load")
 
+    settings = check_settings("RV_volume_ml > 1", "uncond", 1)
     with pytest.raises(InputError, match="export_edge_mm must be a positive length"):
-        augment_cohort(never, tmp_path, "RV_volume_ml > 1", "uncond", 1, out=tmp_path / "o",
-                       export="stl", export_edge_mm=-1)  # fmt: skip
+        augment(never, tmp_path, settings, tmp_path / "o", export="stl", export_edge_mm=-1)

@@ -205,10 +205,12 @@ def test_sample_cli_refuses_a_relative_target_before_loading(tmp_path, capsys):
 
 
 def test_guided_augment_records_the_guidance(gmodel, micro, tmp_path):
+    from siblings.augment import check_settings
     from siblings.pipelines.augment import augment
 
-    res = augment(gmodel, micro.data, "LV_volume_ml > 0", "guided", 1, 0, tmp_path / "a",
-                  steps=2, max_attempts=2, evaluate=False, sampler="uncond",
+    settings = check_settings("LV_volume_ml > 0", "guided", 1, steps=2, max_attempts=2,
+                              sampler="uncond")  # fmt: skip
+    res = augment(gmodel, micro.data, settings, tmp_path / "a", evaluate=False,
                   guidance_scale=1.5)  # fmt: skip
     summary = json.loads((tmp_path / "a" / "augment.json").read_text())
     assert (summary["strategy"], summary["sampler"]) == ("guided", "uncond")
@@ -220,11 +222,12 @@ def test_guided_augment_records_the_guidance(gmodel, micro, tmp_path):
 
 
 def test_a_target_without_the_guided_strategy_is_refused(gmodel, micro, tmp_path):
+    from siblings.augment import check_settings
     from siblings.pipelines.augment import augment
 
+    settings = check_settings("LV_volume_ml > 0", "uncond", 1)
     with pytest.raises(ValueError, match="guided"):
-        augment(gmodel, micro.data, "LV_volume_ml > 0", "uncond", 1, 0, tmp_path / "a",
-                target="LV_volume_ml > 1")  # fmt: skip
+        augment(gmodel, micro.data, settings, tmp_path / "a", target="LV_volume_ml > 1")
     assert not (tmp_path / "a").exists()
 
 

@@ -16,10 +16,12 @@ import pytest
 import torch
 
 from siblings import anatomy
+from siblings.augment import check_settings as augment_settings
 from siblings.cli import main
 from siblings.data.phantom import make_phantom
 from siblings.diffusion import edit as diffusion_edit
 from siblings.diffusion.inversion import cross_entropy, invert_latent, soft_dice_loss
+from siblings.editing import check_settings
 from siblings.io import LabelMap, centred_affine, write_label_map
 from siblings.metrics.overlap import kept_tissue_dice
 from siblings.models import edits as edit_mod
@@ -335,8 +337,8 @@ def test_run_json_manifests_metrics_and_report_carry_the_round_trip_dice(
 ):
     kw = dict(psi=0.5) if method == "perturb" else dict(regenerate="LV")
     run = run_edit(
-        model, twin_file, tmp_path / method, method, n=2, steps=2, n_boot=0, progress=False,
-        invert_steps=4, **kw,
+        model, twin_file, tmp_path / method, check_settings(method, n=2, steps=2, invert_steps=4,
+        **kw), n_boot=0, progress=False,
     )  # fmt: skip
     enc = run.result.encoding
     assert enc is not None and enc.invert_steps == 4 and enc.record is not None
@@ -366,8 +368,9 @@ def test_run_json_manifests_metrics_and_report_carry_the_round_trip_dice(
 
 def test_zero_invert_steps_is_recorded_as_the_posterior_mean(model, twin_file, tmp_path):
     run_edit(
-        model, twin_file, tmp_path / "pm", "perturb", psi=0.5, n=1, steps=2, n_boot=0,
-        progress=False, invert_steps=0,
+        model, twin_file, tmp_path / "pm",
+        check_settings("perturb", psi=0.5, n=1, steps=2, invert_steps=0),
+        n_boot=0, progress=False,
     )  # fmt: skip
     e = json.loads((tmp_path / "pm" / "run.json").read_text())["encoding"]
     assert e["method"] == "posterior mean" and e["inversion"] is None
@@ -391,10 +394,11 @@ def test_augment_records_each_twins_round_trip_and_warns_in_one_line(
 ):
     monkeypatch.setattr(edit_mod, "OOD_DICE_THRESHOLD", 1.01)  # every twin is "out"
     with pytest.warns(UserWarning, match="out of the model's distribution") as caught:
-        res = augment(
-            model, micro.data, "RV_volume_ml >= 0", "perturb", 2, 1, tmp_path / "aug",
-            steps=2, max_attempts=2, evaluate=False, invert_steps=3, psis=(0.5,),
+        settings = augment_settings(
+            "RV_volume_ml >= 0", "perturb", 2, seed=1, steps=2, max_attempts=2, invert_steps=3,
+            psis=(0.5,),
         )  # fmt: skip
+        res = augment(model, micro.data, settings, tmp_path / "aug", evaluate=False)
     lines = [w for w in caught if "distribution" in str(w.message)]
     assert len(lines) == 1
     summary = res.summary

@@ -19,14 +19,10 @@ from scipy.stats import binom
 
 from siblings import anatomy
 from siblings.data import phantom
-from siblings.data.phantom import (
-    generate_cohort,
-    make_phantom,
-    read_parameters,
-    summarise_cohort,
-)
+from siblings.data.phantom import make_phantom, summarise_cohort
 from siblings.io import read_label_map
 from siblings.metrics import topology_checks, tv_percent
+from siblings.pipelines.phantom import generate_cohort, read_parameters
 
 L = anatomy.LABELS
 CUBE = np.ones((3, 3, 3), dtype=bool)

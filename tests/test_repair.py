@@ -306,6 +306,7 @@ def test_edit_with_repair_writes_repaired_siblings_and_a_run_summary(
     model, planted, valid, tmp_path, monkeypatch
 ):
     import siblings.pipelines.edit as edit
+    from siblings.editing import check_settings
 
     twin = tmp_path / "twin.nii.gz"
     write_label_map(twin, LabelMap(valid, centred_affine(SIZE)))
@@ -319,8 +320,8 @@ def test_edit_with_repair_writes_repaired_siblings_and_a_run_summary(
     monkeypatch.setattr(edit, "_make_siblings", made_planted)
     out = tmp_path / "e"
     run = edit.run_edit(
-        model, twin, out, "perturb", psi=0.5, n=2, steps=2, n_boot=0, invert_steps=0,
-        figure_siblings=1, progress=False, repair=True,
+        model, twin, out, check_settings("perturb", psi=0.5, n=2, steps=2, invert_steps=0),
+        n_boot=0, figure_siblings=1, progress=False, repair=True,
     )  # fmt: skip
     for k, path in enumerate(run.siblings):
         manifest = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
@@ -335,12 +336,13 @@ def test_augment_with_repair_judges_and_writes_the_repaired_map(
     model, micro, planted, tmp_path, monkeypatch
 ):
     import siblings.pipelines.augment as aug
+    from siblings.augment import check_settings
 
     monkeypatch.setattr(aug, "attempt_map", lambda label, att, twins, settings: (planted[0], None))
     out = tmp_path / "a"
     res = aug.augment(
-        model, micro.data, "LV_volume_ml > 1", "uncond", 2, 0, out, steps=2, batch=2,
-        evaluate=False, repair=True,
+        model, micro.data, check_settings("LV_volume_ml > 1", "uncond", 2, seed=0, steps=2,
+        batch=2), out, evaluate=False, repair=True,
     )  # fmt: skip
     for path in res.files:
         manifest = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())

@@ -65,13 +65,13 @@ accepted cohort against the rare cohort). ``OUT`` must be empty or absent.
 Example
 -------
 >>> from siblings.models.ldm import LatentDiffusionModel
->>> from siblings.augment import parse_condition
+>>> from siblings.augment import check_settings, parse_condition
 >>> from siblings.pipelines.augment import augment
 >>> parse_condition("RV_volume_ml > 115 and LV_volume_ml <= 200").columns
 ('RV_volume_ml', 'LV_volume_ml')
+>>> settings = check_settings("RV_volume_ml > 115", "perturb", n=140, seed=0)
 >>> model = LatentDiffusionModel.load()                                 # doctest: +SKIP
->>> res = augment(model, "data/phantom64", "RV_volume_ml > 115",
-...               strategy="perturb", n=140, seed=0, out="aug/perturb")  # doctest: +SKIP
+>>> res = augment(model, "data/phantom64", settings, "aug/perturb")     # doctest: +SKIP
 >>> res.accepted == 140 and res.attempted >= 140                        # doctest: +SKIP
 True
 >>> res.summary["acceptance_rate"] == res.accepted / res.attempted      # doctest: +SKIP
@@ -84,7 +84,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,7 @@ import torch
 from . import anatomy
 from .data.twin import Twin
 from .diffusion.edit import latent_keep_mask, regenerated_tissues, start_step
+from .diffusion.inversion import DEFAULT_INVERT_STEPS
 from .diffusion.keep import KEEP_MODES, KeepMode, compose_exact
 from .errors import InputError, OutputExistsError, SiblingsError
 from .io import (
@@ -246,26 +247,37 @@ def generate(
 # ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AugmentSettings:
-    """Checked parameters of one augment run (see :func:`check_settings`)."""
+    """Checked parameters of one augment run (see :func:`check_settings`).
+
+    ``dilate`` None stands for the model preset's keep-mask dilation until the pipeline,
+    with the model loaded, fills it in (:meth:`with_dilate`).
+    """
 
     condition: Condition
+    condition_text: str  # the condition as the caller wrote it
     strategy: str
     n: int
+    seed: int
     steps: int
     batch: int
     max_attempts: int
     psis: tuple[float, ...]
     regions: tuple[str, ...]
     regen_sets: dict[str, frozenset[str]]
-    dilate: int
+    dilate: int | None
     keep: KeepMode
     invert_steps: int
     prefix: str
+    guided: bool = False  # the guided strategy; ``strategy`` is then its sampler
 
     def kept_labels(self, region: str) -> list[int]:
         """Labels a localized attempt regenerating ``region`` keeps."""
         regen = self.regen_sets[region]
         return [anatomy.LABELS[x] for x in anatomy.TISSUES if x not in regen]
+
+    def with_dilate(self, default: int) -> AugmentSettings:
+        """These settings with ``dilate`` = ``default`` (the preset's) where it was None."""
+        return self if self.dilate is not None else replace(self, dilate=int(default))
 
 
 def check_settings(
@@ -273,30 +285,46 @@ def check_settings(
     strategy: str,
     n: int,
     *,
-    steps: int,
-    batch: int,
-    max_attempts: int | None,
-    psis: Sequence[float],
-    regions: Sequence[str],
-    dilate: int | None,
-    default_dilate: int,
-    keep: str,
-    invert_steps: int,
-    prefix: str | None,
+    seed: int = 0,
+    steps: int = 20,
+    batch: int = 8,
+    max_attempts: int | None = None,
+    psis: Sequence[float] = DEFAULT_PSIS,
+    regions: Sequence[str] = DEFAULT_REGIONS,
+    dilate: int | None = None,
+    keep: str = "exact",
+    invert_steps: int = DEFAULT_INVERT_STEPS,
+    prefix: str | None = None,
+    sampler: str = "uncond",
 ) -> AugmentSettings:
-    """Validate an augment run's parameters; :class:`InputError` naming the argument otherwise.
+    """Validate an augment run's parameters once; :class:`InputError` naming the argument
+    otherwise.
 
-    ``default_dilate`` is the model preset's keep-mask dilation, used when ``dilate`` is
-    None; ``max_attempts`` defaults to ``max(1000, 50 n)`` and ``prefix`` to the strategy.
+    The parameters are described in :func:`siblings.pipelines.augment.augment`.
+    ``dilate`` None is the model preset's keep-mask dilation (filled in once the model is
+    loaded); ``max_attempts`` defaults to ``max(1000, 50 n)`` and ``prefix`` to the
+    strategy. ``strategy="guided"`` is ``sampler`` (``uncond``, ``perturb`` or ``local``)
+    with classifier guidance: the settings hold the sampler as ``strategy``, ``guided``
+    True and the prefix ``guided``.
     """
     condition = parse_condition(where)
+    guided = strategy == "guided"
+    if guided:
+        if sampler not in STRATEGIES:
+            raise InputError(
+                f"unknown {{sampler}} {sampler!r}; choose one of {', '.join(STRATEGIES)}",
+                arguments=("sampler",),
+            )
+        strategy, prefix = sampler, prefix or "guided"
     if strategy not in STRATEGIES:
         raise InputError(
             f"unknown {{strategy}} {strategy!r}; choose one of {', '.join(STRATEGIES)}",
             arguments=("strategy",),
         )
-    if int(n) != n or n < 1:
-        raise InputError(f"{{n}} must be a whole number of at least 1, got {n}", arguments=("n",))
+    if int(n) != n:
+        raise InputError(f"{{n}} must be a whole number, got {n}", arguments=("n",))
+    if n < 1:
+        raise InputError(f"{{n}} must be at least 1, got {n}", arguments=("n",))
     n = int(n)
     if steps < 1:
         raise InputError(f"{{steps}} must be at least 1, got {steps}", arguments=("steps",))
@@ -331,17 +359,20 @@ def check_settings(
             raise
         except ValueError as exc:  # an unknown tissue name (anatomy's own error)
             raise InputError(str(exc)) from None
-    dilate_n = default_dilate if dilate is None else int(dilate)
-    if dilate_n < 0:
-        raise InputError(f"{{dilate}} must be >= 0, got {dilate_n}", arguments=("dilate",))
+    if dilate is not None and int(dilate) < 0:
+        raise InputError(f"{{dilate}} must be >= 0, got {dilate}", arguments=("dilate",))
     if keep not in KEEP_MODES:
         raise InputError(
             f"unknown {{keep}} mode {keep!r}; use 'exact' or 'latent'", arguments=("keep",)
         )
-    if int(invert_steps) != invert_steps or invert_steps < 0:
+    if int(invert_steps) != invert_steps:
         raise InputError(
-            f"{{invert_steps}} must be a whole number, 0 or more, got {invert_steps}",
+            f"{{invert_steps}} must be a whole number, got {invert_steps}",
             arguments=("invert_steps",),
+        )
+    if invert_steps < 0:
+        raise InputError(
+            f"{{invert_steps}} must be 0 or more, got {invert_steps}", arguments=("invert_steps",)
         )
     prefix = prefix or strategy
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prefix):
@@ -350,18 +381,21 @@ def check_settings(
         )
     return AugmentSettings(
         condition=condition,
+        condition_text=where if isinstance(where, str) else str(where),
         strategy=strategy,
         n=n,
+        seed=int(seed),
         steps=steps,
         batch=batch,
         max_attempts=max_attempts,
         psis=psis,
         regions=regions,
         regen_sets=regen_sets,
-        dilate=dilate_n,
+        dilate=None if dilate is None else int(dilate),
         keep=keep,  # type: ignore[arg-type]
         invert_steps=int(invert_steps),
         prefix=prefix,
+        guided=guided,
     )
 
 
@@ -402,14 +436,14 @@ def check_output(out: Path, prefix: str, resume: bool) -> list[Path]:
 
 
 def run_signature(
-    settings: AugmentSettings, seed: int, twins: list[Twin], model: LatentDiffusionModel
+    settings: AugmentSettings, twins: list[Twin], model: LatentDiffusionModel
 ) -> dict[str, Any]:
     """What a resumed run must share with the interrupted one (in every manifest)."""
     strategy = settings.strategy
     return {
         "strategy": strategy,
         "condition": str(settings.condition),
-        "seed": seed,
+        "seed": settings.seed,
         "steps": settings.steps,
         "psis": list(settings.psis) if strategy == "perturb" else None,
         "regions": list(settings.regions) if strategy == "local" else None,
@@ -535,7 +569,6 @@ def run_summary(
     signature: dict,
     twins: list[Twin],
     data: PathLike,
-    where: str | Condition,
     evaluation: dict,
     settings: AugmentSettings,
     warnings_: list[str],
@@ -554,7 +587,7 @@ def run_summary(
         "strategy": result.strategy,
         "method": _METHOD[result.strategy],
         "condition": str(result.condition),
-        "condition_text": where if isinstance(where, str) else str(where),
+        "condition_text": settings.condition_text,
         "seed": result.seed,
         "n": result.n,
         "accepted": result.accepted,

@@ -232,7 +232,8 @@ def _add_phantom(sub) -> None:
 
 
 def _run_phantom(args: argparse.Namespace) -> None:
-    from .data.phantom import generate_cohort, summarise_cohort
+    from .data.phantom import summarise_cohort
+    from .pipelines.phantom import generate_cohort
 
     if args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")
@@ -277,7 +278,7 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from .pipelines.demo import run_demo
 
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
@@ -393,7 +394,7 @@ def _run_train(args: argparse.Namespace) -> None:
     vae = args.vae or args.out / "vae.safetensors"
     data = args.data
     if data is None:
-        from .data.phantom import generate_cohort
+        from .pipelines.phantom import generate_cohort
 
         data = args.out / "data"
         if not (data / "parameters.csv").exists():
@@ -491,9 +492,9 @@ def _add_sample(sub) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> None:
-    from .pipelines.sample import sample
+    from .pipelines.sample import sample_cohort
 
-    paths = sample(
+    paths = sample_cohort(
         lambda: _load_model(args),
         args.out,
         args.n,
@@ -753,28 +754,31 @@ def _tissue_names() -> tuple[str, ...]:
 
 
 def _run_edit(args: argparse.Namespace) -> None:
-    from .editing import format_run
-    from .pipelines.edit import edit_twin
+    from .editing import check_settings, format_run
+    from .pipelines.edit import run_edit
 
-    local = args.method == "local"
+    opt = vars(args)  # the local-only flags are absent for perturb (check_settings drops them)
+    settings = check_settings(
+        args.method,
+        n=args.n,
+        steps=args.steps,
+        seed=args.seed,
+        batch=args.batch,
+        psi=opt.get("psi"),
+        regenerate=opt.get("regenerate"),
+        dilate=opt.get("dilate"),
+        keep_background=opt.get("keep_background", False),
+        with_myocardium=not opt.get("no_myocardium", False),
+        fresh_noise=opt.get("fresh_noise", False),
+        keep=opt.get("keep", "exact"),
+        invert_steps=args.invert_steps,
+    )
     with _warnings_as_lines("edit"):
-        run = edit_twin(
+        run = run_edit(
             lambda: _load_model(args),
             args.twin,
             args.out,
-            args.method,
-            n=args.n,
-            steps=args.steps,
-            seed=args.seed,
-            batch=args.batch,
-            psi=None if local else args.psi,
-            regenerate=args.regenerate if local else None,
-            dilate=args.dilate if local else None,
-            keep_background=args.keep_background if local else False,
-            with_myocardium=not args.no_myocardium if local else True,
-            fresh_noise=args.fresh_noise if local else False,
-            keep=args.keep if local else "exact",
-            invert_steps=args.invert_steps,
+            settings,
             register_to=args.register_to,
             reference=args.reference,
             n_boot=args.n_boot,
@@ -858,7 +862,7 @@ def _add_prepare(sub) -> None:
     t.add_argument("src", type=Path, metavar="SRC", help="dataset root (or one subject folder)")
     _prepare_options(t)
     t.add_argument("--split", default=None, help="only subjects of this meta.csv split")
-    t.set_defaults(func=_run_prepare, labels=None)
+    t.set_defaults(func=_run_prepare)
     m = sources.add_parser(
         "labelmaps",
         help="a folder of multi-label maps in any label scheme (MM-WHS, nnU-Net, ...)",
@@ -880,7 +884,7 @@ def _add_prepare(sub) -> None:
     m.add_argument("src", type=Path, metavar="SRC", help="folder of label maps (or one map)")
     _add_labels_option(m)
     _prepare_options(m)
-    m.set_defaults(func=_run_prepare, split=None)
+    m.set_defaults(func=_run_prepare)
 
 
 def _prepare_options(t) -> None:
@@ -925,11 +929,9 @@ def _prepare_options(t) -> None:
 def _run_prepare(args: argparse.Namespace) -> None:
     _single_blas_thread()
     from .data.totalseg import format_summary
-    from .pipelines.prepare import prepare_dataset
+    from .pipelines.prepare import prepare_labelmaps, prepare_totalsegmentator
 
-    summary = prepare_dataset(
-        args.src,
-        args.out,
+    common = dict(
         size=args.size,
         workers=args.workers,
         reference=args.reference,
@@ -939,10 +941,11 @@ def _run_prepare(args: argparse.Namespace) -> None:
         interpolation=args.interpolation,
         register_size=args.register_size,
         keep_axis=not args.no_keep_axis,
-        split=args.split,
-        source=args.source,
-        labels=args.labels,
     )
+    if args.source == "labelmaps":
+        summary = prepare_labelmaps(args.src, args.out, args.labels, **common)
+    else:
+        summary = prepare_totalsegmentator(args.src, args.out, split=args.split, **common)
     print(format_summary(summary))
 
 
@@ -977,7 +980,7 @@ def _add_unprepare(sub) -> None:
 
 def _run_unprepare(args: argparse.Namespace) -> None:
     _single_blas_thread()
-    from .data.geometry import unprepare_files
+    from .pipelines.unprepare import unprepare_files
 
     written = unprepare_files(args.map, args.transform, args.out, interpolation=args.interpolation)
     where = written[0] if len(written) == 1 else args.out
@@ -1250,9 +1253,9 @@ def _add_augment(sub) -> None:
 
 
 def _run_augment(args: argparse.Namespace) -> None:
-    from .augment import AugmentStopped
+    from .augment import AugmentStopped, check_settings
     from .metrics.condition import parse_condition
-    from .pipelines.augment import augment_cohort
+    from .pipelines.augment import augment
 
     parse_condition(args.where)  # a bad condition is reported before a bad --psi
     try:
@@ -1260,24 +1263,28 @@ def _run_augment(args: argparse.Namespace) -> None:
     except ValueError:
         raise UsageError(f"--psi: expected numbers separated by commas, got {args.psi!r}") from None
     regions = [r.strip().replace("+", ",") for r in args.regions.split(",") if r.strip()]
+    settings = check_settings(
+        args.where,
+        args.strategy,
+        args.n,
+        seed=args.seed,
+        steps=args.steps,
+        batch=args.batch,
+        max_attempts=args.max_attempts,
+        psis=psis,
+        regions=regions,
+        dilate=args.dilate,
+        keep=args.keep,
+        invert_steps=args.invert_steps,
+        sampler=args.sampler,
+    )
     try:
         with _warnings_as_lines("augment"):
-            res = augment_cohort(
+            res = augment(
                 lambda: _load_model(args),
                 args.data,
-                args.where,
-                args.strategy,
-                args.n,
-                args.seed,
+                settings,
                 args.out,
-                steps=args.steps,
-                batch=args.batch,
-                max_attempts=args.max_attempts,
-                psis=psis,
-                regions=regions,
-                dilate=args.dilate,
-                keep=args.keep,
-                invert_steps=args.invert_steps,
                 resume=args.resume,
                 evaluate=not args.no_evaluate,
                 k=args.k,
@@ -1289,7 +1296,6 @@ def _run_augment(args: argparse.Namespace) -> None:
                 export=args.export,
                 export_edge_mm=args.export_edge_mm,
                 labels=args.labels,
-                sampler=args.sampler,
                 target=args.target,
                 guidance_scale=args.guidance_scale,
                 regressor=args.regressor,

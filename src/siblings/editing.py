@@ -4,8 +4,7 @@
 the twin, makes its siblings (:mod:`siblings.models.edits`) and writes what this module
 builds. This module owns:
 
-- the run's settings and their checks (:class:`EditSettings`, :func:`check_settings`,
-  :func:`check_output`, which only looks at the output folder);
+- the run's settings and their checks (:class:`EditSettings`, :func:`check_settings`);
 - the records written with the siblings, as dicts: each sibling's manifest
   (:func:`sibling_manifest`), a sibling on the twin's original grid and its record
   (:func:`scanner_sibling`, :func:`scanner_manifest`), the twin's record
@@ -48,7 +47,7 @@ from .data.twin import Twin, registration_reference, resolve_twin
 from .diffusion.edit import regenerated_tissues, start_step
 from .diffusion.inversion import DEFAULT_INVERT_STEPS
 from .diffusion.keep import KEEP_MODES, KeepMode, compose_exact
-from .errors import InputError, OutputExistsError
+from .errors import InputError
 from .io import LabelMap
 from .manifest import provenance, software_versions
 from .metrics.overlap import kept_tissue_dice
@@ -104,11 +103,14 @@ def check_settings(
     keep: str = "exact",
     invert_steps: int = DEFAULT_INVERT_STEPS,
 ) -> EditSettings:
-    """Validate a run's parameters; ``ValueError`` with a clear message otherwise.
+    """Validate a run's parameters once; :class:`InputError` naming the argument otherwise.
 
     Catches: an unknown method or tissue name, ψ outside (0, 1], a localized edit that
     regenerates every tissue (that is unconditional sampling), counts below 1, a
-    negative dilation or number of inversion steps, an unknown keep mode.
+    negative dilation or number of inversion steps, an unknown keep mode. The settings
+    of the other method are dropped (``psi`` for a localized edit; ``regenerate``,
+    ``dilate``, ``keep_background``, ``with_myocardium``, ``fresh_noise`` and ``keep``
+    for a perturbational one), so a caller may pass every option it has.
     """
     if method not in METHOD_NAMES:
         raise InputError(
@@ -151,37 +153,25 @@ def check_settings(
             raise InputError(
                 f"{{keep}} must be 'exact' or 'latent', got {keep!r}", arguments=("keep",)
             )
+    counts = {"n": int(n), "steps": int(steps), "seed": int(seed), "batch": int(batch)}
+    if method == "perturb":
+        return EditSettings(
+            "perturb",
+            **counts,
+            psi=float(psi),
+            invert_steps=int(invert_steps),  # type: ignore[arg-type]
+        )
     return EditSettings(
-        method=method,  # type: ignore[arg-type]
-        n=int(n),
-        steps=int(steps),
-        seed=int(seed),
-        batch=int(batch),
-        psi=None if psi is None or method != "perturb" else float(psi),
+        "local",
+        **counts,
         regenerate=regen,
         dilate=None if dilate is None else int(dilate),
         keep_background=bool(keep_background),
         with_myocardium=bool(with_myocardium),
         fresh_noise=bool(fresh_noise),
-        keep=keep if method == "local" else None,  # type: ignore[arg-type]
+        keep=keep,  # type: ignore[arg-type]
         invert_steps=int(invert_steps),
     )
-
-
-# ---------------------------------------------------------------------------------
-# The output folder.
-# ---------------------------------------------------------------------------------
-def check_output(out: PathLike, overwrite: bool = False) -> Path:
-    """Refuse an output path that is a file, or a non-empty folder unless ``overwrite``."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"{out}: folder exists and is not empty; choose a new folder or set {{overwrite}}",
-            arguments=("overwrite",),
-        )
-    return out
 
 
 # ---------------------------------------------------------------------------------
@@ -548,7 +538,6 @@ __all__ = [
     "EditRun",
     "EditSettings",
     "Twin",
-    "check_output",
     "check_settings",
     "edit_records",
     "format_run",

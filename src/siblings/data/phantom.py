@@ -33,7 +33,9 @@ island of a tissue, a small contact bridge between the atria, a thin hole throug
 septal myocardium. With ``defect_rate=0`` every subject passes all 12 topology checks.
 
 Each subject depends only on ``(seed, index)``, so a cohort is byte-identical for a seed
-whatever the number of worker processes.
+whatever the number of worker processes. This module computes in memory
+(:func:`make_phantom`, :func:`parameters_csv`, :func:`summarise_cohort`); the cohort's
+files are written and read by :mod:`siblings.pipelines.phantom`.
 
 Example
 -------
@@ -48,12 +50,8 @@ from __future__ import annotations
 import csv
 import io as _io
 import math
-import multiprocessing
-import os
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cc3d
@@ -63,7 +61,7 @@ from scipy import ndimage
 from .. import anatomy
 from ..boxes import bounding_box
 from ..errors import InputError
-from ..io import LabelMap, centred_affine, write_label_map, write_text
+from ..io import LabelMap, centred_affine
 
 L = anatomy.LABELS
 
@@ -590,13 +588,6 @@ def _override(p: dict, overrides: Mapping[str, Any]) -> dict:
     return out
 
 
-def _write_one(args: tuple[int, int, int, float, str]) -> dict:
-    index, size, seed, defect_rate, out = args
-    lm, row = make_phantom(index, size=size, seed=seed, defect_rate=defect_rate)
-    write_label_map(Path(out) / f"{row['subject']}.nii.gz", lm)
-    return row
-
-
 def parameters_csv(rows: list[dict]) -> str:
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -604,59 +595,6 @@ def parameters_csv(rows: list[dict]) -> str:
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     return buf.getvalue()
-
-
-def generate_cohort(
-    out: str | os.PathLike,
-    n: int = 512,
-    size: int = 128,
-    seed: int = 0,
-    defect_rate: float = 0.25,
-    workers: int | None = None,
-    progress: bool = True,
-) -> list[dict]:
-    """Write ``n`` phantoms as ``phantom_XXXX.nii.gz`` plus ``parameters.csv`` into ``out``.
-
-    Subjects run in a process pool (``workers``, default: all cores). Same arguments,
-    same bytes. Returns the ground-truth rows written to ``parameters.csv``.
-    """
-    if n < 1:
-        raise InputError(f"{{n}} must be at least 1, got {n}", arguments=("n",))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = [(i, size, seed, defect_rate, str(out)) for i in range(n)]
-    workers = workers or min(len(jobs), os.cpu_count() or 1)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=n, desc="phantom", unit="subject", disable=not progress)
-    rows: list[dict] = []
-    if workers <= 1:
-        for job in jobs:
-            rows.append(_write_one(job))
-            bar.update()
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            for row in pool.map(_write_one, jobs, chunksize=4):
-                rows.append(row)
-                bar.update()
-    bar.close()
-    write_text(out / "parameters.csv", parameters_csv(rows))
-    return rows
-
-
-def read_parameters(folder: str | os.PathLike) -> list[dict]:
-    """Rows of a phantom cohort's ``parameters.csv`` (numbers parsed as float)."""
-    path = Path(folder) / "parameters.csv"
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for k, v in row.items():
-            try:
-                row[k] = float(v)
-            except ValueError:
-                pass
-    return rows
 
 
 def summarise_cohort(rows: list[dict]) -> str:

@@ -94,16 +94,16 @@ def make_augmented(
 ) -> tuple[CohortSummary, dict]:
     """Run :func:`siblings.pipelines.augment.augment` into ``folder``; summarise what it accepted."""
     augment, _, reusable_samples = _api()
-    from ..augment import AugmentStopped
+    from ..augment import AugmentStopped, check_settings
 
     p = spec.params
-    kwargs = dict(steps=p["steps"], batch=ctx.batch, evaluate=False, progress=ctx.progress)
-    if p["strategy"] != "uncond":
-        kwargs["invert_steps"] = 0  # the paper's posterior mean, not the product's inversion
-    if p["strategy"] == "local":
-        kwargs["keep"] = "latent"  # the paper's method as published, not exact keep
-    if p["max_attempts"] is not None:
-        kwargs["max_attempts"] = p["max_attempts"]
+    settings = check_settings(
+        p["where"], p["strategy"], spec.n, seed=p["seed"], steps=p["steps"], batch=ctx.batch,
+        max_attempts=p["max_attempts"],
+        invert_steps=0,  # the paper's posterior mean, not the product's inversion
+        keep="latent",  # local: the paper's method as published, not exact keep
+    )  # fmt: skip
+    kwargs: dict = dict(evaluate=False, progress=ctx.progress)
     reuse: dict[int, Path] = {}
     for key in spec.after:  # finished cohorts only (another process may be writing)
         if (ctx.out / key / "done.json").exists():
@@ -121,9 +121,7 @@ def make_augmented(
             shutil.rmtree(folder)
 
     def call():
-        return augment(
-            ctx.model, ctx.data, p["where"], p["strategy"], spec.n, p["seed"], folder, **kwargs
-        )
+        return augment(ctx.model, ctx.data, settings, folder, **kwargs)
 
     try:
         try:

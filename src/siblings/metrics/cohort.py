@@ -11,7 +11,7 @@ Two layers:
   returns features, checks and a cropped occupancy partial sum, so memory does not grow
   with the cohort), and :func:`evaluate` measures two folders. Writing the outputs
   (``metrics.json``, ``per_map.csv``, ``reference_per_map.csv``, figures and
-  ``report.html``) is :func:`siblings.report.evaluation.write_evaluation`'s.
+  ``report.html``) is :func:`siblings.pipelines.evaluate.write_evaluation`'s.
 
 Example
 -------
@@ -626,7 +626,7 @@ class Evaluation:
     reference: CohortSummary
     seconds: float | None = None
     """Compute time of :func:`evaluate` (reading and measuring the folders); None for
-    :func:`evaluate_maps`. :func:`siblings.report.evaluation.write_evaluation` records
+    :func:`evaluate_maps`. :func:`siblings.pipelines.evaluate.write_evaluation` records
     it as ``compute_seconds``."""
 
 
@@ -687,7 +687,7 @@ def evaluate(
 ) -> Evaluation:
     """The numbers of ``siblings evaluate``: a folder of maps against a reference folder.
 
-    Reads and measures; writes nothing (:func:`siblings.report.evaluation.write_evaluation`
+    Reads and measures; writes nothing (:func:`siblings.pipelines.evaluate.write_evaluation`
     writes the outputs of an :class:`Evaluation`).
 
     Parameters

@@ -8,17 +8,16 @@ The command line (:mod:`siblings.cli`) parses arguments and calls exactly one pi
 Python user can call the same function.
 """
 
-from .augment import augment_cohort
-from .edit import edit_twin
+from .augment import augment
+from .edit import run_edit
 from .evaluate import evaluate_cohort
-from .prepare import prepare_dataset
-from .sample import sample, sample_cohort
+from .prepare import prepare_totalsegmentator
+from .sample import sample_cohort
 
 __all__ = [
-    "augment_cohort",
-    "edit_twin",
+    "augment",
     "evaluate_cohort",
-    "prepare_dataset",
-    "sample",
+    "prepare_totalsegmentator",
+    "run_edit",
     "sample_cohort",
 ]

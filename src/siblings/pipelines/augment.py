@@ -1,29 +1,27 @@
 """The ``augment`` pipeline: a rare subgroup of a cohort grown with generated maps (paper §4.5).
 
 :func:`augment` composes :mod:`siblings.augment` (the strategies, the attempt plan, the
-checks and the records) with the files: check every setting and the output folder, read
-the rare twins (:func:`siblings.data.twin.read_rare_twins`), pick up an interrupted run
-(``resume``), encode the twins once, then attempt batch by batch, judging each map on
-the written file and keeping it (map, then manifest) when it meets the condition; last,
-evaluate the accepted cohort against the rare twins into ``out/report`` and write
-``augment.json``. :func:`augment_cohort` is the command's entry: it checks the condition
-and the counts before it loads the model.
+checks and the records) with the files. It takes the run's settings checked once by
+:func:`siblings.augment.check_settings`, checks the evaluation's options and the output
+folder, then loads the model (a loaded model or a loader); reads the rare twins
+(:func:`siblings.data.twin.read_rare_twins`), picks up an interrupted run (``resume``),
+encodes the twins once, then attempts batch by batch, judging each map on the written
+file and keeping it (map, then manifest) when it meets the condition; last, evaluates
+the accepted cohort against the rare twins into ``out/report`` and writes
+``augment.json``.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .. import anatomy
 from ..augment import (
-    DEFAULT_PSIS,
-    DEFAULT_REGIONS,
     OUR_FILE,
-    STRATEGIES,
     Attempt,
     AugmentResult,
     AugmentSettings,
@@ -32,7 +30,6 @@ from ..augment import (
     accepted_manifest,
     attempt_map,
     check_output,
-    check_settings,
     encode_twins,
     evaluation_skipped,
     generate,
@@ -44,8 +41,6 @@ from ..augment import (
     stopped,
 )
 from ..data.twin import Twin, read_rare_twins
-from ..diffusion.inversion import DEFAULT_INVERT_STEPS
-from ..diffusion.keep import KeepMode
 from ..errors import InputError, OutputExistsError
 from ..io import LabelMap, read_json, read_label_map, stem, write_json, write_label_map
 from ..labels import LabelScheme, load_scheme
@@ -57,7 +52,7 @@ from ..models.edits import ood_warning
 from ..models.guided import DEFAULT_GUIDANCE_SCALE, load_guidance
 from ..models.ldm import LatentDiffusionModel
 from ..repair import DEFAULT_MAX_GAP, check_max_gap, repair_topology
-from ..report.evaluation import write_evaluation
+from .evaluate import write_evaluation
 from .export import check_format, export_into
 from .inputs import ModelSource, resolve_model
 from .repair import summarise_repairs
@@ -68,84 +63,76 @@ __all__ = [
     "AugmentResult",
     "AugmentStopped",
     "augment",
-    "augment_cohort",
     "parse_condition",
     "reusable_samples",
 ]
 
 
 def augment(
-    model: LatentDiffusionModel,
+    model: ModelSource,
     data: PathLike,
-    where: str | Condition,
-    strategy: str,
-    n: int,
-    seed: int = 0,
+    settings: AugmentSettings,
     out: PathLike = "augmented",
     *,
-    steps: int = 20,
-    batch: int = 8,
-    max_attempts: int | None = None,
-    psis: Sequence[float] = DEFAULT_PSIS,
-    regions: Sequence[str] = DEFAULT_REGIONS,
-    dilate: int | None = None,
-    prefix: str | None = None,
     resume: bool = False,
     evaluate: bool = True,
     k: int = 3,
     n_boot: int = 1000,
     figures: bool = True,
     progress: bool = False,
-    keep: KeepMode = "exact",
-    invert_steps: int = DEFAULT_INVERT_STEPS,
     reuse: Mapping[int, Path] | None = None,
     repair: bool = False,
     max_gap: int = DEFAULT_MAX_GAP,
     labels: str | PathLike | LabelScheme | None = None,
     export: str | None = None,
     export_edge_mm: float = DEFAULT_EDGE_MM,
-    sampler: str = "uncond",
     target: str | Condition | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     regressor: PathLike | None = None,
 ) -> AugmentResult:
-    """Grow the rare cohort of ``data`` (maps meeting ``where``) by ``n`` accepted maps.
+    """Grow the rare cohort of ``data`` (maps meeting the condition) by ``n`` accepted maps.
 
     Parameters
     ----------
-    model : the latent diffusion model (:meth:`LatentDiffusionModel.load`).
+    model : the latent diffusion model (:meth:`LatentDiffusionModel.load`), or a function
+        loading it, called once the other arguments and the output folder are checked.
     data : folder of real label maps on the model's grid; the rare twins are those
-        meeting ``where``.
-    where : condition on the SPEC §7 morphology columns (:func:`parse_condition`).
-    strategy : ``uncond``, ``perturb``, ``local`` or ``guided`` (:mod:`siblings.augment`).
-    sampler, target, guidance_scale, regressor : ``guided``: the sampler guided
-        (``uncond``, ``perturb`` or ``local``), the target (default ``where`` itself;
-        absolute numbers only), the guidance scale and the regressor
+        meeting the condition.
+    settings : the run, checked once by :func:`siblings.augment.check_settings`:
+
+        - ``where``: condition on the SPEC §7 morphology columns (:func:`parse_condition`);
+        - ``strategy``: ``uncond``, ``perturb`` or ``local`` (:mod:`siblings.augment`),
+          the sampler of a ``guided`` run (``guided``: True, checked by ``check_settings``
+          from ``strategy="guided"`` and ``sampler``);
+        - ``n``: number of maps to accept (≥ 1); ``seed``: attempt ``a`` depends only on
+          ``(seed, a)``; ``steps``: sampler steps N (default 20); ``batch``: attempts
+          generated together (does not change the output);
+        - ``max_attempts``: stop after this many attempts (default ``max(1000, 50 n)``);
+        - ``psis``: perturb's sampling ratios, cycled over twins and rounds (default 0.5,
+          0.35);
+        - ``regions``: local's regenerated tissues, one per twin in turn (default LV, RV;
+          a region may name several tissues, ``"LV,RV"``); a ventricle also regenerates
+          the myocardium (SPEC §4); ``dilate``: local's latent keep-mask dilations
+          (default: the preset's); ``keep``: ``"exact"`` (default) composes each decoded
+          map with its twin in label space before judging it, ``"latent"`` is eq. 5
+          alone (the paper);
+        - ``invert_steps``: perturb and local: each rare twin's latent is its posterior
+          mean refined by this many steps of inversion
+          (:func:`siblings.models.edits.encode_twin`; 0 = the paper's posterior mean).
+          Its round-trip Dice before and after is in ``augment.json`` and every manifest;
+          twins below :data:`~siblings.models.edits.OOD_DICE_THRESHOLD` for a tissue get
+          one ``UserWarning`` line (also in ``augment.json``'s ``warnings``);
+        - ``prefix``: file name prefix (default: the strategy).
+    out : output folder, new or empty (or, with ``resume``, a previous run's).
+    target, guidance_scale, regressor : a guided run's target (default the condition
+        itself; absolute numbers only), guidance scale and regressor
         (:func:`siblings.models.guided.load_guidance`). ``augment.json`` then says
         ``"strategy": "guided"`` with the ``sampler`` and the ``guidance``; the result's
         ``strategy`` is the sampler (its attempts are that sampler's).
-    n : number of maps to accept (≥ 1).
-    seed : RNG seed; attempt ``a`` depends only on ``(seed, a)``.
-    out : output folder, new or empty (or, with ``resume``, a previous run's).
-    steps : sampler steps N (default 20).
-    batch : attempts generated together (does not change the output).
-    max_attempts : stop after this many attempts (default ``max(1000, 50 n)``).
-    psis : perturb's sampling ratios, cycled over twins and rounds (default 0.5, 0.35).
-    regions : local's regenerated tissues, one per twin in turn (default LV, RV; a region
-        may name several tissues, ``"LV,RV"``); a ventricle also regenerates the
-        myocardium (SPEC §4).
-    dilate : local's latent keep-mask dilations (default: the preset's).
-    keep : local's keep mode: ``"exact"`` (default) composes each decoded map with its
-        twin in label space before judging it; ``"latent"``: eq. 5 alone (the paper).
-    invert_steps : perturb and local: each rare twin's latent is its posterior mean
-        refined by this many steps of inversion
-        (:func:`siblings.models.edits.encode_twin`; 0 = the paper's posterior mean).
-        Its round-trip Dice before and after is in ``augment.json`` and every manifest;
-        twins below :data:`~siblings.models.edits.OOD_DICE_THRESHOLD` for a tissue get
-        one ``UserWarning`` line (also in ``augment.json``'s ``warnings``).
     labels : the label scheme of the maps in ``data`` (:func:`siblings.labels.load_scheme`;
         default ``siblings``); recorded in the run's signature (every manifest).
-    prefix : file name prefix (default: the strategy).
+    export, export_edge_mm : also export every accepted map as surfaces or a tetrahedral
+        mesh (:func:`siblings.pipelines.export.export_into`).
     resume : continue an interrupted run in ``out`` (same data, condition, strategy,
         seed, steps and model; ``n`` and ``max_attempts`` may grow). The result is the
         same, byte for byte, as an uninterrupted run. A finished run with the same
@@ -173,56 +160,44 @@ def augment(
 
     Raises
     ------
-    ValueError (ConditionError, LabelMapError)
-        bad condition, strategy or options; an empty data folder, a bad map in it, a map
-        off the model's grid; no map meeting the condition. Nothing is written.
+    ValueError (InputError, ConditionError, LabelMapError)
+        bad options; an empty data folder, a bad map in it, a map off the model's grid;
+        no map meeting the condition. Nothing is written.
     FileExistsError
         ``out`` is not empty (or, with ``resume``, holds another run). Nothing is written.
     AugmentStopped
         ``max_attempts`` reached before ``n`` accepted maps (what was accepted is kept).
     """
-    guided = strategy == "guided"
-    if target is not None and not guided:
+    if k < 1:
+        raise InputError(f"{{k}} must be at least 1, got {k}", arguments=("k",))
+    if n_boot < 0:
+        raise InputError(f"{{n_boot}} must be 0 or more, got {n_boot}", arguments=("n_boot",))
+    if target is not None and not settings.guided:
         raise InputError(
             "a {target} steers only the guided strategy; use {strategy} guided (and {sampler})",
             arguments=("target", "strategy", "sampler"),
         )
-    if guided:
-        if sampler not in STRATEGIES:
-            raise InputError(
-                f"unknown {{sampler}} {sampler!r}; choose one of {', '.join(STRATEGIES)}",
-                arguments=("sampler",),
-            )
-        strategy, prefix = sampler, prefix or "guided"
-    settings = check_settings(
-        where,
-        strategy,
-        n,
-        steps=steps,
-        batch=batch,
-        max_attempts=max_attempts,
-        psis=psis,
-        regions=regions,
-        dilate=dilate,
-        default_dilate=model.preset.inpaint_dilations,
-        keep=keep,
-        invert_steps=invert_steps,
-        prefix=prefix,
-    )
+    if reuse and (settings.strategy != "uncond" or settings.guided):
+        raise ValueError("reuse holds unconditional samples: only the uncond strategy uses it")
     check_max_gap(max_gap)
-    guidance = None
-    if guided:
-        guidance = load_guidance(
-            model, target if target is not None else settings.condition, guidance_scale, regressor
-        )
-        if guidance.target.relative:
+    labels = load_scheme(labels)  # a bad scheme is refused before the model loads
+    if export is not None:
+        check_edge(export_edge_mm, "export_edge_mm")
+        export = check_format(export, "export")
+    if settings.guided:  # a bad or relative target is refused before the model loads
+        goal = parse_condition(target) if target is not None else settings.condition
+        if goal.relative:
             raise InputError(
-                f"{{target}} {guidance.target} is relative to a twin; augment needs absolute "
-                "numbers",
+                f"{{target}} {goal} is relative to a twin; augment needs absolute numbers",
                 arguments=("target",),
             )
     out = Path(out)
     present = check_output(out, settings.prefix, resume)
+    model = resolve_model(model)
+    settings = settings.with_dilate(model.preset.inpaint_dilations)
+    guidance = None
+    if settings.guided:
+        guidance = load_guidance(model, goal, guidance_scale, regressor)
     twins = read_rare_twins(
         data,
         model.preset.size,
@@ -233,7 +208,7 @@ def augment(
         progress=progress,
         labels=labels,
     )
-    signature = run_signature(settings, seed, twins, model)
+    signature = run_signature(settings, twins, model)
     if repair:
         signature["repair"] = {"max_gap": max_gap}
     if guidance is not None:
@@ -245,8 +220,6 @@ def augment(
         finished = _finished(out, settings, signature, twins, files, attempts)
         if finished is not None:
             return finished
-    if reuse and (settings.strategy != "uncond" or guidance is not None):
-        raise ValueError("reuse holds unconditional samples: only the uncond strategy uses it")
     encoded = EncodedTwins()
     run_warnings: list[str] = []
     if settings.strategy != "uncond" and len(files) < settings.n:
@@ -257,14 +230,14 @@ def augment(
             warnings.warn(msg, UserWarning, stacklevel=2)
     reused: list[int] = []
     attempted = _attempt(
-        model, out, settings, signature, seed, twins, encoded, files, attempts, progress,
+        model, out, settings, signature, twins, encoded, files, attempts, progress,
         reuse or {}, reused, None if guidance is None else guidance.guide(model.device),
     )  # fmt: skip
     result = AugmentResult(
         out=out,
         strategy=settings.strategy,
         condition=settings.condition,
-        seed=seed,
+        seed=settings.seed,
         n=settings.n,
         files=files,
         attempts=attempts,
@@ -275,7 +248,7 @@ def augment(
     evaluation = _evaluate(result, twins, data, settings, evaluate=evaluate, k=k, n_boot=n_boot,
                            figures=figures)  # fmt: skip
     result.summary = run_summary(
-        result, model, signature, twins, data, where, evaluation, settings, run_warnings,
+        result, model, signature, twins, data, evaluation, settings, run_warnings,
         encoded.encodings,
     )  # fmt: skip
     if reuse:
@@ -410,7 +383,6 @@ def _attempt(
     out: Path,
     settings: AugmentSettings,
     signature: dict,
-    seed: int,
     twins: list[Twin],
     encoded: EncodedTwins,
     files: list[Path],
@@ -461,7 +433,7 @@ def _attempt(
                         fresh = [t for t in todo if t.index >= att.index and t.index not in reuse]
                         labels.update(generate(
                             model, settings.strategy, fresh, encoded.latents, encoded.masks,
-                            seed, settings.steps, guide,
+                            settings.seed, settings.steps, guide,
                         ))  # fmt: skip
                     label = labels[att.index]
                 if _keep_if_accepted(
@@ -555,109 +527,3 @@ def _evaluate(
     evaluation: dict[str, Any] = {key: ev.metrics.get(key) for key in HEADLINE_KEYS}
     evaluation["report"] = "report/report.html"
     return evaluation
-
-
-def check_counts(
-    n: int, steps: int, batch: int, max_attempts: int | None, k: int, n_boot: int, invert_steps: int
-) -> None:
-    """Refuse counts out of range (:class:`InputError` naming the argument)."""
-    for name, value in (("n", n), ("steps", steps), ("batch", batch), ("k", k)):
-        if value < 1:
-            raise InputError(f"{{{name}}} must be at least 1, got {value}", arguments=(name,))
-    if max_attempts is not None and max_attempts < n:
-        raise InputError(
-            f"{{max_attempts}} ({max_attempts}) must be at least {{n}} ({n})",
-            arguments=("max_attempts", "n"),
-        )
-    for name, value in (("n_boot", n_boot), ("invert_steps", invert_steps)):
-        if value < 0:
-            raise InputError(f"{{{name}}} must be 0 or more, got {value}", arguments=(name,))
-
-
-def _check_export(export: str | None, edge_mm: float) -> str | None:
-    """The ``--export`` format (lower case) or None; checked before the model loads."""
-    if export is None:
-        return None
-    check_edge(edge_mm, "export_edge_mm")
-    return check_format(export, "export")
-
-
-def augment_cohort(
-    model: ModelSource,
-    data: PathLike,
-    where: str,
-    strategy: str,
-    n: int,
-    seed: int = 0,
-    out: PathLike = "augmented",
-    *,
-    steps: int = 20,
-    batch: int = 8,
-    max_attempts: int | None = None,
-    psis: Sequence[float] = DEFAULT_PSIS,
-    regions: Sequence[str] = DEFAULT_REGIONS,
-    dilate: int | None = None,
-    keep: str = "exact",
-    invert_steps: int = DEFAULT_INVERT_STEPS,
-    resume: bool = False,
-    evaluate: bool = True,
-    k: int = 3,
-    n_boot: int = 1000,
-    figures: bool = True,
-    progress: bool = False,
-    repair: bool = False,
-    max_gap: int = DEFAULT_MAX_GAP,
-    labels: str | PathLike | LabelScheme | None = None,
-    export: str | None = None,
-    export_edge_mm: float = DEFAULT_EDGE_MM,
-    sampler: str = "uncond",
-    target: str | None = None,
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-    regressor: PathLike | None = None,
-) -> AugmentResult:
-    """``siblings augment``: grow the rare cohort of ``data`` by ``n`` maps into ``out``.
-
-    ``model`` is a loaded model or a function loading it, called once the condition and
-    the counts have been checked. The parameters are those of
-    :func:`augment`; :class:`siblings.augment.AugmentStopped` is raised
-    when ``max_attempts`` runs out (what was accepted is kept).
-    """
-    parse_condition(where)
-    if target is not None:
-        parse_condition(target)
-    check_counts(n, steps, batch, max_attempts, k, n_boot, invert_steps)
-    check_max_gap(max_gap)
-    labels = load_scheme(labels)  # a bad scheme is refused before the model loads
-    export = _check_export(export, export_edge_mm)
-    return augment(
-        resolve_model(model),
-        data,
-        where,
-        strategy,
-        n,
-        seed,
-        out,
-        steps=steps,
-        batch=batch,
-        max_attempts=max_attempts,
-        psis=psis,
-        regions=regions,
-        dilate=dilate,
-        keep=keep,
-        invert_steps=invert_steps,
-        resume=resume,
-        evaluate=evaluate,
-        k=k,
-        n_boot=n_boot,
-        figures=figures,
-        progress=progress,
-        repair=repair,
-        max_gap=max_gap,
-        labels=labels,
-        export=export,
-        export_edge_mm=export_edge_mm,
-        sampler=sampler,
-        target=target,
-        guidance_scale=guidance_scale,
-        regressor=regressor,
-    )

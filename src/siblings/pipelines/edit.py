@@ -1,14 +1,14 @@
 """The ``edit`` pipeline: digital siblings of one twin, written with a report (SPEC §4).
 
-:func:`run_edit` in four steps, nothing written before the last: check the settings
-(:func:`siblings.editing.check_settings`) and the output folder; resolve the twin onto
-the model grid (:func:`siblings.data.twin.resolve_twin`) and the optional reference
-cohort; encode the twin and make the siblings in memory (:mod:`siblings.models.edits`);
-write the siblings, their manifests, the twin and the report into a staging folder
-renamed onto ``out`` (:func:`siblings.pipelines.staging.staging`). The records are built
-by :mod:`siblings.editing`; this module only reads, composes and writes.
-:func:`edit_twin` is the command's entry: it checks every argument before it loads the
-model.
+:func:`run_edit` takes the edit's settings checked once by
+:func:`siblings.editing.check_settings` and, nothing written before the last step:
+checks the run's other arguments and the output folder, then loads the model (a loaded
+model or a loader); resolves the twin onto the model grid
+(:func:`siblings.data.twin.resolve_twin`) and the optional reference cohort; encodes the
+twin and makes the siblings in memory (:mod:`siblings.models.edits`); writes the
+siblings, their manifests, the twin and the report into a staging folder renamed onto
+``out`` (:func:`siblings.pipelines.staging.staging`). The records are built by
+:mod:`siblings.editing`; this module only reads, composes and writes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,14 +24,10 @@ import numpy as np
 
 from ..data import geometry
 from ..data.twin import Twin, check_truncation, resolve_twin
-from ..diffusion.inversion import DEFAULT_INVERT_STEPS
-from ..diffusion.keep import KeepMode
 from ..editing import (
     EditRecords,
     EditRun,
     EditSettings,
-    check_output,
-    check_settings,
     edit_records,
     missing_tissue_warning,
     report_figures,
@@ -58,32 +54,20 @@ from ..metrics.condition import parse_condition
 from ..models.edits import EditResult, TwinEncoding, encode_twin, inpaint, ood_warning, perturb
 from ..models.guided import DEFAULT_GUIDANCE_SCALE, Guidance, load_guidance
 from ..models.ldm import LatentDiffusionModel
-from ..repair import DEFAULT_MAX_GAP, TopologyRepair, check_max_gap, repair_topology
+from ..repair import DEFAULT_MAX_GAP, check_max_gap, repair_topology
 from .inputs import ModelSource, resolve_model
 from .repair import repair_records, summarise_repairs
-from .staging import staging
+from .staging import check_output, staging
 
 PathLike = str | os.PathLike
 
 
 def run_edit(
-    model: LatentDiffusionModel,
+    model: ModelSource,
     twin: PathLike | Twin,
     out: PathLike,
-    method: str,
+    settings: EditSettings,
     *,
-    n: int = 60,
-    steps: int = 20,
-    seed: int = 0,
-    batch: int = 8,
-    psi: float | None = None,
-    regenerate: Iterable[str] | str | None = None,
-    dilate: int | None = None,
-    keep_background: bool = False,
-    with_myocardium: bool = True,
-    fresh_noise: bool = False,
-    keep: KeepMode = "exact",
-    invert_steps: int = DEFAULT_INVERT_STEPS,
     register_to: PathLike | Literal["phantom", "none"] | None = "phantom",
     interpolation: geometry.Interpolation = "linear",
     reference: PathLike | None = None,
@@ -102,30 +86,29 @@ def run_edit(
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     regressor: PathLike | None = None,
 ) -> EditRun:
-    """Make ``n`` siblings of ``twin`` and write them, their manifests and a report.
+    """Make the siblings of ``twin`` that ``settings`` asks for; write them, their manifests
+    and a report.
 
     Parameters
     ----------
-    model : the latent diffusion model (:meth:`LatentDiffusionModel.load`).
+    model : the latent diffusion model (:meth:`LatentDiffusionModel.load`), or a function
+        loading it, called once the other arguments and the output folder are checked.
     twin : a twin file or TotalSegmentator subject folder
         (:func:`siblings.data.twin.resolve_twin`), or a resolved :class:`Twin`.
     out : output folder (must not exist or be empty, unless ``overwrite``).
-    method : ``"perturb"`` (needs ``psi``) or ``"local"`` (needs ``regenerate``).
-    n, steps, seed, batch : number of siblings, sampler steps, RNG seed, maps per batch.
-        Sibling ``i`` depends only on (twin, method parameters, seed, i).
-    psi : sampling ratio ψ ∈ (0, 1] of perturbational editing.
-    regenerate, dilate, keep_background, with_myocardium, fresh_noise : localized
-        editing (:func:`siblings.models.edits.inpaint`).
-    keep : localized editing: ``"exact"`` (default) composes every sibling with the twin
-        in label space (:func:`siblings.diffusion.keep.compose_exact`), on the model grid
-        and again on the twin's own grid with its original voxels, so kept tissues are
-        the twin's exactly in both; ``"latent"`` is the paper's eq. 5 alone.
-    invert_steps : the twin's latent is its posterior mean refined by this many steps of
-        inversion (:func:`siblings.models.edits.encode_twin`; 0 = the paper's posterior
-        mean). Its round-trip Dice per tissue before and after is in ``run.json``, every
-        manifest and the report; below
+    settings : the edit, checked once by :func:`siblings.editing.check_settings`: the
+        method (``"perturb"`` with ψ, ``"local"`` with the tissues to regenerate, its keep
+        mode and mask options), ``n``, ``steps``, ``seed`` and ``batch`` (sibling ``i``
+        depends only on the twin, the method's parameters, the seed and ``i``), and
+        ``invert_steps``: the twin's latent is its posterior mean refined by this many
+        steps of inversion (:func:`siblings.models.edits.encode_twin`; 0 = the paper's
+        posterior mean). Its round-trip Dice per tissue before and after is in
+        ``run.json``, every manifest and the report; below
         :data:`~siblings.models.edits.OOD_DICE_THRESHOLD` for any tissue, the run warns
-        that the twin is out of the model's distribution.
+        that the twin is out of the model's distribution. With ``keep="exact"`` (local,
+        the default) every sibling is composed with the twin in label space
+        (:func:`siblings.diffusion.keep.compose_exact`), on the model grid and again on
+        the twin's own grid with its original voxels.
     register_to, interpolation : preparation of a twin from another space.
     reference : optional folder of real maps on the model grid: the siblings are also
         evaluated against it (FD, precision, recall), in ``out/report/reference/``.
@@ -141,56 +124,68 @@ def run_edit(
         (:func:`siblings.repair.repair_topology`); each manifest records its repair
         (checks before and after, voxels changed per label) under ``repair``, and
         ``run.json`` the run's figures. Kept-tissue Dice is measured before the repair,
-        which may relabel kept voxels too (the manifest says which).
+        which may relabel kept voxels too (the manifest says which). With another space,
+        each sibling is repaired again on the twin's grid, where resampling can leave
+        specks.
     labels : the twin file's label scheme (:func:`siblings.labels.load_scheme`; default
         ``siblings``), recorded in every manifest.
     allow_truncated : edit a twin whose chambers or myocardium its scan cuts (refused by
-        default, with the reason ``prepare`` gives).
+        default, with the reason ``prepare`` gives; checked before the model loads).
     export, export_edge_mm : also export every sibling as surfaces or a tetrahedral mesh
         (``stl``, ``obj``, ``vtp``, ``vtu``, ``msh``; :func:`siblings.pipelines.export.
         export_into`) into ``out/mesh/NAME/`` (and ``out/scanner/mesh/NAME/`` for the
         siblings on the twin's own grid); each manifest records the files.
-    target, guidance_scale, regressor : guided editing (issue 17): steer the siblings
-        towards a morphology ``target`` in the condition language
-        (``"RV_volume_ml = 130 ± 5"``, ``"LV_volume_ml > 1.2*twin"``) with classifier
-        guidance of scale ``guidance_scale`` by the morphology regressor (default the
-        checkpoint's; :func:`siblings.models.guided.load_guidance`). The target, scale
-        and regressor hash go into every manifest; the share of siblings within the
-        target into ``run.json`` (``target``), with a warning when under half.
+    target, guidance_scale, regressor : guided editing: steer the siblings towards a
+        morphology ``target`` in the condition language (``"RV_volume_ml = 130 ± 5"``,
+        ``"LV_volume_ml > 1.2*twin"``) with classifier guidance of scale
+        ``guidance_scale`` by the morphology regressor (default the checkpoint's;
+        :func:`siblings.models.guided.load_guidance`). The target, scale and regressor
+        hash go into every manifest; the share of siblings within the target into
+        ``run.json`` (``target``), with a warning when under half.
 
     Returns
     -------
     EditRun
-        What was written and measured.
+        What was written and measured (:func:`siblings.editing.format_run` prints it).
 
     Warnings (``UserWarning``, also in ``run.json``'s ``warnings``) name the tissues a
     twin lacks, and the tissues its round trip does not reconstruct (out of the model's
-    distribution), one line each. Every input is checked before the first sibling is
+    distribution), one line each. The settings, the counts, the output folder, the twin
+    file (read with its scheme, checked for truncation), the export format and the target
+    are checked before the model is loaded, the reference before the first sibling is
     computed; files appear in ``out`` only when the whole run has succeeded.
+
+    Example
+    -------
+    >>> from siblings.editing import check_settings
+    >>> settings = check_settings("local", n=4, regenerate="LV")
+    >>> run_edit(model, "twin.nii.gz", "sibs", settings)  # doctest: +SKIP
     """
-    t0 = time.perf_counter()
-    settings = check_settings(
-        method,
-        n=n,
-        steps=steps,
-        seed=seed,
-        batch=batch,
-        psi=psi,
-        regenerate=regenerate,
-        dilate=dilate,
-        keep_background=keep_background,
-        with_myocardium=with_myocardium,
-        fresh_noise=fresh_noise,
-        keep=keep,
-        invert_steps=invert_steps,
-    )
     if n_boot < 0:
         raise InputError(f"{{n_boot}} must be 0 or more, got {n_boot}", arguments=("n_boot",))
+    if figure_siblings < 1:
+        raise InputError(
+            f"{{figure_siblings}} must be at least 1, got {figure_siblings}",
+            arguments=("figure_siblings",),
+        )
     check_max_gap(max_gap)
+    if encoding is not None and encoding.invert_steps != settings.invert_steps:
+        raise InputError(
+            f"the encoding given was made with {encoding.invert_steps} inversion steps, "
+            f"not {{invert_steps}} = {settings.invert_steps}",
+            arguments=("invert_steps",),
+        )
     out = check_output(out, overwrite)
+    scheme = load_scheme(labels)
+    if not isinstance(twin, Twin):
+        _check_twin_file(twin, scheme, allow_truncated)
     export = _check_export(export, export_edge_mm)
+    if target is not None:  # a bad target is refused before the model loads
+        parse_condition(target)
+    model = resolve_model(model)
+    t0 = time.perf_counter()
     guidance = None if target is None else load_guidance(model, target, guidance_scale, regressor)
-    twin = _resolve(model, twin, register_to, interpolation, progress, labels, allow_truncated)
+    twin = _resolve(model, twin, register_to, interpolation, progress, scheme, allow_truncated)
     ref_summary = _reference_summary(model, twin, reference)
     run_warnings: list[str] = []
     msg = missing_tissue_warning(twin)
@@ -199,12 +194,6 @@ def run_edit(
         warnings.warn(msg, UserWarning, stacklevel=2)
     if encoding is None:
         encoding = _encode(model, twin, settings)
-    elif encoding.invert_steps != settings.invert_steps:
-        raise InputError(
-            f"the encoding given was made with {encoding.invert_steps} inversion steps, "
-            f"not {{invert_steps}} = {settings.invert_steps}",
-            arguments=("invert_steps",),
-        )
     msg = ood_warning({str(twin.source): encoding})
     if msg:
         run_warnings.append(msg)
@@ -213,27 +202,17 @@ def run_edit(
     if result.target and result.target.get("note"):
         run_warnings.append(result.target["note"])
         warnings.warn(result.target["note"], UserWarning, stacklevel=2)
-    repairs: list[TopologyRepair] = []
+    repair_log: list[dict[str, Any]] = []
     if repair:
         result.labels, repairs = repair_records(result.labels, max_gap)
-    return _write_run(
-        model,
-        twin,
-        out,
-        settings,
-        result,
-        encoding.reconstruction,
-        ref_summary,
-        reference,
-        n_boot=n_boot,
-        figure_siblings=figure_siblings,
-        warnings_=run_warnings,
-        t0=t0,
-        progress=progress,
-        repairs=repairs,
-        max_gap=max_gap,
-        export=(export, export_edge_mm),
-    )
+        repair_log = [{"max_gap": max_gap, **r.record()} for r in repairs]
+    recon = encoding.reconstruction
+    run = _Run(
+        model, twin, out, settings, result, recon, edit_records(twin, settings, result, recon),
+        ref_summary, reference, n_boot, figure_siblings, run_warnings, t0, repair_log, max_gap,
+        (export, export_edge_mm),
+    )  # fmt: skip
+    return _write_run(run, progress)
 
 
 def _check_export(export: str | None, edge_mm: float) -> str | None:
@@ -246,13 +225,26 @@ def _check_export(export: str | None, edge_mm: float) -> str | None:
     return check_format(export, "export")
 
 
+def _check_twin_file(twin: PathLike, scheme: LabelScheme, allow_truncated: bool) -> None:
+    """Read a twin file before the model loads: a bad file costs no model load."""
+    path = Path(twin)
+    if not path.is_file():
+        return  # a folder (or nothing) is resolved, and refused, by resolve_twin
+    lm = read_label_map(path, labels=scheme)
+    if lm.shape[0] == lm.shape[1] == lm.shape[2] and np.allclose(
+        lm.affine, centred_affine(lm.shape[0]), atol=1e-3
+    ):
+        return  # on a model grid
+    check_truncation(lm, path, allow_truncated)
+
+
 def _resolve(
     model: LatentDiffusionModel,
     twin: PathLike | Twin,
     register_to: PathLike | str | None,
     interpolation: geometry.Interpolation,
     progress: bool,
-    labels: str | PathLike | LabelScheme | None = None,
+    labels: LabelScheme | None = None,
     allow_truncated: bool = False,
 ) -> Twin:
     """The twin on the model's grid: read and, from another space, prepared."""
@@ -336,191 +328,138 @@ def _make_siblings(
         )
 
 
-def _write_run(
-    model: LatentDiffusionModel,
-    twin: Twin,
-    out: Path,
-    settings: EditSettings,
-    result: EditResult,
-    reconstruction: np.ndarray,
-    ref_summary: Any | None,
-    reference: PathLike | None,
-    *,
-    n_boot: int,
-    figure_siblings: int,
-    warnings_: list[str],
-    t0: float,
-    progress: bool,
-    repairs: list[TopologyRepair] | None = None,
-    max_gap: int = DEFAULT_MAX_GAP,
-    export: tuple[str | None, float] = (None, DEFAULT_EDGE_MM),
-) -> EditRun:
+@dataclass
+class _Run:
+    """One run's inputs and results, as its writers need them."""
+
+    model: LatentDiffusionModel
+    twin: Twin
+    out: Path
+    settings: EditSettings
+    result: EditResult
+    reconstruction: np.ndarray
+    records: EditRecords
+    ref_summary: Any | None
+    reference: PathLike | None
+    n_boot: int
+    figure_siblings: int
+    warnings: list[str]
+    t0: float
+    repair_log: list[dict[str, Any]]  # one record per sibling; empty without repair
+    max_gap: int
+    export: tuple[str | None, float]  # format (None: no export) and volume-mesh edge, mm
+
+
+def _write_run(run: _Run, progress: bool) -> EditRun:
     """Everything the run writes, through a staging folder renamed onto ``out``."""
-    repair_log = [{"max_gap": max_gap, **r.record()} for r in repairs or []]
     from tqdm.auto import tqdm
 
-    records = edit_records(twin, settings, result, reconstruction)
     bar = tqdm(
-        total=len(records.names) * (2 if twin.in_other_space else 1),
+        total=len(run.records.names) * (2 if run.twin.in_other_space else 1),
         desc="write",
         unit="map",
         disable=not progress,
     )
-    with staging(out) as stage:
-        sib_paths = _write_siblings(
-            stage, out, model, twin, settings, result, records, bar, repair_log
-        )
-        scan_paths, scanner_kept_dice = _write_scanner_siblings(
-            stage, out, twin, settings, result, records, bar, max_gap if repairs else None
-        )
+    with staging(run.out) as stage:
+        sib_paths = _write_siblings(stage, run, bar)
+        scan_paths, scanner_kept_dice = _write_scanner_siblings(stage, run, bar)
         bar.close()
-        if export[0] is not None:
+        fmt, edge = run.export
+        if fmt is not None:
             from .export import export_into
 
-            fmt, edge = export
             export_into(stage, [stage / p.name for p in sib_paths], fmt, edge_mm=edge)
             if scan_paths:
                 scanner = stage / "scanner"
                 export_into(scanner, [scanner / p.name for p in scan_paths], fmt, edge_mm=edge)
-        _write_twin(stage, model, twin, reconstruction, records)
-        metrics, seconds = _write_report(
-            stage,
-            out,
-            model,
-            twin,
-            settings,
-            result,
-            records,
-            reconstruction,
-            scanner_kept_dice,
-            ref_summary,
-            reference,
-            n_boot=n_boot,
-            figure_siblings=figure_siblings,
-            warnings_=warnings_,
-            t0=t0,
-            repair_summary=(
-                {"max_gap": max_gap, **summarise_repairs(repair_log)} if repair_log else None
-            ),
-        )
+        _write_twin(stage, run)
+        metrics, seconds = _write_report(stage, run, scanner_kept_dice)
     return EditRun(
-        out=out,
-        twin=twin,
-        result=result,
+        out=run.out,
+        twin=run.twin,
+        result=run.result,
         siblings=sib_paths,
         scanner=scan_paths,
         metrics=metrics,
-        warnings=warnings_,
+        warnings=run.warnings,
         seconds=seconds,
     )
 
 
-def _write_siblings(
-    stage: Path,
-    out: Path,
-    model: LatentDiffusionModel,
-    twin: Twin,
-    settings: EditSettings,
-    result: EditResult,
-    records: EditRecords,
-    bar: Any,
-    repair_log: list[dict[str, Any]] | None = None,
-) -> list[Path]:
+def _write_siblings(stage: Path, run: _Run, bar: Any) -> list[Path]:
     """Model-space siblings and their manifests (with their repairs, if repaired); their
     final paths under ``out``."""
+    model, records, result = run.model, run.records, run.result
     paths = []
     for k, (name, lab) in enumerate(zip(records.names, result.labels, strict=True)):
         write_label_map(stage / f"{name}.nii.gz", LabelMap(lab, model.affine))
-        manifest = sibling_manifest(model, settings, result, records, k, twin.in_other_space)
-        if repair_log:
-            manifest["repair"] = repair_log[k]
+        manifest = sibling_manifest(
+            model, run.settings, result, records, k, run.twin.in_other_space
+        )
+        if run.repair_log:
+            manifest["repair"] = run.repair_log[k]
         write_json(stage / f"{name}.json", manifest)
-        paths.append(out / f"{name}.nii.gz")
+        paths.append(run.out / f"{name}.nii.gz")
         bar.update(1)
     return paths
 
 
 def _write_scanner_siblings(
-    stage: Path,
-    out: Path,
-    twin: Twin,
-    settings: EditSettings,
-    result: EditResult,
-    records: EditRecords,
-    bar: Any,
-    max_gap: int | None = None,
+    stage: Path, run: _Run, bar: Any
 ) -> tuple[list[Path], list[dict[str, float]]]:
     """The siblings on the twin's original grid, one at a time (scan grids are large).
 
-    With ``max_gap`` (``--repair``) each is repaired again on that grid, where resampling
-    can leave specks, and its record holds that repair under ``repair`` (kept-tissue
-    Dice is measured before it). Returns their final paths and their kept-tissue Dice
-    (empty without another space).
+    When the run repairs (``--repair``) each is repaired again on that grid, where
+    resampling can leave specks, and its record holds that repair under ``repair``
+    (kept-tissue Dice is measured before it). Returns their final paths and their
+    kept-tissue Dice (empty without another space).
     """
+    twin, records = run.twin, run.records
     paths: list[Path] = []
     kept_dice: list[dict[str, float]] = []
     if not twin.in_other_space:
         return paths, kept_dice
-    for name, lab in zip(records.names, result.labels, strict=True):
-        back, record = scanner_sibling(lab, twin, settings, kept=result.kept)
-        if max_gap is not None:
-            rep = repair_topology(back.data, max_gap=max_gap)
+    for name, lab in zip(records.names, run.result.labels, strict=True):
+        back, record = scanner_sibling(lab, twin, run.settings, kept=run.result.kept)
+        if run.repair_log:
+            rep = repair_topology(back.data, max_gap=run.max_gap)
             back = LabelMap(rep.labels, back.affine, xform_codes=back.xform_codes)
-            record = {**record, "repair": {"max_gap": max_gap, **rep.record()}}
+            record = {**record, "repair": {"max_gap": run.max_gap, **rep.record()}}
         write_label_map(stage / "scanner" / f"{name}.nii.gz", back)
         if "kept_dice" in record:
             kept_dice.append(record["kept_dice"])
         write_json(
             stage / "scanner" / f"{name}.json", scanner_manifest(name, twin, records, back, record)
         )
-        paths.append(out / "scanner" / f"{name}.nii.gz")
+        paths.append(run.out / "scanner" / f"{name}.nii.gz")
         bar.update(1)
     return paths, kept_dice
 
 
-def _write_twin(
-    stage: Path,
-    model: LatentDiffusionModel,
-    twin: Twin,
-    reconstruction: np.ndarray,
-    records: EditRecords,
-) -> None:
+def _write_twin(stage: Path, run: _Run) -> None:
     """``twin/``: the twin in model space, its VAE reconstruction, transform and record."""
-    affine = model.affine
+    affine, twin = run.model.affine, run.twin
     write_label_map(stage / "twin" / "twin.nii.gz", LabelMap(twin.label_map.data, affine))
     write_label_map(
-        stage / "twin" / "twin_vae_reconstruction.nii.gz", LabelMap(reconstruction, affine)
+        stage / "twin" / "twin_vae_reconstruction.nii.gz", LabelMap(run.reconstruction, affine)
     )
     if twin.transform is not None:
         twin.transform.save(stage / "twin" / "twin.xfm.json")
-    write_json(stage / "twin" / "twin.json", twin_record(twin, affine, records))
+    write_json(stage / "twin" / "twin.json", twin_record(twin, affine, run.records))
 
 
 def _write_report(
-    stage: Path,
-    out: Path,
-    model: LatentDiffusionModel,
-    twin: Twin,
-    settings: EditSettings,
-    result: EditResult,
-    records: EditRecords,
-    reconstruction: np.ndarray,
-    scanner_kept_dice: list[dict[str, float]],
-    ref_summary: Any | None,
-    reference: PathLike | None,
-    *,
-    n_boot: int,
-    figure_siblings: int,
-    warnings_: list[str],
-    t0: float,
-    repair_summary: dict[str, Any] | None = None,
+    stage: Path, run: _Run, scanner_kept_dice: list[dict[str, float]]
 ) -> tuple[dict[str, Any], float]:
     """``report/`` and ``run.json`` (with the repairs' figures, if repaired); the run's
     metrics and its seconds."""
     from ..metrics.cohort import HEADLINE_KEYS, evaluate_maps, summarise_maps
     from ..report import editing as report
-    from ..report.evaluation import write_evaluation
+    from .evaluate import write_evaluation
 
+    model, twin, settings, result, records = (
+        run.model, run.twin, run.settings, run.result, run.records
+    )  # fmt: skip
     affine = model.affine
     sib_summary = summarise_maps(
         [LabelMap(x, affine) for x in result.labels],
@@ -533,32 +472,32 @@ def _write_report(
         settings,
         result,
         records,
-        reconstruction,
+        run.reconstruction,
         scanner_kept_dice,
-        n_boot,
+        run.n_boot,
     )
-    if ref_summary is not None:
-        ev = evaluate_maps(sib_summary, ref_summary, n_boot=n_boot, seed=settings.seed)
-        ev.metrics["cohort_dir"] = f"{out} (siblings)"
-        ev.metrics["reference_dir"] = str(reference)
+    if run.ref_summary is not None:
+        ev = evaluate_maps(sib_summary, run.ref_summary, n_boot=run.n_boot, seed=settings.seed)
+        ev.metrics["cohort_dir"] = f"{run.out} (siblings)"
+        ev.metrics["reference_dir"] = str(run.reference)
         write_evaluation(
             ev, stage / "report" / "reference", title="siblings against a reference cohort"
         )
         metrics["against_reference"] = {key: ev.metrics.get(key) for key in HEADLINE_KEYS}
-        metrics["against_reference"]["reference_dir"] = str(reference)
+        metrics["against_reference"]["reference_dir"] = str(run.reference)
     figures = report_figures(
-        twin, settings, result, sib_summary, twin_summary, metrics, figure_siblings
+        twin, settings, result, sib_summary, twin_summary, metrics, run.figure_siblings
     )
-    seconds = time.perf_counter() - t0
-    record = run_record(model, twin, settings, result, records, warnings_, seconds)
-    if repair_summary is not None:
-        record["repair"] = repair_summary
+    seconds = time.perf_counter() - run.t0
+    record = run_record(model, twin, settings, result, records, run.warnings, seconds)
+    if run.repair_log:
+        record["repair"] = {"max_gap": run.max_gap, **summarise_repairs(run.repair_log)}
     page = report.edit_report_html(
         metrics,
         figures,
         record,
         sib_summary,
-        view3d=_view3d(twin, result, records, affine, figure_siblings),
+        view3d=_view3d(twin, result, records, affine, run.figure_siblings),
     )
     for fname, data in figures.items():
         write_bytes(stage / "report" / fname, data)
@@ -585,120 +524,3 @@ def _view3d(
         "nets, Taubin-smoothed), seen from the front (anterior) at first; drag to rotate "
         "all of them together, untick a tissue to hide it and see inside.",
     )
-
-
-def edit_twin(
-    model: ModelSource,
-    twin: PathLike,
-    out: PathLike,
-    method: str,
-    *,
-    n: int = 60,
-    steps: int = 20,
-    seed: int = 0,
-    batch: int = 8,
-    psi: float | None = None,
-    regenerate: Iterable[str] | str | None = None,
-    dilate: int | None = None,
-    keep_background: bool = False,
-    with_myocardium: bool = True,
-    fresh_noise: bool = False,
-    keep: str = "exact",
-    invert_steps: int = DEFAULT_INVERT_STEPS,
-    register_to: PathLike | str | None = "phantom",
-    reference: PathLike | None = None,
-    n_boot: int = 1000,
-    figure_siblings: int = 5,
-    overwrite: bool = False,
-    progress: bool = True,
-    repair: bool = False,
-    max_gap: int = DEFAULT_MAX_GAP,
-    labels: str | PathLike | LabelScheme | None = None,
-    allow_truncated: bool = False,
-    export: str | None = None,
-    export_edge_mm: float = DEFAULT_EDGE_MM,
-    target: str | None = None,
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-    regressor: PathLike | None = None,
-) -> EditRun:
-    """``siblings edit perturb|local``: siblings of ``twin`` into ``out``.
-
-    ``model`` is a loaded model or a function loading it, called once every argument, the
-    twin file (read with its scheme ``labels``, checked for truncation) and the output
-    folder have been checked. The other parameters are those of :func:`run_edit`.
-    Returns the run (what :func:`siblings.editing.format_run` prints).
-    """
-    local = method == "local"
-    check_settings(
-        method,
-        n=n,
-        steps=steps,
-        seed=seed,
-        batch=batch,
-        psi=None if local else psi,
-        regenerate=regenerate if local else None,
-        dilate=dilate if local else None,
-        with_myocardium=with_myocardium if local else True,
-        keep=keep if local else "exact",
-        invert_steps=invert_steps,
-    )
-    if n_boot < 0:
-        raise InputError(f"{{n_boot}} must be 0 or more, got {n_boot}", arguments=("n_boot",))
-    if figure_siblings < 1:
-        raise InputError(
-            f"{{figure_siblings}} must be at least 1, got {figure_siblings}",
-            arguments=("figure_siblings",),
-        )
-    check_max_gap(max_gap)
-    check_output(out, overwrite)
-    scheme = load_scheme(labels)
-    _check_twin_file(twin, scheme, allow_truncated)
-    _check_export(export, export_edge_mm)
-    if target is not None:  # a bad target is refused before the model loads
-        parse_condition(target)
-    return run_edit(
-        resolve_model(model),
-        twin,
-        out,
-        method,
-        n=n,
-        steps=steps,
-        seed=seed,
-        batch=batch,
-        psi=None if local else psi,
-        regenerate=regenerate if local else None,
-        dilate=dilate if local else None,
-        keep_background=keep_background if local else False,
-        with_myocardium=with_myocardium if local else True,
-        fresh_noise=fresh_noise if local else False,
-        keep=keep if local else "exact",
-        invert_steps=invert_steps,
-        register_to=register_to,
-        reference=reference,
-        n_boot=n_boot,
-        figure_siblings=figure_siblings,
-        overwrite=overwrite,
-        progress=progress,
-        repair=repair,
-        max_gap=max_gap,
-        labels=scheme,
-        allow_truncated=allow_truncated,
-        export=export,
-        export_edge_mm=export_edge_mm,
-        target=target,
-        guidance_scale=guidance_scale,
-        regressor=regressor,
-    )
-
-
-def _check_twin_file(twin: PathLike, scheme: LabelScheme, allow_truncated: bool) -> None:
-    """Read a twin file before the model loads: a bad file costs no model load."""
-    path = Path(twin)
-    if not path.is_file():
-        return  # a folder (or nothing) is resolved, and refused, by resolve_twin
-    lm = read_label_map(path, labels=scheme)
-    if lm.shape[0] == lm.shape[1] == lm.shape[2] and np.allclose(
-        lm.affine, centred_affine(lm.shape[0]), atol=1e-3
-    ):
-        return  # on a model grid
-    check_truncation(lm, path, allow_truncated)

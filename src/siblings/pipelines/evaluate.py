@@ -1,21 +1,40 @@
 """The ``evaluate`` pipeline: a folder of maps against a reference folder, report written.
 
 Composes :func:`siblings.metrics.cohort.evaluate` (read and measure both folders, compare:
-numbers only) and :func:`siblings.report.evaluation.write_evaluation` (metrics.json, the
-per-map CSVs, PNG figures and report.html, each written atomically). Nothing is written
-if any input map is invalid, as the numbers are complete before the first file.
+numbers only) and :func:`write_evaluation` (the per-map CSVs, PNG figures and report.html
+rendered by :func:`siblings.report.evaluation.evaluation_files`, then metrics.json, each
+written atomically). Nothing is written if any input map is invalid, as the numbers are
+complete before the first file. The edit and augment pipelines write their evaluations
+against a reference with :func:`write_evaluation` too.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from ..errors import InputError
+from ..io import write_bytes, write_json
 from ..labels import LabelScheme, load_scheme
 from ..metrics.cohort import Evaluation, evaluate
-from ..report.evaluation import write_evaluation
+from ..report.evaluation import evaluation_files
 
 PathLike = str | os.PathLike
+
+
+def write_evaluation(
+    ev: Evaluation, out_dir: PathLike, *, figures: bool = True, title: str | None = None
+) -> dict[str, Path]:
+    """Write per_map.csv, reference_per_map.csv, the PNGs, report.html and metrics.json.
+
+    Everything is rendered before the first file is written; each write is atomic.
+    Returns the written paths by name.
+    """
+    out = Path(out_dir)
+    files = evaluation_files(ev, figures=figures, title=title)
+    written = {name: write_bytes(out / name, data) for name, data in files.items()}
+    written["metrics.json"] = write_json(out / "metrics.json", ev.metrics)
+    return written
 
 
 def check_options(k: int, n_boot: int, min_component_voxels: int, workers: int | None) -> None:

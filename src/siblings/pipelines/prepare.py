@@ -7,8 +7,8 @@ check, survey and prepare each subject, in memory) with the files: pick the refe
 (given, recorded by an earlier run, or the medoid subject, prepared first), prepare every
 subject not finished with these settings in worker processes, each worker writing its
 subject's map, transform and manifest atomically, then write ``exclusions.csv`` and
-``prepare.json``. :func:`prepare_dataset` is the command's entry: it checks the grid
-options and parses the volume bounds first.
+``prepare.json``. Every option is checked, and ``CHAMBER=MIN:MAX`` volume bounds
+parsed, before the first subject is read.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def prepare_totalsegmentator(
     reference: PathLike | None = None,
     engine: geometry.Engine = "simpleitk",
     seed: int = 0,
-    volume_bounds: dict[str, tuple[float, float]] | None = None,
+    volume_bounds: Sequence[str] | dict[str, tuple[float, float]] | None = None,
     interpolation: geometry.Interpolation = "linear",
     register_size: int = 48,
     keep_axis: bool = True,
@@ -82,8 +82,9 @@ def prepare_totalsegmentator(
         after reorientation and centring, on a 32³ grid.
     engine : registration engine, ``"simpleitk"`` or ``"ants"``.
     seed : passed to engines that sample randomly (the default engine does not).
-    volume_bounds : plausible chamber volumes in mL (default
-        :data:`~siblings.data.totalseg.DEFAULT_VOLUME_BOUNDS_ML`).
+    volume_bounds : plausible chamber volumes in mL, a mapping chamber → (min, max) or
+        ``CHAMBER=MIN:MAX`` strings (:func:`~siblings.data.totalseg.parse_volume_bounds`);
+        default :data:`~siblings.data.totalseg.DEFAULT_VOLUME_BOUNDS_ML`.
     interpolation : ``"linear"`` (one-hot + argmax) or ``"nearest"``.
     register_size : grid of the registration (same field of view, coarser).
     keep_axis : put the LV→LA axis back on +z after registration.
@@ -100,12 +101,33 @@ def prepare_totalsegmentator(
         ``reasons`` (count per kind), ``reference`` and the paths written.
     """
     src, out = Path(src), Path(out)
-    check_options(size, engine, interpolation)
-    bounds = volume_bounds if volume_bounds is not None else dict(DEFAULT_VOLUME_BOUNDS_ML)
+    bounds = _checked(size, engine, interpolation, workers, register_size, volume_bounds)
     subjects = find_subjects(src, split)
     check_subjects(src, subjects)
     settings = prepare_settings(size, interpolation, engine, register_size, keep_axis, seed, bounds)
     return prepare_subjects(src, out, subjects, settings, bounds, reference, workers, progress)
+
+
+def _checked(
+    size: int,
+    engine: str,
+    interpolation: str,
+    workers: int | None,
+    register_size: int,
+    volume_bounds: Sequence[str] | dict[str, tuple[float, float]] | None,
+) -> dict[str, tuple[float, float]]:
+    """Check the options every source shares and return the parsed volume bounds."""
+    check_options(size, engine, interpolation)
+    if workers is not None and workers < 1:
+        raise InputError(f"{{workers}} must be at least 1, got {workers}", arguments=("workers",))
+    if register_size < 8:
+        raise InputError(
+            f"{{register_size}} must be at least 8, got {register_size}",
+            arguments=("register_size",),
+        )
+    if volume_bounds is None:
+        return dict(DEFAULT_VOLUME_BOUNDS_ML)
+    return volume_bounds if isinstance(volume_bounds, dict) else parse_volume_bounds(volume_bounds)
 
 
 def prepare_labelmaps(
@@ -117,7 +139,7 @@ def prepare_labelmaps(
     reference: PathLike | None = None,
     engine: geometry.Engine = "simpleitk",
     seed: int = 0,
-    volume_bounds: dict[str, tuple[float, float]] | None = None,
+    volume_bounds: Sequence[str] | dict[str, tuple[float, float]] | None = None,
     interpolation: geometry.Interpolation = "linear",
     register_size: int = 48,
     keep_axis: bool = True,
@@ -146,9 +168,8 @@ def prepare_labelmaps(
         As :func:`prepare_totalsegmentator`.
     """
     src, out = Path(src), Path(out)
-    scheme = load_scheme(labels)
-    check_options(size, engine, interpolation)
-    bounds = volume_bounds if volume_bounds is not None else dict(DEFAULT_VOLUME_BOUNDS_ML)
+    scheme = load_scheme(labels)  # a bad scheme is refused before the bounds are parsed
+    bounds = _checked(size, engine, interpolation, workers, register_size, volume_bounds)
     subjects = find_label_maps(src)
     if not subjects:
         raise InputError(f"{src}: holds no label maps (*.nii.gz or *.nii)")
@@ -391,89 +412,3 @@ def _run_jobs(
                 bar.update()
     finally:
         bar.close()
-
-
-def check_grid(size: int, workers: int | None, register_size: int) -> None:
-    """Refuse ``size`` below 16, ``workers`` below 1 or ``register_size`` below 8."""
-    if size < 16:
-        raise InputError(f"{{size}} must be at least 16, got {size}", arguments=("size",))
-    if workers is not None and workers < 1:
-        raise InputError(f"{{workers}} must be at least 1, got {workers}", arguments=("workers",))
-    if register_size < 8:
-        raise InputError(
-            f"{{register_size}} must be at least 8, got {register_size}",
-            arguments=("register_size",),
-        )
-
-
-def prepare_dataset(
-    src: PathLike,
-    out: PathLike,
-    *,
-    size: int = 128,
-    workers: int | None = None,
-    reference: PathLike | None = None,
-    engine: geometry.Engine = "simpleitk",
-    seed: int = 0,
-    volume_bounds: Sequence[str] | dict[str, tuple[float, float]] | None = None,
-    interpolation: geometry.Interpolation = "linear",
-    register_size: int = 48,
-    keep_axis: bool = True,
-    split: str | None = None,
-    source: str = "totalsegmentator",
-    labels: str | PathLike | LabelScheme | None = None,
-) -> dict[str, Any]:
-    """``siblings prepare totalsegmentator|labelmaps``: prepare ``src`` into ``out``.
-
-    ``source`` is ``"totalsegmentator"`` (:func:`prepare_totalsegmentator`) or
-    ``"labelmaps"`` (:func:`prepare_labelmaps`, with ``labels``). ``volume_bounds`` may be
-    ``CHAMBER=MIN:MAX`` strings (parsed here) or a parsed mapping; the other parameters
-    are those of :func:`prepare_totalsegmentator`. Returns the summary.
-    """
-    check_grid(size, workers, register_size)
-    if source not in ("totalsegmentator", "labelmaps"):
-        raise InputError(f"unknown source {source!r}; use 'totalsegmentator' or 'labelmaps'")
-    if source == "labelmaps":
-        scheme = load_scheme(labels)  # a bad scheme is refused before the bounds are parsed
-    elif labels is not None:
-        raise InputError(
-            "{labels} is for `prepare labelmaps`; a TotalSegmentator dataset's classes are "
-            "named by its files",
-            arguments=("labels",),
-        )
-    if volume_bounds is None or not isinstance(volume_bounds, dict):
-        volume_bounds = parse_volume_bounds(volume_bounds)
-    if source == "labelmaps":
-        if split is not None:
-            raise InputError(
-                "{split} needs a TotalSegmentator meta.csv; `prepare labelmaps` has none",
-                arguments=("split",),
-            )
-        return prepare_labelmaps(
-            src,
-            out,
-            scheme,
-            size=size,
-            workers=workers,
-            reference=reference,
-            engine=engine,
-            seed=seed,
-            volume_bounds=volume_bounds,
-            interpolation=interpolation,
-            register_size=register_size,
-            keep_axis=keep_axis,
-        )
-    return prepare_totalsegmentator(
-        src,
-        out,
-        size=size,
-        workers=workers,
-        reference=reference,
-        engine=engine,
-        seed=seed,
-        volume_bounds=volume_bounds,
-        interpolation=interpolation,
-        register_size=register_size,
-        keep_axis=keep_axis,
-        split=split,
-    )

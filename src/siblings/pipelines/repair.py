@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .. import anatomy
-from ..errors import InputError, OutputExistsError
+from ..errors import InputError
 from ..io import (
     LabelMap,
     list_label_maps,
@@ -44,7 +44,7 @@ from ..labels import LabelScheme, load_scheme
 from ..manifest import software_versions
 from ..metrics.topology import tv_percent
 from ..repair import DEFAULT_MAX_GAP, TopologyRepair, check_max_gap, repair_topology
-from .staging import staging
+from .staging import check_output, staging
 
 PathLike = str | os.PathLike
 
@@ -113,13 +113,7 @@ def _check_out(src: Path, out: Path, overwrite: bool) -> None:
             "and never changes a map in place",
             arguments=("out",),
         )
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"{out}: folder exists and is not empty; choose a new folder or set {{overwrite}}",
-            arguments=("overwrite",),
-        )
+    check_output(out, overwrite)
 
 
 def _source_manifest(path: Path) -> Any | None:

@@ -81,7 +81,7 @@ def _write_sample(
 
 
 def sample_cohort(
-    model: LatentDiffusionModel,
+    model: ModelSource,
     out: PathLike,
     n: int,
     steps: int = 20,
@@ -89,55 +89,76 @@ def sample_cohort(
     batch: int = 8,
     prefix: str = "sample",
     progress: bool = True,
-    rank: int = 0,
-    world: int = 1,
+    device: str | None = None,
     repair: bool = False,
     max_gap: int = DEFAULT_MAX_GAP,
     export: str | None = None,
     export_edge_mm: float = DEFAULT_EDGE_MM,
-    guidance: Guidance | None = None,
+    target: str | None = None,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    regressor: PathLike | None = None,
 ) -> list[Path]:
-    """Write ``n`` samples as ``out/{prefix}_{index:05d}.nii.gz`` plus a JSON manifest each.
+    """``siblings sample``: write ``n`` samples as ``out/{prefix}_{index:05d}.nii.gz`` plus a
+    JSON manifest each; torchrun-aware.
 
     Parameters
     ----------
-    model : the loaded latent diffusion model.
+    model : the loaded latent diffusion model, or a function loading it (called once the
+        settings are checked and the process group is joined).
     out : output folder (made if missing).
     n, steps, seed, batch : cohort size, Heun steps, seed, samples per batch.
     prefix : file-name prefix.
-    progress : a progress bar.
-    rank, world : this process's share of the indices under ``torchrun``.
+    progress : a progress bar (under torchrun, on the first process only).
+    device : under ``torchrun``, this process's device for the process group (default:
+        cuda when available); outside torchrun the process works alone.
     repair, max_gap : repair each sample's topology before writing it
         (:func:`siblings.repair.repair_topology`); its manifest records the checks before
         and after and the voxels changed per label.
-    export, export_edge_mm : also export each sample as it is written into
-        ``out/mesh/NAME/`` (:func:`siblings.pipelines.export.export_into`: ``stl``, ``obj``,
-        ``vtp``, ``vtu`` or ``msh``); its manifest records the files under ``mesh``.
-    guidance : steer every sample towards a morphology target
-        (:class:`siblings.models.guided.Guidance`; absolute targets only). Each manifest
-        then records it and whether the map met the target, and ``out/guidance.json``
-        (``out/guidance_rank{R}.json`` under torchrun) the share within the target.
+    export, export_edge_mm : also export each batch's maps in this format
+        (:func:`siblings.pipelines.export.export_into`), volume meshes at this edge length.
+    target, guidance_scale, regressor : guided sampling towards ``target`` (an absolute
+        condition, :func:`siblings.metrics.condition.parse_condition`) with the morphology
+        regressor (:func:`siblings.models.guided.load_guidance`); each manifest records
+        the guidance, the map's morphology and whether it met the target, and
+        ``guidance.json`` (``guidance_rank{r}.json`` under torchrun) the share within it.
 
     Returns
     -------
     list of Path
-        The maps this process wrote.
+        The maps this process wrote (under torchrun: indices ``rank, rank + world, …``).
     """
-    check_counts(n, steps, batch)
-    check_max_gap(max_gap)
-    export = _check_export(export, export_edge_mm)
     from tqdm.auto import tqdm
 
+    from ..runtime import pick_device
+    from ..train import init_distributed
+
+    check_counts(n, steps, batch)
+    check_max_gap(max_gap)
+    if export is not None:
+        check_edge(export_edge_mm, "export_edge_mm")
+        export = check_format(export, "export")
+    if target is not None:  # a bad or relative target is refused before the model loads
+        cond = parse_condition(target)
+        if cond.relative:
+            raise InputError(
+                f"{{target}} {cond} is relative to a twin; sampling has none (use "
+                "`siblings edit ... --target`, or absolute numbers)",
+                arguments=("target",),
+            )
+    dist = init_distributed(pick_device(device))
+    model = resolve_model(model)
+    guidance = guide = None
+    if target is not None:
+        guidance = load_guidance(model, target, guidance_scale, regressor).resolve(None)
+        guide = guidance.guide(model.device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    mine = list(range(rank, n, world))
+    mine = list(range(dist.rank, n, dist.world))
     written: list[Path] = []
-    guide = None
-    if guidance is not None:
-        guidance = guidance.resolve(None)  # refuses a target relative to a twin
-        guide = guidance.guide(model.device)
     feats: list[dict] = []
-    with tqdm(total=len(mine), desc="sample", unit="map", disable=not progress) as bar:
+    with tqdm(
+        total=len(mine), desc="sample", unit="map", disable=not (progress and dist.main)
+    ) as bar:
         for b0 in range(0, len(mine), batch):
             idx = mine[b0 : b0 + batch]
             first = len(written)
@@ -162,77 +183,6 @@ def sample_cohort(
             bar.update(len(idx))
     if guidance is not None and feats:
         report = {**guidance.record(), **target_report(guidance.target, feature_array(feats))}
-        name = "guidance.json" if world == 1 else f"guidance_rank{rank}.json"
+        name = "guidance.json" if dist.world == 1 else f"guidance_rank{dist.rank}.json"
         write_json(out / name, report)
     return written
-
-
-def _check_export(export: str | None, edge_mm: float) -> str | None:
-    """The ``--export`` format (lower case) or None; checked before any sampling."""
-    if export is None:
-        return None
-    check_edge(edge_mm, "export_edge_mm")
-    return check_format(export, "export")
-
-
-def sample(
-    model: ModelSource,
-    out: PathLike,
-    n: int,
-    *,
-    steps: int = 20,
-    seed: int = 0,
-    batch: int = 8,
-    device: str | None = None,
-    progress: bool = True,
-    repair: bool = False,
-    max_gap: int = DEFAULT_MAX_GAP,
-    export: str | None = None,
-    export_edge_mm: float = DEFAULT_EDGE_MM,
-    target: str | None = None,
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-    regressor: PathLike | None = None,
-) -> list[Path]:
-    """``siblings sample``: a cohort of ``n`` maps into ``out``, torchrun-aware.
-
-    The counts are checked first; then the process group is joined (under ``torchrun``;
-    ``device`` picks this process's device) and ``model`` is loaded if it is a loader.
-    Each process writes its share; only the first shows progress. ``repair``,
-    ``max_gap``, ``export`` and ``export_edge_mm`` are those of :func:`sample_cohort`.
-    ``target``: guided
-    sampling towards it (:func:`siblings.models.guided.load_guidance` with
-    ``guidance_scale`` and ``regressor``; see :func:`sample_cohort`).
-    """
-    from ..runtime import pick_device
-    from ..train import init_distributed
-
-    check_counts(n, steps, batch)
-    check_max_gap(max_gap)
-    _check_export(export, export_edge_mm)
-    if target is not None:  # a bad or relative target is refused before the model loads
-        cond = parse_condition(target)
-        if cond.relative:
-            raise InputError(
-                f"{{target}} {cond} is relative to a twin; sampling has none (use "
-                "`siblings edit ... --target`, or absolute numbers)",
-                arguments=("target",),
-            )
-    dist = init_distributed(pick_device(device))
-    loaded = resolve_model(model)
-    guidance = None if target is None else load_guidance(loaded, target, guidance_scale, regressor)
-    return sample_cohort(
-        loaded,
-        out,
-        n,
-        steps=steps,
-        seed=seed,
-        batch=batch,
-        progress=progress and dist.main,
-        rank=dist.rank,
-        world=dist.world,
-        repair=repair,
-        max_gap=max_gap,
-        export=export,
-        export_edge_mm=export_edge_mm,
-        guidance=guidance,
-    )

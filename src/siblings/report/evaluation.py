@@ -1,21 +1,20 @@
-"""The outputs of ``siblings evaluate``: metrics.json, CSVs, figures and report.html.
+"""The outputs of ``siblings evaluate``, rendered in memory: CSVs, figures and report.html.
 
-:func:`write_evaluation` renders everything in memory first and then writes each file
-atomically, so a failure never leaves a half-written report. :func:`evaluation_figures`
-and :func:`evaluation_html` are separate so experiments can reuse them.
+:func:`evaluation_files` renders every file (and completes the metrics.json it goes
+with); it writes nothing: :func:`siblings.pipelines.evaluate.write_evaluation` writes
+them, each atomically, so a failure never leaves a half-written report.
+:func:`evaluation_figures` and :func:`evaluation_html` are separate so experiments can
+reuse them.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import anatomy
-from ..io import write_bytes, write_json
 from . import html as H
 from .html import interval as _ci
 from .html import number as _fmt
@@ -218,31 +217,26 @@ def evaluation_html(ev, figures: dict[str, bytes], title: str | None = None) -> 
     return H.page(title or "digital-siblings evaluation", sections, subtitle)
 
 
-def write_evaluation(
-    ev: Evaluation, out_dir: str | os.PathLike, *, figures: bool = True, title: str | None = None
-) -> dict[str, Path]:
-    """Write metrics.json, per_map.csv, reference_per_map.csv, PNGs and report.html.
+def evaluation_files(
+    ev: Evaluation, *, figures: bool = True, title: str | None = None
+) -> dict[str, bytes]:
+    """per_map.csv, reference_per_map.csv, the PNGs and report.html, rendered in memory.
 
-    Everything is rendered before the first file is written; each write is atomic.
-    Returns the written paths by name.
+    Records in ``ev.metrics`` what they show (``figures``; a folder evaluation's
+    ``compute_seconds``, measured before the figures), so that ``ev.metrics`` is the
+    ``metrics.json`` to write with them (:func:`siblings.pipelines.evaluate.write_evaluation`).
     """
-    out = Path(out_dir)
     if ev.seconds is not None:  # a folder evaluation: its compute time, before the figures
         ev.metrics["compute_seconds"] = round(ev.seconds, 3)
     pngs = evaluation_figures(ev) if figures else {}
     ev.metrics["figures"] = sorted(pngs)
     page = evaluation_html(ev, pngs, title)
-    files = {
+    return {
         "per_map.csv": ev.cohort.per_map_csv().encode(),
         "reference_per_map.csv": ev.reference.per_map_csv().encode(),
         **pngs,
         "report.html": page.encode(),
     }
-    written = {}
-    for name, data in files.items():
-        written[name] = write_bytes(out / name, data)
-    written["metrics.json"] = write_json(out / "metrics.json", ev.metrics)
-    return written
 
 
-__all__ = ["FIGURES", "evaluation_figures", "evaluation_html", "write_evaluation"]
+__all__ = ["FIGURES", "evaluation_figures", "evaluation_files", "evaluation_html"]

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.phantom import generate_cohort, make_phantom, summarise_cohort
-from .data.phantom_scans import axis_angle, place_in_scanner, scanner_affine
-from .io import LabelMap, write_label_map
+from ..data.phantom import make_phantom, summarise_cohort
+from ..data.phantom_scans import axis_angle, place_in_scanner, scanner_affine
+from ..io import LabelMap, write_label_map
+from .phantom import generate_cohort
 
 TWIN_SEED = 1  # the held-out cohort of the README (`siblings phantom --seed 1`)
 
@@ -60,10 +61,10 @@ def run_demo(
     (bf16 autocast) are passed to :meth:`LatentDiffusionModel.load`. The counts are kept
     small so that the whole tour runs in minutes on a CPU.
     """
-    from .editing import format_run
-    from .models.ldm import LatentDiffusionModel
-    from .pipelines.edit import run_edit
-    from .pipelines.sample import sample_cohort
+    from ..editing import check_settings, format_run
+    from ..models.ldm import LatentDiffusionModel
+    from .edit import run_edit
+    from .sample import sample_cohort
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -85,15 +86,18 @@ def run_demo(
     write_label_map(twin_path, scan)
     write_label_map(out / "twin" / "twin_model_space.nii.gz", twin)
     print(f"\nperturbational editing of {twin_path} (a phantom in scanner space), psi = 0.5")
-    common = dict(n=n_siblings, steps=steps, seed=seed, progress=progress, overwrite=True)
-    perturbed = run_edit(model, twin_path, out / "perturb_psi0.5", "perturb", psi=0.5, **common)
+    counts = dict(n=n_siblings, steps=steps, seed=seed)
+    perturb = check_settings("perturb", psi=0.5, **counts)
+    perturbed = run_edit(
+        model, twin_path, out / "perturb_psi0.5", perturb, progress=progress, overwrite=True
+    )
     print(format_run(perturbed))
     print(f"\nlocalized editing of {twin_path}: regenerate LV")
     # The same twin: prepared and encoded once, by the first run.
     encoding = perturbed.result.encoding
     local = run_edit(
-        model, perturbed.twin, out / "local_LV", "local", regenerate="LV", encoding=encoding,
-        **common,
+        model, perturbed.twin, out / "local_LV", check_settings("local", regenerate="LV", **counts),
+        encoding=encoding, progress=progress, overwrite=True,
     )  # fmt: skip
     print(format_run(local))
     paths = {
