@@ -4,6 +4,7 @@ re-sampling, and bad input (exit 2)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -208,10 +209,10 @@ def test_augmentation_table_has_one_row_per_strategy(full_run):
 def test_a_strategy_that_accepts_nothing_is_reported_not_fatal(model, micro, tmp_path, monkeypatch):
     import siblings.pipelines.augment as api
 
-    def stops_empty(model, data, where, strategy, n, seed, out, **kw):
+    def stops_empty(model, data, settings, out, **kw):
         out.mkdir(parents=True)
-        cond = api.parse_condition(where)
-        res = api.AugmentResult(out, strategy, cond, seed, n, [], [], 40, [], False)
+        s = settings
+        res = api.AugmentResult(out, s.strategy, s.condition, s.seed, s.n, [], [], 40, [], False)
         raise api.AugmentStopped("max attempts", res)
 
     monkeypatch.setattr(api, "augment", stops_empty)
@@ -312,8 +313,8 @@ def test_interrupted_augmentation_continues_where_it_stopped(model, micro, tmp_p
     real = api.augment
 
     @functools.wraps(real)
-    def killed_after_two_maps(model, data, where, strategy, n, seed, out, **kw):
-        real(model, data, where, strategy, 2, seed, out, **kw)
+    def killed_after_two_maps(model, data, settings, out, **kw):
+        real(model, data, dataclasses.replace(settings, n=2), out, **kw)
         raise KeyboardInterrupt
 
     resumed = []

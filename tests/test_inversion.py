@@ -431,6 +431,9 @@ def test_the_papers_experiments_encode_with_the_posterior_mean(monkeypatch, tmp_
 
     def spy(*args, **kwargs):
         asked.update(kwargs)
+        settings = next((a for a in args if hasattr(a, "invert_steps")), None)
+        if settings is not None:  # augment takes its checked settings
+            asked["invert_steps"] = settings.invert_steps
         raise Asked
 
     target = siblings.pipelines.augment if maker == "augment" else edit_mod
