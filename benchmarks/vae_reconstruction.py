@@ -34,9 +34,9 @@ import torch
 from siblings import anatomy
 from siblings.data.dataset import LabelMapDataset
 from siblings.data.phantom import make_phantom
-from siblings.diffusion.edit import dice
 from siblings.io import from_one_hot, one_hot
 from siblings.metrics.bootstrap import bootstrap_indices, percentile_interval
+from siblings.metrics.overlap import dice
 from siblings.metrics.topology import checks_array, topology_checks, tv_percent, violation_rates
 from siblings.models.ldm import LatentDiffusionModel
 from siblings.runtime import autocast
@@ -84,7 +84,9 @@ def tissue_table(true, recon, voxel_ml: float, n_boot: int = 1000) -> dict[str, 
     rows = {}
     for t in TISSUES:
         lab = anatomy.LABELS[t]
-        d = np.array([dice(a == lab, b == lab) for a, b in zip(true, recon, strict=True)])
+        d = np.array(
+            [dice(a == lab, b == lab, empty=1.0) for a, b in zip(true, recon, strict=True)]
+        )
         change = v_rec[:, lab] - v_true[:, lab]
         slope = np.polyfit(v_true[:, lab], v_rec[:, lab], 1)[0] if len(true) > 1 else np.nan
         rows[t] = {
