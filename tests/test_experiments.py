@@ -206,6 +206,65 @@ def test_augmentation_table_has_one_row_per_strategy(full_run):
     assert f"| {100 * u['acceptance_rate']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] |" in md
 
 
+@pytest.fixture(scope="module")
+def regressor_model(micro, tmp_path_factory):
+    """The micro checkpoint (same VAE and denoiser files, so the same checkpoint hash)
+    with a random-weight morphology regressor beside it: the guided row is planned."""
+    import shutil
+
+    import torch
+
+    from siblings.checkpoint import file_hash
+    from siblings.models.regressor import MorphologyRegressor, save_regressor
+
+    out = tmp_path_factory.mktemp("with_regressor")
+    for name in ("vae.safetensors", "vae.json", "ldm.safetensors", "ldm.json"):
+        shutil.copy(micro.checkpoint / name, out / name)
+    torch.manual_seed(0)
+    net = MorphologyRegressor(micro.preset.latent_channels, width=8)
+    save_regressor(
+        out / "regressor.safetensors", net, {"vae_sha256": file_hash(out / "vae.safetensors")}
+    )
+    return LatentDiffusionModel.load(out, device="cpu")
+
+
+def test_guided_is_a_fifth_row_that_leaves_the_papers_cohorts_alone(
+    full_run, regressor_model, micro, tmp_path
+):
+    import shutil
+
+    from siblings.checkpoint import file_hash
+    from siblings.experiments.augmentation import GUIDANCE_SCALE
+
+    out, first = full_run
+    assert "guided" not in first["experiments"]["augment"]["cohorts"]  # micro: no regressor
+    shutil.copytree(out / "augment", tmp_path / "out" / "augment")
+    folders = [tmp_path / "out" / "augment" / s for s in ("uncond", "perturb", "local")]
+    before = {p: p.read_bytes() for f in folders for p in (f / "cohort.json", f / "done.json")}
+    res = _run(regressor_model, micro, tmp_path / "out", "augment", where="RV_volume_ml >= 0")
+    aug = res["experiments"]["augment"]
+    assert list(aug["cohorts"]) == ["uncond", "perturb", "local", "guided"]
+    # The paper's cohorts keep their identity: reloaded as they were, only guided is made.
+    assert {p: p.read_bytes() for p in before} == before
+    assert res["settings"]["runs"][-1]["cohorts_made"] == 1
+    for s in ("uncond", "perturb", "local"):
+        assert aug["cohorts"][s]["fd"] == first["experiments"]["augment"]["cohorts"][s]["fd"]
+    g = aug["cohorts"]["guided"]
+    reg = regressor_model.checkpoint / "regressor.safetensors"
+    assert g["accepted"] == TINY.augment and g["complete"]
+    assert g["guidance_scale"] == GUIDANCE_SCALE and g["regressor_sha256"] == file_hash(reg)
+    folder = tmp_path / "out" / "augment" / "guided"
+    ident = json.loads((folder / "cohort.json").read_text())
+    assert ident["params"]["regressor_sha256"] == file_hash(reg)
+    record = json.loads((folder / "augment.json").read_text())
+    assert record["strategy"] == "guided" and record["sampler"] == "uncond"
+    assert record["guidance"]["scale"] == GUIDANCE_SCALE
+    assert len(list(folder.glob("guided_*.nii.gz"))) == TINY.augment
+    md = (tmp_path / "out" / "augment" / "tables" / "table4_augmentation.md").read_text()
+    assert f"| Guided uncond. + filtering | {TINY.augment} of {TINY.augment} |" in md
+    assert "Uncond. + filtering" in md and f"guidance scale {GUIDANCE_SCALE:g}" in md
+
+
 def test_a_strategy_that_accepts_nothing_is_reported_not_fatal(model, micro, tmp_path, monkeypatch):
     import siblings.pipelines.augment as api
 

@@ -6,6 +6,14 @@ paper's 47 twins). It is grown by 140 accepted maps with each strategy of
 the paper; ``perturb``: siblings of the rare twins at ψ 0.5 and 0.35, filtered;
 ``local``: LV or RV regenerated, filtered), and each grown cohort is evaluated against
 the rare cohort. This module only calls that API; it does not reimplement it.
+
+An extra row beyond the paper's strategies (issue 17), ``guided``: unconditional samples guided
+towards ``where`` itself by the checkpoint's morphology regressor at
+:data:`GUIDANCE_SCALE`, filtered on the written maps like the others, at most
+``augment_pool`` attempts. It is planned only when the checkpoint has a regressor
+(``regressor.safetensors``, as the shipped weights); its identity holds the scale and the
+regressor's SHA-256, so another regressor makes another cohort. The paper's rows, their
+cohorts and their identities are the same with or without it.
 """
 
 from __future__ import annotations
@@ -29,10 +37,15 @@ from .unconditional import synthetic_spec
 
 NAME = "augment"
 STRATEGIES: tuple[str, ...] = ("uncond", "perturb", "local")
+GUIDED = "guided"
+# The guided row's classifier-guidance scale γ (docs/guidance.md: the pilot sweep of the
+# scale with the shipped regressor, and `siblings augment --strategy guided` at it).
+GUIDANCE_SCALE = 20.0
 LABELS = {
     "uncond": "Uncond. + filtering",
     "perturb": "Pert. + filtering",
     "local": "Local. + filtering",
+    GUIDED: "Guided uncond. + filtering",
 }
 
 
@@ -79,6 +92,30 @@ def _spec(ctx: ExperimentContext, strategy: str, rare_fraction: float) -> Cohort
     )  # fmt: skip
 
 
+def regressor_file(ctx: ExperimentContext) -> Path | None:
+    """The checkpoint's morphology regressor, or None (no guided row then)."""
+    from ..models.regressor import regressor_path
+
+    if not ctx.model.checkpoint:
+        return None
+    path = regressor_path(ctx.model.checkpoint)
+    return path if path.is_file() else None
+
+
+def _guided_spec(ctx: ExperimentContext, regressor: Path) -> CohortSpec:
+    from ..checkpoint import file_hash
+
+    c = ctx.counts
+    return CohortSpec(
+        NAME, GUIDED, "augment", c.augment,
+        {"strategy": GUIDED, "sampler": "uncond", "where": ctx.where, "target": None,
+         "guidance_scale": GUIDANCE_SCALE, "regressor_sha256": file_hash(regressor),
+         "steps": c.steps, "seed": ctx.seed, "max_attempts": c.augment_pool},
+        # The regressor's gradient at each call costs little (docs/guidance.md: +4%).
+        (heun_calls(c.steps) + DECODE_COST) / 0.7,
+    )  # fmt: skip
+
+
 def plan(ctx: ExperimentContext) -> list[CohortSpec]:
     rare = _rare_mask(ctx)
     if rare.sum() < ctx.k + 1:
@@ -86,7 +123,11 @@ def plan(ctx: ExperimentContext) -> list[CohortSpec]:
             f"augment: {int(rare.sum())} of {len(ctx.real)} real maps meet {ctx.where!r}; "
             f"evaluating against the rare cohort needs at least {ctx.k + 1}"
         )
-    return [_spec(ctx, s, float(rare.mean())) for s in STRATEGIES]
+    specs = [_spec(ctx, s, float(rare.mean())) for s in STRATEGIES]
+    regressor = regressor_file(ctx)
+    if regressor is not None:
+        specs.append(_guided_spec(ctx, regressor))
+    return specs
 
 
 def make_augmented(
@@ -97,13 +138,21 @@ def make_augmented(
     from ..augment import AugmentStopped, check_settings
 
     p = spec.params
+    sampler = p.get("sampler", p["strategy"])  # what makes the attempts
     settings = check_settings(
         p["where"], p["strategy"], spec.n, seed=p["seed"], steps=p["steps"], batch=ctx.batch,
-        max_attempts=p["max_attempts"],
+        max_attempts=p["max_attempts"], sampler=sampler,
         invert_steps=0,  # the paper's posterior mean, not the product's inversion
         keep="latent",  # local: the paper's method as published, not exact keep
     )  # fmt: skip
     kwargs: dict = dict(evaluate=False, progress=ctx.progress)
+    if p["strategy"] == GUIDED:  # towards `where` itself (target None) with this regressor
+        regressor = regressor_file(ctx)
+        from ..checkpoint import file_hash
+
+        if regressor is None or file_hash(regressor) != p["regressor_sha256"]:
+            raise InputError(f"{spec.key}: the checkpoint's regressor changed since it was planned")
+        kwargs.update(target=p["target"], guidance_scale=p["guidance_scale"], regressor=regressor)
     reuse: dict[int, Path] = {}
     for key in spec.after:  # finished cohorts only (another process may be writing)
         if (ctx.out / key / "done.json").exists():
@@ -156,8 +205,11 @@ def run(ctx: ExperimentContext) -> Section:
     )
     rows, results, panels = [], {"cohorts": {}, "where": ctx.where, "rare_n": len(rare)}, {}
     seconds = 0.0
-    for strategy in STRATEGIES:
-        spec = next(s for s in plan(ctx) if s.name == strategy)
+    specs = {s.name: s for s in plan(ctx)}
+    for strategy in (*STRATEGIES, GUIDED):
+        if strategy not in specs:  # no regressor: no guided row
+            continue
+        spec = specs[strategy]
         res = ctx.cohort(spec)
         seconds += res.seconds
         ex = res.extra
@@ -180,6 +232,24 @@ def run(ctx: ExperimentContext) -> Section:
             [res.summary.feature("LV_volume_ml"), res.summary.feature("RV_volume_ml")]
         )
     results["cohort_seconds"] = round(seconds, 2)
+    if GUIDED in specs:
+        g = specs[GUIDED].params
+        results["cohorts"][GUIDED].update(
+            sampler=g["sampler"], guidance_scale=g["guidance_scale"],
+            regressor_sha256=g["regressor_sha256"],
+        )  # fmt: skip
+        guided_note = (
+            f"Guided (not in the paper, issue 17): unconditional samples guided towards "
+            f"{ctx.where} by the checkpoint's morphology regressor "
+            f"({g['regressor_sha256'][:12]}) at guidance scale {g['guidance_scale']:g}, "
+            f"then filtered on the written maps as the others, at most "
+            f"{g['max_attempts']} attempts."
+        )
+    else:
+        guided_note = (
+            "No guided row: the checkpoint has no morphology regressor "
+            "(regressor.safetensors; `siblings train regressor`)."
+        )
     table = Table(
         "table4_augmentation",
         "Table 4: augmentation strategies against the rare cohort",
@@ -194,7 +264,8 @@ def run(ctx: ExperimentContext) -> Section:
             f"The unconditional strategy draws at most {ctx.counts.augment_pool} samples (the "
             "paper's 3600); a strategy that stops before its count says so in the accepted "
             "column and in results.json (complete: false). Metrics need at least "
-            f"{ctx.k + 1} accepted maps."
+            f"{ctx.k + 1} accepted maps.",
+            guided_note,
         ],
     )
     sec = Section(NAME, tables=[table], results=results)

@@ -378,7 +378,8 @@ def augment_recall(augment: Mapping | None) -> Finding:
     if "uncond" not in cohorts or "recall" not in cohorts["uncond"]:
         return f
     u = cohorts["uncond"]
-    others = {s: c for s, c in cohorts.items() if s != "uncond" and "recall" in c}
+    # The paper's editing strategies only: a guided row (not in the paper) is not judged.
+    others = {s: c for s, c in cohorts.items() if s in ("perturb", "local") and "recall" in c}
     if not others:
         return f
     verdicts = [
@@ -386,14 +387,14 @@ def augment_recall(augment: Mapping | None) -> Finding:
         for c in others.values()
     ]
     f.verdict = FAILS if FAILS in verdicts else UNSURE if UNSURE in verdicts else HOLDS
+    judged = {s: c for s, c in cohorts.items() if s in ("uncond", *others)}
     f.numbers = {s: {"recall": c["recall"], "recall_ci": _ci(c, "recall"),
                      "accepted": c.get("accepted"), "complete": c.get("complete")}
-                 for s, c in cohorts.items() if "recall" in c}  # fmt: skip
+                 for s, c in judged.items()}  # fmt: skip
     parts = [
         f"{s} {_fmt(float(c['recall']), _ci(c, 'recall'))}"
         + ("" if c.get("complete", True) else f" (only {c.get('accepted')} accepted)")
-        for s, c in cohorts.items()
-        if "recall" in c
+        for s, c in judged.items()
     ]
     f.measured = "Recall against the rare cohort: " + "; ".join(parts) + "."
     return f
