@@ -132,6 +132,17 @@ def test_pull_partly_holds_and_fails():
     assert F.perturb_pull(_perturb({"Lhi_Rhi": away, "Llo_Rlo": away})).verdict == F.FAILS
 
 
+def test_pull_rho_exactly_at_the_threshold_holds():
+    # pulls ranked 1, 2, 3, 5, 4 over the five psi: Spearman rho = 1 - 6*2/(5*24) = 0.9
+    # exactly, which floating point computes as 0.8999999999999998 (the published run).
+    ranked = (5.0, [4.9, 4.5, 4.0, 3.0, 3.5])
+    f = F.perturb_pull(_perturb({"Lhi_Rhi": ranked}))
+    assert f.numbers["seeds"]["Lhi_Rhi"]["rho"] == 0.9
+    assert f.verdict == F.HOLDS
+    away = (5.0, [4.9, 4.5, 3.0, 4.0, 3.5])  # ranks 1, 2, 5, 3, 4: rho 0.7, below
+    assert F.perturb_pull(_perturb({"Lhi_Rhi": away})).verdict == F.FAILS
+
+
 def test_pull_rows_are_ordered_by_psi_whatever_the_input_order():
     res = _perturb({"Lhi_Rhi": (5.0, [4.9, 4.5, 4.0, 3.5, 3.2])})
     res["cohorts"] = dict(reversed(list(res["cohorts"].items())))

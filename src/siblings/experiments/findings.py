@@ -292,6 +292,9 @@ def perturb_pull(perturb: Mapping | None) -> Finding:
         for key in ("psi", "pull", "distance_to_seed"):
             row[key] = [row[key][i] for i in order]
         rho = float(spearmanr(row["psi"], row["pull"])[0]) if len(row["psi"]) > 2 else float("nan")
+        # Spearman's ρ of a few points is a ratio of small integers; floating point gives
+        # e.g. 0.8999999999999998 for an exact 0.9, which the ≥ threshold must not reject.
+        rho = round(rho, 9)
         row["rho"] = rho
         pulls = ", ".join(f"{p:+.2f}" for p in row["pull"])
         parts.append(
