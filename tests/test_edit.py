@@ -280,6 +280,10 @@ def test_edit_perturb_writes_siblings_manifests_twin_and_report(micro, model, tw
     assert metrics["fd"] is None and metrics["precision"] is None and metrics["recall"] is None
     assert "single twin" in metrics["undefined"]["fd, precision, recall"]
     assert "undefined against one map" in html
+    # A twin on the model grid: its axes are not known to be the patient's (issue 15).
+    assert metrics["grid"]["axes"] == {"axes": "model axes", "basis": "model grid"}
+    assert "Model axes: slices along the model grid" in html
+    assert "double click: first view" in html and "double click: anterior view" not in html
     run = json.loads((out / "run.json").read_text())
     assert run["twin"]["space"] == "model"
     # The micro model reconstructs no twin: the only warning is that it is out of its
@@ -349,6 +353,23 @@ def test_twin_in_scanner_space_is_prepared_and_siblings_come_back_on_its_grid(
     run = json.loads((out / "run.json").read_text())
     assert run["twin"]["space"] == "prepared"
     assert run["outputs"]["scanner"] == [f"scanner/sibling_{i:05d}.nii.gz" for i in range(2)]
+    # Prepared here: the report's letters are the patient direction nearest each model
+    # axis through the stored transform, and the 3D view starts from the patient's front.
+    import nibabel as nib
+
+    codes = "".join(nib.aff2axcodes(np.linalg.inv(xfm.matrix) @ centred_affine(32)))
+    axes = json.loads((out / "report" / "metrics.json").read_text())["grid"]["axes"]
+    assert (axes["axes"], axes["basis"]) == (codes, "transform")
+    html = (out / "report" / "report.html").read_text()
+    assert f"Letters ({codes}): the patient direction nearest each model axis" in html
+    assert "double click: anterior view" in html
+    # The same twin read back on the model grid (as prepare writes it): model axes.
+    again = tmp_path / "again"
+    src2 = out / "twin" / "twin.nii.gz"
+    assert edit_cli("perturb", src2, "--psi", 0.6, *common(micro, again, n=1, steps=2)) == 0
+    axes = json.loads((again / "report" / "metrics.json").read_text())["grid"]["axes"]
+    assert axes["axes"] == "model axes"
+    assert "Model axes: slices" in (again / "report" / "report.html").read_text()
 
 
 def write_with_codes(path: Path, lm: LabelMap, qform: int, sform: int) -> Path:

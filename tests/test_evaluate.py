@@ -119,6 +119,28 @@ def test_cli_writes_metrics_csv_figures_and_report(cohorts, tmp_path, capsys):
     for png in ("volumes.png", "occupancy.png", "occupancy_heart.png", "violations.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "reference_per_map.csv").exists()
+    # Phantom files on the model grid: the slices say model axes, not patient letters.
+    assert np.allclose(m["grid"]["affine"], centred_affine(32))
+    assert "Model axes: slices along the model grid" in html
+
+
+def test_cohorts_on_a_scanner_grid_get_the_letters_of_their_affine(cohorts, tmp_path, capsys):
+    # The same maps on an LPS scanner grid (axes flipped, origin off the grid centre).
+    lps = np.diag([-5.6, -5.6, 5.6, 1.0])
+    lps[:3, 3] = (100.0, 80.0, -40.0)
+    for name in ("ref", "gen"):
+        (tmp_path / name).mkdir()
+        for f in sorted(cohorts[name].glob("*.nii.gz")):
+            write_label_map(tmp_path / name / f.name, LabelMap(read_label_map(f).data, lps))
+    out = tmp_path / "eval"
+    argv = ["evaluate", str(tmp_path / "gen"), "--reference", str(tmp_path / "ref")]
+    argv += ["--out", str(out), "--workers", "1", "--n-boot", "20", "--quiet", "--no-figures"]
+    code, _, _ = _run(argv, capsys)
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["grid"]["orientation"] == "LPS"
+    html = (out / "report.html").read_text()
+    assert "Letters (LPS): the patient&#x27;s directions from the map&#x27;s affine" in html
 
 
 def test_defect_free_phantom_cohort_has_zero_tv(cohorts, tmp_path, capsys):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from siblings import anatomy
+from siblings.report.axes import PanelAxes
 from siblings.report.plots import (
-    _view_axes,
     figure_png,
     mid_slices,
     occupancy_centre,
@@ -37,8 +37,10 @@ def test_slices_face_the_way_their_edge_letters_say_for_ras_and_lps():
     assert np.argwhere(cor).tolist() == [[6, 7]]  # row z (up), column x = 7 (right)
     assert np.argwhere(ax).tolist() == [[1, 7]]  # row y = 1 (down), column x (right)
     # (left, right, bottom, top) per view: RAS arrays put R, A, S at the high index.
-    assert _view_axes("RAS") == [("P", "A", "I", "S"), ("L", "R", "I", "S"), ("L", "R", "P", "A")]
-    assert _view_axes("LPS") == [("A", "P", "I", "S"), ("R", "L", "I", "S"), ("R", "L", "A", "P")]
+    edges = [v.edges for v in PanelAxes.of("RAS").views()]
+    assert edges == [("P", "A", "I", "S"), ("L", "R", "I", "S"), ("L", "R", "P", "A")]
+    edges = [v.edges for v in PanelAxes.of("LPS").views()]
+    assert edges == [("A", "P", "I", "S"), ("R", "L", "I", "S"), ("R", "L", "A", "P")]
 
 
 def test_occupancy_figure_masks_p_diff_where_either_occupancy_is_zero():

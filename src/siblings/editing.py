@@ -378,6 +378,17 @@ def run_metrics(
     return metrics
 
 
+def twin_panel_axes(twin: Twin) -> Any:
+    """What the report's slice panels may say about direction
+    (:class:`siblings.report.axes.PanelAxes`): the patient direction nearest each model
+    axis, derived through the twin's transform, when it was prepared here from a scan;
+    model axes otherwise (a twin read on the model grid, e.g. a ``prepare`` output)."""
+    from .report.axes import panel_axes
+
+    lm = twin.label_map
+    return panel_axes(lm.shape, lm.affine, to_patient=twin.to_patient())
+
+
 def report_figures(
     twin: Twin,
     settings: EditSettings,
@@ -387,9 +398,12 @@ def report_figures(
     metrics: dict[str, Any],
     figure_siblings: int,
 ) -> dict[str, bytes]:
-    """The report's PNG figures by file name: siblings beside the twin, then the evaluation's."""
+    """The report's PNG figures by file name: siblings beside the twin, then the evaluation's
+    (slices labelled by :func:`twin_panel_axes`)."""
     from .report.editing import siblings_figure, twin_figures
     from .report.plots import figure_png
+
+    axes = twin_panel_axes(twin)
 
     shown = list(range(min(figure_siblings, len(result.labels))))
     label = (
@@ -403,11 +417,12 @@ def report_figures(
                 twin.label_map.data,
                 [result.labels[i] for i in shown],
                 [f"sibling {result.indices[i]}" for i in shown],
+                orientation=axes,
                 title=f"{METHOD_NAMES[settings.method]} editing, {label}",
             ),
             dpi=110,
         ),
-        **twin_figures(sib_summary, twin_summary, metrics),
+        **twin_figures(sib_summary, twin_summary, metrics, orientation=axes),
     }
 
 
@@ -550,5 +565,6 @@ __all__ = [
     "scanner_manifest",
     "scanner_sibling",
     "sibling_manifest",
+    "twin_panel_axes",
     "twin_record",
 ]

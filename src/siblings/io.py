@@ -99,6 +99,20 @@ def centred_affine(size: int, spacing_mm: float | None = None) -> np.ndarray:
     return affine
 
 
+def is_model_grid(shape: Sequence[int], affine: np.ndarray, atol: float = 1e-3) -> bool:
+    """True when ``(shape, affine)`` is a model grid: ``n``³ voxels with the affine
+    :func:`centred_affine` gives for ``n`` (what ``prepare``, ``phantom``, ``sample`` and
+    ``edit`` write).
+
+    Such a grid is the prepared frame of SPEC §2, whose axes are not the patient's (its
+    "RAS" names the prepared world); any other affine is a scanner grid.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or len(set(shape)) != 1 or shape[0] < 1:
+        return False
+    return bool(np.allclose(np.asarray(affine, float), centred_affine(shape[0]), atol=atol))
+
+
 # ---------------------------------------------------------------------------------
 # Atomic writes.
 # ---------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from ..io import (
     LabelMap,
     LabelMapError,
     centred_affine,
+    is_model_grid,
     list_label_maps,
     read_label_map,
     sha256_file,
@@ -92,6 +93,19 @@ class Twin:
     def in_other_space(self) -> bool:
         """True when siblings are also written back on the twin's original grid."""
         return self.transform is not None
+
+    def to_patient(self) -> np.ndarray | None:
+        """Model world → the patient's scanner world (4×4, RAS+ mm), when known.
+
+        Known only for a twin prepared here from a scanner grid: the inverse of its
+        transform. A twin read on a model grid (used as is, or resampled from another
+        preset's grid) carries no relation to the patient, so None: preparation
+        rotated and registered it (SPEC §2), and its affine's RAS names that frame.
+        """
+        t = self.transform
+        if t is None or is_model_grid(t.source_shape, t.source_affine):
+            return None
+        return np.linalg.inv(t.matrix)
 
     def missing_tissues(self) -> list[str]:
         """Tissues (labels 1–6) absent from the twin."""

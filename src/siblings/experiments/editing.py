@@ -231,7 +231,7 @@ class _Perturbational(_Editing):
     pdiff_file = "fig7_pdiff.png"
     pdiff_title = "Fig. 7: P_diff of perturbational siblings (rows ψ, columns seeds)"
     pdiff_caption = (
-        "Fig. 7: P_diff = P_siblings − P_seed of the heart channel, coronal slice through the seed's centroid, masked where both are 0 (against one seed map, masking where either is 0 would hide all growth); rows ψ, "
+        "Fig. 7: P_diff = P_siblings − P_seed of the heart channel, slice of model axes 0, 2 (model axes, not the patient's directions) through the seed's centroid, masked where both are 0 (against one seed map, masking where either is 0 would hide all growth); rows ψ, "
         "columns seeds."
     )
 
@@ -275,7 +275,7 @@ class _Localized(_Editing):
     pdiff_file = "fig9_pdiff.png"
     pdiff_title = "Fig. 9: P_diff of localized siblings (rows masks, columns seeds)"
     pdiff_caption = (
-        "Fig. 9: P_diff = P_siblings − P_seed of the heart channel, coronal slice through the seed's centroid, masked where both are 0; rows: "
+        "Fig. 9: P_diff = P_siblings − P_seed of the heart channel, slice of model axes 0, 2 (model axes, not the patient's directions) through the seed's centroid, masked where both are 0; rows: "
         "regenerated tissue, columns seeds."
     )
 

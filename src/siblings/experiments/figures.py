@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..metrics.heatmaps import HEART, Occupancy, occupancy_difference
+from ..report.axes import PanelAxes
 from ..report.plots import (
     REFERENCE_COLOUR,
     SERIES_COLOURS,
@@ -228,8 +229,10 @@ def pdiff_grid(
 
     ``cohorts[r][c]`` is compared with ``references[c]`` (the seed of column ``c``);
     masked (grey) where either occupancy is zero, as :func:`occupancy_difference`. One
-    colour scale for the whole grid. ``view``: 0 sagittal, 1 coronal, 2 axial, through
-    the occupancy centroid of each column's reference. ``mask="both"`` masks only where
+    colour scale for the whole grid. ``view``: the model axis held fixed (0, 1 or 2),
+    through the occupancy centroid of each column's reference; the experiments' cohorts
+    are on the model grid, whose axes are not the patient's (:mod:`siblings.report.axes`),
+    so the caption names the slice by its model axes. ``mask="both"`` masks only where
     both occupancies are zero: against a single seed map (P is 0 or 1) masking where
     either is zero would hide every voxel the siblings occupy outside the seed.
     """
@@ -269,7 +272,7 @@ def pdiff_grid(
     if im is not None:
         cb = fig.colorbar(im, ax=axes, shrink=0.6, ticks=[-lim, 0, lim])
         cb.ax.set_yticklabels([f"{-lim:.2f}", "0", f"{lim:.2f}"], fontsize=7)
-    view_name = ("sagittal", "coronal", "axial")[view]
+    view_name = PanelAxes().views()[view].name
     ch = "heart (1 − P_bg)" if channel == HEART else channel
     fig.text(
         0.45, 0.0,
@@ -332,9 +335,10 @@ def change_grid(
 
     ``1 − P_cohort[seed label]`` at each voxel (0: every sibling has the seed's label
     there, 1: none has), for ``cohorts[r][c]`` against ``seeds[c]`` (a label map); one
-    slice (``view``: 0 sagittal, 1 coronal, 2 axial) through the seed's heart centroid,
-    background-only voxels where nothing changed left blank. Unlike ``P_diff`` of one
-    channel it shows a changed chamber even when the heart as a whole keeps its place.
+    slice (``view``: the model axis held fixed, as :func:`pdiff_grid`) through the seed's
+    heart centroid, background-only voxels where nothing changed left blank. Unlike
+    ``P_diff`` of one channel it shows a changed chamber even when the heart as a whole
+    keeps its place.
     """
     plt = _plt()
     cmap = plt.get_cmap("magma_r").with_extremes(bad="#f2f2f2")
@@ -366,7 +370,7 @@ def change_grid(
                 ax.set_ylabel(label, fontsize=9)
     if im is not None:
         fig.colorbar(im, ax=axes, shrink=0.6, ticks=[0, 0.5, 1]).ax.tick_params(labelsize=7)
-    view_name = ("sagittal", "coronal", "axial")[view]
+    view_name = PanelAxes().views()[view].name
     fig.text(
         0.45, 0.0,
         f"Fraction of siblings whose label differs from the reference's ({view_name} slice "

@@ -269,10 +269,14 @@ class Grid:
     spacing_mm: tuple[float, float, float]
     orientation: tuple[str, str, str]
     source: Path
+    affine: tuple[tuple[float, ...], ...] | None = None
+    """The first reference map's affine (recorded in ``metrics.json``: the figures name
+    their slices' directions from it, :func:`siblings.report.axes.panel_axes`)."""
 
     @classmethod
     def of(cls, lm: LabelMap) -> Grid:
-        return cls(lm.shape, lm.spacing, tuple(nib.aff2axcodes(lm.affine)), lm.path)  # type: ignore[arg-type]
+        affine = tuple(tuple(float(v) for v in row) for row in np.asarray(lm.affine))
+        return cls(lm.shape, lm.spacing, tuple(nib.aff2axcodes(lm.affine)), lm.path, affine)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -732,5 +736,7 @@ def evaluate(
     metrics["cohort_dir"] = str(cohort_dir)
     metrics["reference_dir"] = str(reference_dir)
     metrics["grid"]["orientation"] = "".join(grid.orientation)
+    if grid.affine is not None:
+        metrics["grid"]["affine"] = [list(row) for row in grid.affine]
     metrics["labels"] = {"cohort": schemes[1].record(), "reference": schemes[0].record()}
     return Evaluation(metrics, coh, ref, seconds=time.perf_counter() - t0)

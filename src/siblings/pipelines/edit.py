@@ -36,6 +36,7 @@ from ..editing import (
     scanner_manifest,
     scanner_sibling,
     sibling_manifest,
+    twin_panel_axes,
     twin_record,
 )
 from ..errors import InputError, MissingTissueWarning
@@ -476,6 +477,8 @@ def _write_report(
         scanner_kept_dice,
         run.n_boot,
     )
+    axes = twin_panel_axes(twin)
+    metrics["grid"]["axes"] = axes.record()
     if run.ref_summary is not None:
         ev = evaluate_maps(sib_summary, run.ref_summary, n_boot=run.n_boot, seed=settings.seed)
         ev.metrics["cohort_dir"] = f"{run.out} (siblings)"
@@ -497,7 +500,7 @@ def _write_report(
         figures,
         record,
         sib_summary,
-        view3d=_view3d(twin, result, records, affine, run.figure_siblings),
+        view3d=_view3d(twin, result, records, affine, run.figure_siblings, axes),
     )
     for fname, data in figures.items():
         write_bytes(stage / "report" / fname, data)
@@ -510,17 +513,36 @@ def _write_report(
 
 
 def _view3d(
-    twin: Twin, result: EditResult, records: EditRecords, affine: np.ndarray, n: int
+    twin: Twin, result: EditResult, records: EditRecords, affine: np.ndarray, n: int, axes: Any
 ) -> str:
-    """The report's rotatable 3D view: the twin and the first ``n`` siblings."""
+    """The report's rotatable 3D view: the twin and the first ``n`` siblings.
+
+    With the twin's transform at hand the surfaces are drawn in the patient's scanner
+    world, so the first view is really anterior; otherwise in the model grid's world,
+    seen along model axis 1 (``axes``: :func:`siblings.editing.twin_panel_axes`).
+    """
     from ..report.viewer3d import viewer_html
 
     maps = [("twin", twin.label_map.data)]
     maps += list(zip(records.names[:n], result.labels[:n], strict=False))
+    to_patient = twin.to_patient()
+    how = (
+        "nets, Taubin-smoothed), seen from the front (anterior) at first; drag to rotate "
+        "all of them together, untick a tissue to hide it and see inside."
+    )
+    if to_patient is not None:
+        return viewer_html(
+            maps,
+            to_patient @ affine,
+            caption="The twin and its first siblings as surfaces in the patient's scanner "
+            "world mm, through the twin's transform (multi-label surface " + how,
+        )
     return viewer_html(
         maps,
         affine,
-        caption="The twin and its first siblings as surfaces in world mm (multi-label surface "
-        "nets, Taubin-smoothed), seen from the front (anterior) at first; drag to rotate "
-        "all of them together, untick a tissue to hide it and see inside.",
+        start_view="first view",
+        caption="The twin and its first siblings as surfaces in the model grid's world mm "
+        "(multi-label surface nets, Taubin-smoothed), seen from the + side of model axis 1 "
+        "at first (axis 2 up, axis 0 to the left); " + axes.note() + " Drag to rotate all of "
+        "them together, untick a tissue to hide it and see inside.",
     )

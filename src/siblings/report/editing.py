@@ -26,6 +26,7 @@ b'\\x89PNG'
 from __future__ import annotations
 
 import datetime as _dt
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib
@@ -43,9 +44,10 @@ from ..boxes import bounding_box
 from ..metrics.cohort import CohortSummary
 from ..metrics.twin import UNDEFINED_AGAINST_ONE_MAP
 from . import html as H
+from .axes import MODEL_AXES, PanelAxes, grid_axes
 from .html import interval as _ci
 from .html import number as _fmt
-from .plots import VIEWS, _view_axes, tissue_colour
+from .plots import draw_edges, tissue_colour
 
 FIGURES = {
     "siblings.png": "The twin and siblings in three orthogonal slices through the twin's heart "
@@ -91,12 +93,13 @@ def siblings_figure(
     names: Sequence[str] | None = None,
     *,
     index: Sequence[int] | None = None,
-    orientation: str = "RAS",
+    orientation: PanelAxes | str = MODEL_AXES,
     outline: bool = True,
     crop: bool = True,
     title: str | None = None,
 ) -> Figure:
-    """Twin and siblings side by side (paper Fig. 3): rows = sagittal, coronal, axial.
+    """Twin and siblings side by side (paper Fig. 3): rows = the views holding array axis
+    0, 1, 2 fixed (sagittal, coronal, axial for RAS arrays).
 
     Parameters
     ----------
@@ -104,7 +107,11 @@ def siblings_figure(
     siblings : label maps of the siblings to show (one column each).
     names : column titles of the siblings (default ``sibling 0``, ``sibling 1``, …).
     index : voxel the three slices pass through (default: the twin's heart centroid).
-    orientation : axis codes of the array axes, for the edge letters (default RAS).
+    orientation : what the panels may say about direction
+        (:func:`siblings.report.axes.panel_axes` decides it from the data): model axes
+        (the default: a map on the model grid is not in the patient's axes), axis codes
+        such as ``"RAS"``, or a :class:`~siblings.report.axes.PanelAxes`; a line under
+        the figure says which.
     outline : draw the twin's tissue outlines (black) on every sibling.
     crop : show only the box holding the hearts of all maps shown.
     """
@@ -121,7 +128,8 @@ def siblings_figure(
     cols = [twin[box], *(s[box] for s in sibs)]
     titles = ["twin", *names]
     cmap = label_colormap()
-    edges = _view_axes(orientation)
+    axes_ = PanelAxes.of(orientation)
+    views = axes_.views()
     n_cols = len(cols)
     fig, axes = plt.subplots(
         3, n_cols, figsize=(1.9 * n_cols + 0.4, 6.2), squeeze=False, constrained_layout=True
@@ -145,17 +153,28 @@ def siblings_figure(
             if r == 0:
                 ax.set_title(titles[c], fontsize=9, fontweight="bold" if c == 0 else "normal")
             if c == 0:
-                ax.set_ylabel(VIEWS[r], fontsize=9)
-                left, right, bottom, top = edges[r]
-                kw = dict(transform=ax.transAxes, fontsize=6, color="#555555")
-                ax.text(0.02, 0.5, left, ha="left", va="center", **kw)
-                ax.text(0.98, 0.5, right, ha="right", va="center", **kw)
-                ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **kw)
-                ax.text(0.5, 0.98, top, ha="center", va="top", **kw)
+                ax.set_ylabel(views[r].name, fontsize=9)
+                draw_edges(
+                    ax,
+                    views[r].edges,
+                    fontsize=6,
+                    color="#555555",
+                    bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.8),
+                )
     handles = [Patch(color=tissue_colour(t), label=t) for t in anatomy.TISSUES]
     if outline and n_cols > 1:
         handles.append(plt.Line2D([], [], color="black", lw=0.8, label="twin outline"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7)
+    # The legend's title says what the panels' edge labels mean (letters or model axes).
+    width = max(60, int(1.9 * n_cols * 19))  # characters of 6.5 pt text across the figure
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=len(handles),
+        fontsize=7,
+        title=textwrap.fill(axes_.note(), width),
+        title_fontsize=6.5,
+        frameon=False,
+    )
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -170,9 +189,15 @@ def _slices(volume: np.ndarray, centre: np.ndarray) -> list[np.ndarray]:
 # Figures and page.
 # ---------------------------------------------------------------------------------
 def twin_figures(
-    siblings: CohortSummary, twin: CohortSummary, metrics: dict, dpi: int = 100
+    siblings: CohortSummary,
+    twin: CohortSummary,
+    metrics: dict,
+    dpi: int = 100,
+    *,
+    orientation: PanelAxes | str = MODEL_AXES,
 ) -> dict[str, bytes]:
-    """The evaluation figures with the twin as reference: volumes, violations, occupancy."""
+    """The evaluation figures with the twin as reference: volumes, violations, occupancy
+    (its slices labelled by ``orientation``, as in :func:`siblings_figure`)."""
     from .plots import figure_png, occupancy_figure, violation_bars, volume_scatter_figure
 
     lv, rv = "LV_volume_ml", "RV_volume_ml"
@@ -202,12 +227,21 @@ def twin_figures(
         ),
         "occupancy_heart.png": figure_png(
             occupancy_figure(
-                twin.occupancy, siblings.occupancy, channels=("heart",), names=("twin", "siblings")
+                twin.occupancy,
+                siblings.occupancy,
+                channels=("heart",),
+                names=("twin", "siblings"),
+                orientation=orientation,
             ),
             dpi=dpi,
         ),
         "occupancy.png": figure_png(
-            occupancy_figure(twin.occupancy, siblings.occupancy, names=("twin", "siblings")),
+            occupancy_figure(
+                twin.occupancy,
+                siblings.occupancy,
+                names=("twin", "siblings"),
+                orientation=orientation,
+            ),
             dpi=dpi,
         ),
     }
@@ -400,6 +434,7 @@ def settings_html(m: dict, run: dict, siblings: CohortSummary) -> str:
             ["twin", f"{twin['file']} ({twin['kind']})"],
             ["twin sha256", twin["sha256"]],
             ["twin space", twin["space"]],
+            ["slice directions", grid_axes(m.get("grid")).note()],
             ["method", method_text(run)],
             ["siblings", f"{m['n']}, seed {params['seed']}, {params['steps']} steps"],
             [
@@ -435,8 +470,13 @@ def edit_report_html(
     (:func:`siblings.report.viewer3d.viewer_html`), shown beside the slices.
     """
 
+    axes_note = grid_axes(metrics.get("grid")).note()
+
     def fig(name: str) -> str:
-        return H.figure(figures[name], FIGURES[name]) if name in figures else ""
+        if name not in figures:
+            return ""
+        slices = name in ("siblings.png", "occupancy_heart.png", "occupancy.png")
+        return H.figure(figures[name], FIGURES[name] + (f" {axes_note}" if slices else ""))
 
     warnings_html = "".join(
         f'<p class="warning">warning: {H.esc(w)}</p>' for w in run.get("warnings", [])

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import anatomy
 from . import html as H
+from .axes import grid_axes
 from .html import interval as _ci
 from .html import number as _fmt
 
@@ -49,7 +50,8 @@ def evaluation_figures(ev, dpi: int = 100) -> dict[str, bytes]:
     m = ev.metrics
     coh_name, ref_name = f"cohort (n = {m['n']})", f"reference (n = {m['n_reference']})"
     lv, rv = "LV_volume_ml", "RV_volume_ml"
-    orientation = (m.get("grid") or {}).get("orientation") or "RAS"
+    # Letters only for a cohort on a scanner grid; a model grid's axes are not the patient's.
+    orientation = grid_axes(m.get("grid"))
     figs = {}
     figs["volumes.png"] = figure_png(
         volume_scatter_figure(
@@ -176,9 +178,10 @@ def evaluation_html(ev, figures: dict[str, bytes], title: str | None = None) -> 
             [
                 "grid",
                 f"{'x'.join(map(str, m['grid']['shape']))} voxels of "
-                f"{' x '.join(f'{s:.4g}' for s in (m['grid']['spacing_mm'] or []))} mm, "
-                f"{m['grid'].get('orientation', '')}",
+                f"{' x '.join(f'{s:.4g}' for s in (m['grid']['spacing_mm'] or []))} mm"
+                + (f", affine {m['grid']['orientation']}" if m["grid"].get("orientation") else ""),
             ],
+            ["slice directions", grid_axes(m.get("grid")).note()],
             [
                 "bootstrap",
                 f"{boot.get('n_boot')} resamples of the {boot.get('resampled')}, "
@@ -190,8 +193,13 @@ def evaluation_html(ev, figures: dict[str, bytes], title: str | None = None) -> 
         ],
     )
 
+    axes_note = grid_axes(m.get("grid")).note()
+
     def fig(name: str) -> str:
-        return H.figure(figures[name], FIGURES[name]) if name in figures else ""
+        if name not in figures:
+            return ""
+        slices = name.startswith("occupancy")
+        return H.figure(figures[name], FIGURES[name] + (f" {axes_note}" if slices else ""))
 
     sections = [
         (

@@ -39,13 +39,13 @@ from matplotlib.lines import Line2D
 
 from .. import anatomy
 from ..metrics.heatmaps import HEART, Occupancy, occupancy_difference
+from .axes import MODEL_AXES, PanelAxes
 
 COHORT_COLOUR = "#D55E00"
 REFERENCE_COLOUR = "#4D4D4D"
 SERIES_COLOURS = ("#D55E00", "#0072B2", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442")
 HEART_COLOUR = "#B22222"
 MASKED_GREY = "#d9d9d9"
-_OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
 
 
 def tissue_colour(name: str) -> str:
@@ -209,12 +209,11 @@ def _marginal(points: np.ndarray, grid: np.ndarray) -> np.ndarray | None:
 # ---------------------------------------------------------------------------------
 # Occupancy heatmaps: three orthogonal mid-slices.
 # ---------------------------------------------------------------------------------
-VIEWS = ("sagittal", "coronal", "axial")
-
-
 def mid_slices(volume: np.ndarray, index: Sequence[int] | None = None) -> list[np.ndarray]:
-    """Sagittal (x fixed), coronal (y fixed) and axial (z fixed) slices through ``index``
-    (default the grid centre), each transposed so the second named axis is vertical."""
+    """The slices holding array axis 0, 1 and 2 fixed through ``index`` (default the grid
+    centre), each transposed so the higher remaining axis is vertical. Their names and
+    edge labels (sagittal, coronal, axial for a RAS scan; model axes on the model grid)
+    are :meth:`siblings.report.axes.PanelAxes.views`."""
     v = np.asarray(volume) if not isinstance(volume, np.ma.MaskedArray) else volume
     i, j, k = index if index is not None else [s // 2 for s in v.shape]
     return [v[i, :, :].T, v[:, j, :].T, v[:, :, k].T]
@@ -240,12 +239,20 @@ def occupancy_centre(*volumes: np.ndarray) -> tuple[int, int, int]:
     return tuple(s // 2 for s in np.shape(volumes[0]))  # type: ignore[return-value]
 
 
-def _view_axes(orientation: str) -> list[tuple[str, str, str, str]]:
-    """(left, right, bottom, top) edge letters per view for array axes with these codes."""
-    hi = list(orientation)
-    lo = [_OPPOSITE.get(c, "") for c in hi]
-    pairs = ((1, 2), (0, 2), (0, 1))  # (horizontal, vertical) array axes per view
-    return [(lo[h], hi[h], lo[w], hi[w]) for h, w in pairs]
+def draw_edges(ax, edges: Sequence[str], **text_kw) -> list:
+    """Write the (left, right, bottom, top) edge labels of a slice panel inside ``ax``
+    (an empty label draws nothing); returns the text artists, left to top."""
+    places = (
+        (0.02, 0.5, "left", "center"),
+        (0.98, 0.5, "right", "center"),
+        (0.5, 0.02, "center", "bottom"),
+        (0.5, 0.98, "center", "top"),
+    )
+    return [
+        ax.text(x, y, label, ha=ha, va=va, transform=ax.transAxes, **text_kw)
+        for label, (x, y, ha, va) in zip(edges, places, strict=True)
+        if label
+    ]
 
 
 def _channel_volume(
@@ -267,7 +274,7 @@ def occupancy_figure(
     channels: Sequence[str] = (HEART, *anatomy.TISSUES),
     names: tuple[str, str] = ("reference", "cohort"),
     index: Sequence[int] | None = None,
-    orientation: str = "RAS",
+    orientation: PanelAxes | str = MODEL_AXES,
     diff_limit: float | None = None,
     title: str | None = None,
 ) -> Figure:
@@ -283,14 +290,18 @@ def occupancy_figure(
         occupancy-weighted centroid of the reference (:func:`occupancy_centre`), so an
         off-centre tissue is cut through its middle; the voxel is printed in the row's
         first panel.
-    orientation : axis codes of the array axes, for the edge letters (default RAS).
+    orientation : what the panels may say about direction
+        (:func:`siblings.report.axes.panel_axes` decides it from the data): model axes
+        (the default: bare arrays on the model grid are not in the patient's axes), axis
+        codes such as ``"RAS"``, or a :class:`~siblings.report.axes.PanelAxes`; the
+        caption says which.
     diff_limit : colour limit of ``P_diff`` (default per row: largest ``|P_diff|`` in the
         three slices shown). ``P_diff = P_cohort − P_reference``, masked where either is 0:
         red = more cohort occupancy, blue = more reference occupancy.
     """
     n_rows = len(channels)
     # The column headings take 0.55 in; a title gets its own 0.3 in above them.
-    head_in, foot_in, row_in = (0.85 if title else 0.55), 0.45, 1.45
+    head_in, foot_in, row_in = (0.85 if title else 0.55), 0.6, 1.45
     height = row_in * n_rows + head_in + foot_in
     fig = plt.figure(figsize=(15.0, height))
     # Columns: reference ×3, its colour bar, gap, cohort ×3, gap, P_diff ×3, its colour bar.
@@ -306,7 +317,8 @@ def occupancy_figure(
         bottom=foot_in / height,
     )
     cols = [0, 1, 2, 5, 6, 7, 9, 10, 11]
-    edges = _view_axes(orientation)
+    axes_ = PanelAxes.of(orientation)
+    views = axes_.views()
     p_cmap = plt.get_cmap("viridis").with_extremes(bad=MASKED_GREY)
     d_cmap = plt.get_cmap("RdBu_r").with_extremes(bad=MASKED_GREY)
     letter_box = dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.8)
@@ -342,14 +354,10 @@ def occupancy_figure(
                 ax.set_yticks([])
                 if r == 0:
                     head = ("P_" + names[0], "P_" + names[1], "P_diff")[g]
-                    ax.set_title(f"{head}\n{VIEWS[v]}" if v == 1 else VIEWS[v], fontsize=9)
-                if r == 0:  # orientation letters on the first row (same for every row)
-                    left, right, bottom, top = edges[v]
-                    kw = dict(transform=ax.transAxes, fontsize=7, color="#333333", bbox=letter_box)
-                    ax.text(0.02, 0.5, left, ha="left", va="center", **kw)
-                    ax.text(0.98, 0.5, right, ha="right", va="center", **kw)
-                    ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **kw)
-                    ax.text(0.5, 0.98, top, ha="center", va="top", **kw)
+                    name = views[v].name
+                    ax.set_title(f"{head}\n{name}" if v == 1 else name, fontsize=9)
+                if r == 0:  # edge labels on the first row (same for every row)
+                    draw_edges(ax, views[v].edges, fontsize=7, color="#333333", bbox=letter_box)
                 if g == 0 and v == 0:
                     label = "heart\n(1 − P_bg)" if channel == HEART else channel
                     ax.set_ylabel(
@@ -383,10 +391,10 @@ def occupancy_figure(
     )
     fig.text(
         0.5,
-        0.25 / height,
+        0.3 / height,
         f"P = fraction of maps with the tissue at a voxel; grey: P = 0. "
         f"P_diff = P_{names[1]} − P_{names[0]} (red: more {names[1]}, blue: more {names[0]}; "
-        f"colour scale per row), grey where either P is 0. Slices {where}.",
+        f"colour scale per row), grey where either P is 0. Slices {where}.\n{axes_.note()}",
         ha="center",
         va="center",
         fontsize=8,

@@ -6,7 +6,8 @@ surface_nets`, world mm) is embedded in the page as base64 arrays (vertices as i
 units of 0.01 mm, triangles, the two labels of each face), and each tissue is drawn as
 its closed surface in the label colours of :data:`siblings.anatomy.COLOURS`. Dragging
 rotates every view together (the maps share one camera, so they are seen from the same
-side), the wheel zooms, a double click goes back to the anterior view, and a check box
+side), the wheel zooms, a double click goes back to the first view (anterior when the
+maps are in a patient's world; see ``start_view``), and a check box
 per tissue hides it (which opens the hearts to show the interfaces inside). Nothing is
 fetched: the page opens from disk, without a server or network.
 
@@ -61,6 +62,7 @@ def viewer_html(
     *,
     iterations: int = DEFAULT_ITERATIONS,
     caption: str = "",
+    start_view: str = "anterior view",
 ) -> str:
     """A self-contained 3D view of ``maps`` (title, label array) on one grid (``affine``).
 
@@ -70,6 +72,11 @@ def viewer_html(
     affine : voxel-to-world matrix (mm) of every map.
     iterations : Taubin smoothing passes of the surfaces.
     caption : text under the views.
+    start_view : the name of the first view (looking along −y of the world, +z up, +x to
+        the left), which a double click returns to: ``"anterior view"`` when ``affine``
+        maps to the patient's RAS+ world (a scan's), something else (``"first view"``)
+        for a model grid, whose world is the prepared frame
+        (:mod:`siblings.report.axes`).
 
     Returns
     -------
@@ -87,6 +94,8 @@ def viewer_html(
         ],
     }
     data = json.dumps(payload, separators=(",", ":"))
+    view_name = "".join(c for c in start_view if c not in "'\\<>")  # inside a JS string
+    script = _JS.replace("double click: anterior view", f"double click: {view_name}")
     cap = f"<figcaption>{H.esc(caption)}</figcaption>" if caption else ""
     return (
         f"<style>{_CSS}</style>\n"
@@ -94,7 +103,7 @@ def viewer_html(
         '<div class="view3d-controls"></div><div class="view3d-grid"></div>'
         f"{cap}</figure>\n"
         f'<script type="application/json" id="view3d-data">{data}</script>\n'
-        f"<script>{_JS}</script>\n"
+        f"<script>{script}</script>\n"
     )
 
 
