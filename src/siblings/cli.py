@@ -306,7 +306,8 @@ def _add_train(sub) -> None:
             "siblings train vae --preset tiny --data data/phantom64 --out runs/tiny",
             "siblings train ldm --preset tiny --data data/phantom64 --out runs/tiny",
             "torchrun --nproc_per_node=4 -m siblings.cli train ldm --preset paper --data DIR --out DIR",
-            "siblings train regressor --data data/phantom64 --heldout data/heldout64 --out runs/reg",
+            "siblings train regressor --data data/phantom64 --extra data/phantom64_s10 "
+            "--heldout data/heldout64 --out runs/reg",
         ),
         description="""\
         Train one stage of the latent diffusion model. `vae` writes OUT/vae.safetensors;
@@ -374,6 +375,25 @@ def _add_train(sub) -> None:
         default=None,
         help="regressor: cached latents of --data from `train ldm` (checked, else encoded)",
     )
+    p.add_argument(
+        "--extra",
+        type=Path,
+        default=None,
+        help="regressor: a folder of further maps to train on as well (e.g. `siblings phantom "
+        "--seed 10`; never the held-out maps)",
+    )
+    p.add_argument(
+        "--extra-latents",
+        type=Path,
+        default=None,
+        help="regressor: cached latents of --extra (checked, else encoded)",
+    )
+    p.add_argument(
+        "--heldout-latents",
+        type=Path,
+        default=None,
+        help="regressor: cached latents of --heldout (checked, else encoded)",
+    )
     p.set_defaults(func=_run_train)
 
 
@@ -437,6 +457,9 @@ def _run_train_regressor(args: argparse.Namespace) -> None:
         args.checkpoint,
         heldout=args.heldout,
         latents=args.latents,
+        heldout_latents=args.heldout_latents,
+        extra=args.extra,
+        extra_latents=args.extra_latents,
         state_dir=args.state,
         seed=args.seed,
         resume=not args.no_resume,

@@ -695,11 +695,14 @@ def train_regressor(
     heldout: str | os.PathLike | None = None,
     latents: str | os.PathLike | None = None,
     heldout_latents: str | os.PathLike | None = None,
+    extra: str | os.PathLike | None = None,
+    extra_latents: str | os.PathLike | None = None,
     state_dir: str | os.PathLike | None = None,
-    steps: int = 2000,
+    steps: int = 6000,
     batch: int = 32,
     lr: float = 2e-3,
     width: int = 16,
+    sigma_mix: float = 0.25,
     calibration_every: int = 16,
     seed: int = 0,
     resume: bool = True,
@@ -718,8 +721,14 @@ def train_regressor(
     training, the residual variance of each standardised feature is measured at the σ
     of :data:`REGRESSOR_SIGMA_GRID` (8 noise draws) and stored with the weights. Each
     step draws ``batch`` maps and ln σ ~ N(P_mean, P_std²) of the model's preset (the
-    denoiser's distribution) from generator ``(seed, step)``; AdamW with a cosine decay
-    of ``lr`` to 1% and an EMA of the weights (0.999), which is what is saved.
+    denoiser's distribution) from generator ``(seed, step)``, except for a share
+    ``sigma_mix`` of the batch whose ln σ is uniform over the sampler's range
+    (:data:`REGRESSOR_SIGMA_GRID`'s ends): the denoiser's distribution almost never
+    draws a clean latent (σ < 0.1: 0.3% of draws), where the regressor must be most
+    exact. AdamW with a cosine decay of ``lr`` to 1% and an EMA of the weights (0.999),
+    which is what is saved. ``extra``: a folder of further maps (another phantom seed)
+    trained on as well (never used for calibration; ``extra_latents`` a cache of their
+    latents, as ``latents``); the feature statistics are those of all trained maps.
     Resumable from ``state_dir`` (default ``out/state``). ``heldout``: a folder of maps
     never trained on, whose accuracy (R², MAE per feature and σ) goes into the record
     (``heldout_latents``: a cache of their latents, as ``latents``).
@@ -739,10 +748,27 @@ def train_regressor(
     lat, lat_source = cohort_latents(model, files, latents)
     feats = cohort_features(files, state_dir / "features_train.npz")
     calib = np.arange(len(files)) % calibration_every == calibration_every - 1
-    train_idx = torch.from_numpy(np.flatnonzero(~calib))
-    mean, std = feats[~calib].mean(0), feats[~calib].std(0)
+    n_main, extra_files, extra_source = len(files), [], None
+    if extra is not None:
+        extra_files = list_label_maps(extra)
+        if {f.resolve() for f in files} & {f.resolve() for f in extra_files}:
+            raise ValueError(f"{extra}: the extra maps include maps of {data}")
+        if heldout is not None and {f.resolve() for f in list_label_maps(heldout)} & {
+            f.resolve() for f in extra_files
+        }:
+            raise ValueError(f"{extra}: the extra maps include held-out maps of {heldout}")
+        ex_lat, extra_source = cohort_latents(model, extra_files, extra_latents)
+        ex_feats = cohort_features(extra_files, state_dir / "features_extra.npz")
+        lat, feats = torch.cat([lat, ex_lat]), np.concatenate([feats, ex_feats])
+    trained = np.concatenate([~calib, np.ones(len(extra_files), bool)])
+    train_idx = torch.from_numpy(np.flatnonzero(trained))
+    mean, std = feats[trained].mean(0), feats[trained].std(0)
     std = np.where(std > 0, std, 1.0)
     y = torch.from_numpy((feats - mean) / std).float()
+    if not 0.0 <= sigma_mix <= 1.0:
+        raise ValueError(f"sigma_mix must lie in [0, 1], not {sigma_mix}")
+    n_mix = round(sigma_mix * batch)
+    log_lo, log_hi = math.log(REGRESSOR_SIGMA_GRID[0]), math.log(REGRESSOR_SIGMA_GRID[-1])
 
     torch.manual_seed(seed)
     net = MorphologyRegressor(p.latent_channels, width, p.sigma_data, p.p_mean, p.p_std)
@@ -757,7 +783,10 @@ def train_regressor(
         "width": width,
         "steps": steps,
         "ldm_sha256": model.checkpoint_sha256,
-        "n_maps": len(files),
+        "n_maps": n_main,
+        "n_extra": len(extra_files),
+        "sigma_mix": n_mix,
+        "arch": net.config["arch"],
     }
     state_path = state_dir / "regressor_state.safetensors"
     start = 0
@@ -775,6 +804,9 @@ def train_regressor(
         g = step_generator(seed, step)
         idx = train_idx[torch.randint(len(train_idx), (batch,), generator=g)]
         sigma, noise = loss_fn.draw((batch, *lat.shape[1:]), step_generator(seed, step, 1))
+        if n_mix:
+            u = torch.rand(n_mix, generator=g)
+            sigma[:n_mix] = torch.exp(log_lo + u * (log_hi - log_lo))
         zs = lat[idx] + sigma.reshape(-1, 1, 1, 1, 1) * noise
         for group in opt.param_groups:  # cosine from lr to lr/100, a function of the step
             group["lr"] = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / steps)))
@@ -800,7 +832,8 @@ def train_regressor(
     # Calibration: residual variance of the standardised features along the σ grid.
     from .models.regressor import noisy_predictions
 
-    cal_lat, cal_y = lat[torch.from_numpy(calib)], (feats[calib] - mean) / std
+    cal_lat = lat[:n_main][torch.from_numpy(calib)]
+    cal_y = (feats[:n_main][calib] - mean) / std
     grid = torch.tensor(REGRESSOR_SIGMA_GRID, dtype=torch.float32)
     table = []
     for s in REGRESSOR_SIGMA_GRID:
@@ -815,8 +848,11 @@ def train_regressor(
         "columns": list(MORPHOLOGY_COLUMNS),
         "recipe": {
             "data": str(data),
-            "n_maps": len(files),
-            "n_train": int((~calib).sum()),
+            "n_maps": n_main,
+            "n_train": int(trained.sum()),
+            "extra": None
+            if extra is None
+            else {"data": str(extra), "n_maps": len(extra_files), "latents": extra_source},
             "n_calibration": int(calib.sum()),
             "calibration_every": calibration_every,
             "latents": lat_source,
@@ -827,7 +863,14 @@ def train_regressor(
             "optimizer": "AdamW, weight decay 1e-4",
             "ema_decay": 0.999,
             "width": width,
-            "sigma_distribution": f"ln sigma ~ N({p.p_mean}, {p.p_std}^2)",
+            "sigma_distribution": f"ln sigma ~ N({p.p_mean}, {p.p_std}^2)"
+            + (
+                f"; {n_mix} of each batch: ln sigma uniform on "
+                f"[ln {REGRESSOR_SIGMA_GRID[0]:g}, ln {REGRESSOR_SIGMA_GRID[-1]:g}]"
+                if n_mix
+                else ""
+            ),
+            "arch": net.config["arch"],
             "seed": seed,
             "seconds_this_run": round(time.time() - t0, 1),
             "threads": torch.get_num_threads(),
