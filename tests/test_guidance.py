@@ -159,3 +159,55 @@ def test_bad_terms_and_scales_are_refused():
         classifier_guide(lambda z, s: z, [Term(0, "equal", 1.0, 1.0)], -1.0)
     with pytest.raises(InputError, match="clause"):
         classifier_guide(lambda z, s: z, [], 1.0)
+
+
+def two_feature_setup():
+    """Feature 0 along w (the target), feature 1 along u, which overlaps w (w·u ≠ 0)."""
+    w = torch.linspace(-1.0, 1.0, 8, dtype=torch.float64).reshape(SHAPE)
+    u = torch.zeros(SHAPE, dtype=torch.float64)
+    u.view(-1)[4:] = 1.0  # the upper half: overlaps the positive part of w
+
+    def predict(z: torch.Tensor, sigma: float) -> torch.Tensor:
+        k = S**2 / (S**2 + sigma**2)
+        x = (MU + k * (z - MU)).flatten(1)
+        return torch.stack([x @ w.flatten().to(z.dtype), x @ u.flatten().to(z.dtype)], 1)
+
+    return w, u, predict
+
+
+def test_hold_projection_removes_the_held_directions_only():
+    from siblings.diffusion.guidance import hold_projection
+
+    g = torch.tensor([[1.0, 1.0, 0.0], [2.0, 0.0, 3.0]], dtype=torch.float64)
+    held = torch.tensor([[[1.0, 0.0, 0.0]], [[0.0, 0.0, 1.0]]], dtype=torch.float64)
+    out = hold_projection(g, held)
+    assert torch.allclose(
+        out, torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]], dtype=torch.float64)
+    )
+    # Two non-orthogonal held directions: the result is orthogonal to both.
+    held2 = torch.tensor([[[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]], dtype=torch.float64)
+    out2 = hold_projection(torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64), held2)
+    assert torch.allclose(out2 @ held2[0].T, torch.zeros(1, 2, dtype=torch.float64), atol=1e-9)
+
+
+def test_a_held_feature_does_not_move_while_the_target_does():
+    """The Gaussian sampler is linear and isotropic, so a guidance orthogonal to u at
+    every step leaves uᵀx exactly where the unguided sampler puts it."""
+    w, u, predict = two_feature_setup()
+    target = [Term(0, "equal", 1.5, 0.2)]
+    free = classifier_guide(predict, target, 1.0)
+    held = classifier_guide(predict, target, 1.0, hold=[1])
+    plain, g_free, g_held = sample(n=64), sample(free, n=64), sample(held, n=64)
+
+    def along(x, v):
+        return (x * v).flatten(1).sum(1)
+
+    assert float((along(g_free, u) - along(plain, u)).abs().mean()) > 0.3  # moves u too
+    assert torch.allclose(along(g_held, u), along(plain, u), atol=1e-8)  # held
+    assert float((along(g_held, w) - along(plain, w)).mean()) > 0.3  # the target still moves
+
+
+def test_a_feature_cannot_be_both_target_and_held():
+    _, _, predict = two_feature_setup()
+    with pytest.raises(InputError, match="held"):
+        classifier_guide(predict, [Term(0, "above", 1.0)], 1.0, hold=[0])

@@ -17,6 +17,7 @@ import torch
 
 from siblings.checkpoint import CheckpointError, file_hash
 from siblings.cli import main
+from siblings.errors import InputError
 from siblings.io import list_label_maps, read_label_map
 from siblings.metrics.condition import ConditionError, parse_condition
 from siblings.metrics.morphology import morphology
@@ -334,3 +335,34 @@ def test_the_regressor_learns_a_volume():
         pred = net(zt, 0.01)[:, 0]
     r2 = 1 - ((pred - yt[:, 0]) ** 2).sum() / ((yt[:, 0] - yt[:, 0].mean()) ** 2).sum()
     assert r2 > 0.9
+
+
+def test_hold_names_columns_chambers_or_the_others():
+    from siblings.models.guided import parse_hold
+
+    rv = parse_condition("RV_volume_ml > 115")
+    assert parse_hold("LV,RA_volume_ml", rv) == (
+        "LV_volume_ml", "LV_major_mm", "LV_minor_mm", "RA_volume_ml")  # fmt: skip
+    others = parse_hold("others", rv)
+    assert len(others) == 11 and "RV_volume_ml" not in others
+    assert parse_hold(None, rv) == ()
+    with pytest.raises(InputError, match="unknown feature 'AO'"):
+        parse_hold("AO", rv)
+    with pytest.raises(InputError, match="both steered and held"):
+        parse_hold("RV", rv)
+
+
+def test_hold_is_recorded_and_needs_a_target(guided_checkpoint, tmp_path, capsys):
+    out = tmp_path / "s"
+    args = ["sample", "--n", "1", "--steps", "2", "--seed", "1", "--checkpoint",
+            str(guided_checkpoint), "--target", "RV_volume_ml > 1", "--hold", "LV,LA",
+            "--guidance-scale", "2", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    meta = json.loads((out / "sample_00000.json").read_text())
+    assert meta["guidance"]["hold"] == [
+        "LV_volume_ml", "LV_major_mm", "LV_minor_mm", "LA_volume_ml", "LA_major_mm", "LA_minor_mm"]  # fmt: skip
+    bad = ["sample", "--n", "1", "--checkpoint", str(guided_checkpoint), "--hold", "LV",
+           "--out", str(tmp_path / "t")]  # fmt: skip
+    assert main(bad) == 2
+    assert "--hold" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()

@@ -194,6 +194,14 @@ def _add_guidance_options(p, what: str = "maps") -> None:
         default=None,
         help="morphology regressor for --target (default: the checkpoint's regressor.safetensors)",
     )
+    p.add_argument(
+        "--hold",
+        default=None,
+        metavar="FEATURES",
+        help="with --target: features the guidance must not move, comma-separated columns or "
+        "chambers (LV, RV, LA, RA) or `others`; e.g. --target 'RV_volume_ml > 115' "
+        "--hold LV,LA,RA grows the RV without pushing the other chambers (docs/guidance.md)",
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -532,6 +540,7 @@ def _run_sample(args: argparse.Namespace) -> None:
         target=args.target,
         guidance_scale=args.guidance_scale,
         regressor=args.regressor,
+        hold=args.hold,
     )
     print(f"wrote {len(paths)} {'repaired ' if args.repair else ''}maps to {args.out}")
     if args.target is not None and (args.out / "guidance.json").exists():
@@ -817,6 +826,7 @@ def _run_edit(args: argparse.Namespace) -> None:
             target=args.target,
             guidance_scale=args.guidance_scale,
             regressor=args.regressor,
+            hold=args.hold,
         )
     print(format_run(run))
 
@@ -1322,6 +1332,7 @@ def _run_augment(args: argparse.Namespace) -> None:
                 target=args.target,
                 guidance_scale=args.guidance_scale,
                 regressor=args.regressor,
+                hold=args.hold,
             )
     except AugmentStopped as exc:
         print(f"siblings augment: {exc.worded(flag)}", file=sys.stderr)

@@ -94,11 +94,23 @@ def log_likelihood(
     return total
 
 
+def hold_projection(grad: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+    """``grad`` ``(B, N)`` without its part in the span of ``held`` ``(B, H, N)``, row by
+    row: the step then leaves the held predictions unchanged to first order."""
+    g, j = grad.to(torch.float64), held.to(torch.float64)
+    gram = j @ j.transpose(1, 2)  # (B, H, H)
+    ridge = 1e-10 * gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-30)
+    gram = gram + ridge[:, None, None] * torch.eye(j.shape[1], dtype=j.dtype, device=j.device)
+    coef = torch.linalg.solve(gram, (j @ g[:, :, None]))  # (B, H, 1)
+    return g - (j.transpose(1, 2) @ coef)[:, :, 0]
+
+
 def classifier_guide(
     predict: Predictor,
     terms: Sequence[Term],
     scale: float = 1.0,
     residual_var: Callable[[float], torch.Tensor] | None = None,
+    hold: Sequence[int] = (),
 ) -> Callable[[torch.Tensor, float], torch.Tensor]:
     """The ``guide(z, σ)`` hook of :func:`~siblings.diffusion.edm.heun_sample`:
     ``scale·σ²·∇_z log p(target | z_σ)`` (float64, like the state).
@@ -106,11 +118,18 @@ def classifier_guide(
     ``residual_var(σ)``: the predictor's error variance ``(F,)`` at σ, added to each
     term's tolerance² (None: the tolerance alone). The gradient of each row depends on
     that row only (the likelihood is a sum over rows and the predictor acts per row).
+    ``hold``: indices of features the guidance must not move: the gradient is projected
+    off the span of their gradients (:func:`hold_projection`), so the step changes the
+    target's features and, to first order, none of these; what the denoiser does to
+    them is left to it.
     """
     if scale < 0:
         raise InputError(f"guidance scale must be 0 or more, got {scale}")
     if not terms:
         raise InputError("a guidance target needs at least one clause")
+    hold = tuple(int(j) for j in hold)
+    if set(hold) & {t.index for t in terms}:
+        raise InputError("a held feature cannot also be a target")
 
     def guide(z: torch.Tensor, sigma: float) -> torch.Tensor:
         if scale == 0 or sigma == 0:
@@ -120,10 +139,19 @@ def classifier_guide(
             pred = predict(x, float(sigma))
             v = residual_var(float(sigma)) if residual_var is not None else None
             logp = log_likelihood(pred.to(torch.float64), terms, v).sum()
-            (grad,) = torch.autograd.grad(logp, x)
+            (grad,) = torch.autograd.grad(logp, x, retain_graph=bool(hold))
+            if hold:
+                held = [
+                    torch.autograd.grad(pred[:, j].sum(), x, retain_graph=k + 1 < len(hold))[0]
+                    for k, j in enumerate(hold)
+                ]
+                flat = hold_projection(
+                    grad.flatten(1), torch.stack([h.flatten(1) for h in held], 1)
+                )
+                grad = flat.reshape(grad.shape)
         return float(scale) * float(sigma) ** 2 * grad.to(torch.float64)
 
     return guide
 
 
-__all__ = ["KINDS", "Predictor", "Term", "classifier_guide", "log_likelihood"]
+__all__ = ["KINDS", "Predictor", "Term", "classifier_guide", "hold_projection", "log_likelihood"]

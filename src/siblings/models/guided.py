@@ -22,7 +22,7 @@ Example
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ class Guidance:
     regressor: MorphologyRegressor
     regressor_path: Path | None = None
     regressor_sha256: str = ""
+    hold: tuple[str, ...] = ()
 
     def resolve(self, twin: Mapping[str, float] | None) -> Guidance:
         """This guidance with a relative target resolved against ``twin``'s morphology."""
@@ -71,6 +72,7 @@ class Guidance:
             self.regressor,
             self.regressor_path,
             self.regressor_sha256,
+            self.hold,
         )
 
     def terms(self) -> list[Term]:
@@ -94,7 +96,8 @@ class Guidance:
         def predict(z: torch.Tensor, sigma: float) -> torch.Tensor:
             return net(z.to(device), torch.full((len(z),), sigma, device=device))
 
-        return classifier_guide(predict, self.terms(), self.scale, net.residual_var)
+        hold = [anatomy.MORPHOLOGY_COLUMNS.index(c) for c in self.hold]
+        return classifier_guide(predict, self.terms(), self.scale, net.residual_var, hold)
 
     def record(self) -> dict[str, Any]:
         """What a manifest and run.json record of the guidance."""
@@ -105,7 +108,43 @@ class Guidance:
             "regressor_sha256": self.regressor_sha256,
             "likelihood": "Gaussian (=) / probit soft threshold (<, >), variance tol² + the "
             "regressor's residual variance at σ",
+            **({"hold": list(self.hold)} if self.hold else {}),
         }
+
+
+def parse_hold(hold: str | Sequence[str] | None, target: Condition) -> tuple[str, ...]:
+    """The morphology columns ``hold`` names, in :data:`MORPHOLOGY_COLUMNS` order.
+
+    ``hold``: comma-separated (or a sequence of) column names and chambers (``LV``,
+    ``RV``, ``LA``, ``RA``: their volume and both axes), or ``others`` (every column the
+    target does not name). A column the target names cannot be held.
+    """
+    if hold is None or hold == "" or hold == ():
+        return ()
+    items = [h.strip() for h in (hold.split(",") if isinstance(hold, str) else hold)]
+    named = {c.column for c in target.clauses}
+    cols: set[str] = set()
+    for item in items:
+        if item == "others":
+            cols |= set(anatomy.MORPHOLOGY_COLUMNS) - named
+        elif item in anatomy.MORPHOLOGY_COLUMNS:
+            cols.add(item)
+        elif item in ("LV", "RV", "LA", "RA"):
+            cols |= {c for c in anatomy.MORPHOLOGY_COLUMNS if c.startswith(item + "_")}
+        else:
+            raise InputError(
+                f"{{hold}}: unknown feature {item!r}; use LV, RV, LA, RA, others or one of "
+                + ", ".join(anatomy.MORPHOLOGY_COLUMNS),
+                arguments=("hold",),
+            )
+    clash = sorted(cols & named)
+    if clash:
+        raise InputError(
+            f"{{hold}}: {', '.join(clash)} is in the target {target}; a feature cannot be "
+            "both steered and held",
+            arguments=("hold",),
+        )
+    return tuple(c for c in anatomy.MORPHOLOGY_COLUMNS if c in cols)
 
 
 def load_guidance(
@@ -113,14 +152,18 @@ def load_guidance(
     target: str | Condition,
     scale: float = DEFAULT_GUIDANCE_SCALE,
     regressor: str | os.PathLike | None = None,
+    hold: str | Sequence[str] | None = None,
 ) -> Guidance:
     """A :class:`Guidance` for ``model`` (a loaded :class:`LatentDiffusionModel`).
 
     ``regressor``: a ``regressor.safetensors`` file or a folder holding one; default the
     model's checkpoint folder (the shipped weights carry one). A regressor trained on
-    another VAE's latents is refused.
+    another VAE's latents is refused. ``hold``: features the guidance must not move
+    (:func:`parse_hold`; the gradient is projected off theirs,
+    :func:`siblings.diffusion.guidance.hold_projection`).
     """
     cond = parse_condition(target)
+    held = parse_hold(hold, cond)
     if not np.isfinite(scale) or scale < 0:
         raise InputError(
             f"{{guidance_scale}} must be 0 or more, got {scale}", arguments=("guidance_scale",)
@@ -136,7 +179,7 @@ def load_guidance(
     vae = Path(model.checkpoint) / "vae.safetensors" if model.checkpoint else None
     expect = file_hash(vae) if vae is not None and vae.exists() else None
     net, _, sha = load_regressor(path, expect_vae_sha256=expect)
-    return Guidance(cond, float(scale), net, path, sha)
+    return Guidance(cond, float(scale), net, path, sha, held)
 
 
 def target_report(target: Condition, features: np.ndarray) -> dict[str, Any]:
@@ -162,4 +205,4 @@ def target_report(target: Condition, features: np.ndarray) -> dict[str, Any]:
     return report
 
 
-__all__ = ["DEFAULT_GUIDANCE_SCALE", "Guidance", "load_guidance", "target_report"]
+__all__ = ["DEFAULT_GUIDANCE_SCALE", "Guidance", "load_guidance", "parse_hold", "target_report"]

@@ -49,7 +49,7 @@ from ..metrics.bootstrap import acceptance_rate
 from ..metrics.cohort import HEADLINE_KEYS, evaluate_maps, measure_map, summarise_maps
 from ..metrics.condition import Condition, parse_condition
 from ..models.edits import ood_warning
-from ..models.guided import DEFAULT_GUIDANCE_SCALE, load_guidance
+from ..models.guided import DEFAULT_GUIDANCE_SCALE, load_guidance, parse_hold
 from ..models.ldm import LatentDiffusionModel
 from ..repair import DEFAULT_MAX_GAP, check_max_gap, repair_topology
 from .evaluate import write_evaluation
@@ -89,6 +89,7 @@ def augment(
     target: str | Condition | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     regressor: PathLike | None = None,
+    hold: str | None = None,
 ) -> AugmentResult:
     """Grow the rare cohort of ``data`` (maps meeting the condition) by ``n`` accepted maps.
 
@@ -124,9 +125,9 @@ def augment(
           one ``UserWarning`` line (also in ``augment.json``'s ``warnings``);
         - ``prefix``: file name prefix (default: the strategy).
     out : output folder, new or empty (or, with ``resume``, a previous run's).
-    target, guidance_scale, regressor : a guided run's target (default the condition
-        itself; absolute numbers only), guidance scale and regressor
-        (:func:`siblings.models.guided.load_guidance`). ``augment.json`` then says
+    target, guidance_scale, regressor, hold : a guided run's target (default the condition
+        itself; absolute numbers only), guidance scale, regressor and the features it
+        must not move (:func:`siblings.models.guided.load_guidance`). ``augment.json`` then says
         ``"strategy": "guided"`` with the ``sampler`` and the ``guidance``; the result's
         ``strategy`` is the sampler (its attempts are that sampler's).
     labels : the label scheme of the maps in ``data`` (:func:`siblings.labels.load_scheme`;
@@ -177,6 +178,11 @@ def augment(
             "a {target} steers only the guided strategy; use {strategy} guided (and {sampler})",
             arguments=("target", "strategy", "sampler"),
         )
+    if hold and not settings.guided:
+        raise InputError(
+            "{hold} applies to the guided strategy only; use {strategy} guided",
+            arguments=("hold", "strategy"),
+        )
     if reuse and (settings.strategy != "uncond" or settings.guided):
         raise ValueError("reuse holds unconditional samples: only the uncond strategy uses it")
     check_max_gap(max_gap)
@@ -191,13 +197,14 @@ def augment(
                 f"{{target}} {goal} is relative to a twin; augment needs absolute numbers",
                 arguments=("target",),
             )
+        parse_hold(hold, goal)
     out = Path(out)
     present = check_output(out, settings.prefix, resume)
     model = resolve_model(model)
     settings = settings.with_dilate(model.preset.inpaint_dilations)
     guidance = None
     if settings.guided:
-        guidance = load_guidance(model, goal, guidance_scale, regressor)
+        guidance = load_guidance(model, goal, guidance_scale, regressor, hold)
     twins = read_rare_twins(
         data,
         model.preset.size,

@@ -53,7 +53,7 @@ from ..labels import LabelScheme, load_scheme
 from ..mesh.volume import DEFAULT_EDGE_MM, check_edge
 from ..metrics.condition import parse_condition
 from ..models.edits import EditResult, TwinEncoding, encode_twin, inpaint, ood_warning, perturb
-from ..models.guided import DEFAULT_GUIDANCE_SCALE, Guidance, load_guidance
+from ..models.guided import DEFAULT_GUIDANCE_SCALE, Guidance, load_guidance, parse_hold
 from ..models.ldm import LatentDiffusionModel
 from ..repair import DEFAULT_MAX_GAP, check_max_gap, repair_topology
 from .inputs import ModelSource, resolve_model
@@ -86,6 +86,7 @@ def run_edit(
     target: str | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     regressor: PathLike | None = None,
+    hold: str | None = None,
 ) -> EditRun:
     """Make the siblings of ``twin`` that ``settings`` asks for; write them, their manifests
     and a report.
@@ -136,13 +137,14 @@ def run_edit(
         (``stl``, ``obj``, ``vtp``, ``vtu``, ``msh``; :func:`siblings.pipelines.export.
         export_into`) into ``out/mesh/NAME/`` (and ``out/scanner/mesh/NAME/`` for the
         siblings on the twin's own grid); each manifest records the files.
-    target, guidance_scale, regressor : guided editing: steer the siblings towards a
+    target, guidance_scale, regressor, hold : guided editing: steer the siblings towards a
         morphology ``target`` in the condition language (``"RV_volume_ml = 130 ± 5"``,
         ``"LV_volume_ml > 1.2*twin"``) with classifier guidance of scale
         ``guidance_scale`` by the morphology regressor (default the checkpoint's;
         :func:`siblings.models.guided.load_guidance`). The target, scale and regressor
         hash go into every manifest; the share of siblings within the target into
-        ``run.json`` (``target``), with a warning when under half.
+        ``run.json`` (``target``), with a warning when under half. ``hold``: features the
+        guidance must not move (:func:`siblings.models.guided.parse_hold`).
 
     Returns
     -------
@@ -182,10 +184,14 @@ def run_edit(
         _check_twin_file(twin, scheme, allow_truncated)
     export = _check_export(export, export_edge_mm)
     if target is not None:  # a bad target is refused before the model loads
-        parse_condition(target)
+        parse_hold(hold, parse_condition(target))
+    elif hold:
+        raise InputError("{hold} needs a {target}", arguments=("hold", "target"))
     model = resolve_model(model)
     t0 = time.perf_counter()
-    guidance = None if target is None else load_guidance(model, target, guidance_scale, regressor)
+    guidance = (
+        None if target is None else load_guidance(model, target, guidance_scale, regressor, hold)
+    )
     twin = _resolve(model, twin, register_to, interpolation, progress, scheme, allow_truncated)
     ref_summary = _reference_summary(model, twin, reference)
     run_warnings: list[str] = []

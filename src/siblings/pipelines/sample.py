@@ -17,7 +17,13 @@ from ..mesh.volume import DEFAULT_EDGE_MM, check_edge
 from ..metrics.condition import parse_condition
 from ..metrics.morphology import morphology
 from ..metrics.topology import topology_checks
-from ..models.guided import DEFAULT_GUIDANCE_SCALE, Guidance, load_guidance, target_report
+from ..models.guided import (
+    DEFAULT_GUIDANCE_SCALE,
+    Guidance,
+    load_guidance,
+    parse_hold,
+    target_report,
+)
 from ..models.ldm import LatentDiffusionModel
 from ..models.regressor import feature_array
 from ..repair import DEFAULT_MAX_GAP, check_max_gap, repair_topology
@@ -97,6 +103,7 @@ def sample_cohort(
     target: str | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     regressor: PathLike | None = None,
+    hold: str | None = None,
 ) -> list[Path]:
     """``siblings sample``: write ``n`` samples as ``out/{prefix}_{index:05d}.nii.gz`` plus a
     JSON manifest each; torchrun-aware.
@@ -116,9 +123,10 @@ def sample_cohort(
         and after and the voxels changed per label.
     export, export_edge_mm : also export each batch's maps in this format
         (:func:`siblings.pipelines.export.export_into`), volume meshes at this edge length.
-    target, guidance_scale, regressor : guided sampling towards ``target`` (an absolute
-        condition, :func:`siblings.metrics.condition.parse_condition`) with the morphology
-        regressor (:func:`siblings.models.guided.load_guidance`); each manifest records
+    target, guidance_scale, regressor, hold : guided sampling towards ``target`` (an
+        absolute condition, :func:`siblings.metrics.condition.parse_condition`) with the
+        morphology regressor, holding the features ``hold`` names
+        (:func:`siblings.models.guided.load_guidance`); each manifest records
         the guidance, the map's morphology and whether it met the target, and
         ``guidance.json`` (``guidance_rank{r}.json`` under torchrun) the share within it.
 
@@ -145,11 +153,14 @@ def sample_cohort(
                 "`siblings edit ... --target`, or absolute numbers)",
                 arguments=("target",),
             )
+        parse_hold(hold, cond)
+    elif hold:
+        raise InputError("{hold} needs a {target}", arguments=("hold", "target"))
     dist = init_distributed(pick_device(device))
     model = resolve_model(model)
     guidance = guide = None
     if target is not None:
-        guidance = load_guidance(model, target, guidance_scale, regressor).resolve(None)
+        guidance = load_guidance(model, target, guidance_scale, regressor, hold).resolve(None)
         guide = guidance.guide(model.device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
