@@ -515,7 +515,8 @@ def format_run(run: EditRun) -> str:
     ]
     if run.scanner:
         lines.append(
-            f"  on the twin's original grid: {run.out / 'scanner'} ({len(run.scanner)} maps)"
+            f"  on the twin's original grid: {run.out / 'scanner'} "
+            f"({len(run.scanner)} {'map' if len(run.scanner) == 1 else 'maps'})"
         )
     lines.append(f"  TV% siblings {m['tv_percent']:.2f} (twin {m['reference']['tv_percent']:.2f})")
     target = run.result.target
