@@ -740,6 +740,8 @@ def train_regressor(
     from .models.ldm import LatentDiffusionModel
     from .models.regressor import MorphologyRegressor, accuracy, save_regressor
 
+    if not 0.0 <= sigma_mix <= 1.0:
+        raise InputError(f"sigma_mix must lie in [0, 1], not {sigma_mix}")
     out = Path(out)
     state_dir = Path(state_dir) if state_dir else out / "state"
     model = LatentDiffusionModel.load(checkpoint, device="cpu")
@@ -752,11 +754,11 @@ def train_regressor(
     if extra is not None:
         extra_files = list_label_maps(extra)
         if {f.resolve() for f in files} & {f.resolve() for f in extra_files}:
-            raise ValueError(f"{extra}: the extra maps include maps of {data}")
+            raise InputError(f"{extra}: the extra maps include maps of {data}")
         if heldout is not None and {f.resolve() for f in list_label_maps(heldout)} & {
             f.resolve() for f in extra_files
         }:
-            raise ValueError(f"{extra}: the extra maps include held-out maps of {heldout}")
+            raise InputError(f"{extra}: the extra maps include held-out maps of {heldout}")
         ex_lat, extra_source = cohort_latents(model, extra_files, extra_latents)
         ex_feats = cohort_features(extra_files, state_dir / "features_extra.npz")
         lat, feats = torch.cat([lat, ex_lat]), np.concatenate([feats, ex_feats])
@@ -765,8 +767,6 @@ def train_regressor(
     mean, std = feats[trained].mean(0), feats[trained].std(0)
     std = np.where(std > 0, std, 1.0)
     y = torch.from_numpy((feats - mean) / std).float()
-    if not 0.0 <= sigma_mix <= 1.0:
-        raise ValueError(f"sigma_mix must lie in [0, 1], not {sigma_mix}")
     n_mix = round(sigma_mix * batch)
     log_lo, log_hi = math.log(REGRESSOR_SIGMA_GRID[0]), math.log(REGRESSOR_SIGMA_GRID[-1])
 
