@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +66,7 @@ class Guidance:
                 f"target {self.target} is relative to a twin; only an edit has one "
                 "(sampling needs absolute numbers, e.g. 'LV_volume_ml > 150')"
             )
-        return Guidance(
-            self.target.resolve(twin),
-            self.scale,
-            self.regressor,
-            self.regressor_path,
-            self.regressor_sha256,
-            self.hold,
-        )
+        return replace(self, target=self.target.resolve(twin))
 
     def terms(self) -> list[Term]:
         """The target's clauses as :class:`~siblings.diffusion.guidance.Term` s in the
